@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or running a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A file the tokenizer needs does not exist.
+    #[error("{}: file not found", path.display())]
+    NotFound { path: PathBuf },
+    /// A file exists but could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON, or not of the expected shape.
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// `tokenizer.json` is valid JSON that `tokenizers` cannot load.
+    #[error("{}: not a valid tokenizer: {message}", path.display())]
+    InvalidTokenizer { path: PathBuf, message: String },
+    /// A configuration file names a special token that is not in the vocabulary.
+    #[error("{}: {field} is {token:?}, which is not in the vocabulary", path.display())]
+    UnknownToken {
+        path: PathBuf,
+        field: String,
+        token: String,
+    },
+    /// Encoding failed inside `tokenizers`.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// Decoding failed inside `tokenizers`.
+    #[error("decoding failed: {0}")]
+    Decode(String),
+}
+
+pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
