@@ -3,7 +3,10 @@
 
 use std::process::{Command, ExitCode};
 
-const GOLDEN_SCRIPTS: [&str; 2] = ["xtask/golden/tokenizer_golden.py", "xtask/golden/chat_golden.py"];
+const GOLDEN_SCRIPTS: [&str; 2] = [
+    "xtask/golden/tokenizer_golden.py",
+    "xtask/golden/chat_golden.py",
+];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -20,7 +23,10 @@ fn run_python(scripts: &[&str]) -> ExitCode {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     for script in scripts {
         eprintln!("running {script}");
-        let status = Command::new("python3").arg(script).current_dir(root).status();
+        let status = Command::new("python3")
+            .arg(script)
+            .current_dir(root)
+            .status();
         match status {
             Ok(s) if s.success() => {}
             Ok(s) => {

@@ -135,12 +135,13 @@ impl TokenizerConfig {
             }
         }
         if let Some(value) = map.get("chat_template").filter(|v| !v.is_null()) {
-            self.chat_template = Some(match TemplateField::deserialize(value).map_err(invalid)? {
-                TemplateField::Single(t) => ChatTemplateSource::Single(t),
-                TemplateField::Named(list) => ChatTemplateSource::Named(
-                    list.into_iter().map(|t| (t.name, t.template)).collect(),
-                ),
-            });
+            self.chat_template =
+                Some(match TemplateField::deserialize(value).map_err(invalid)? {
+                    TemplateField::Single(t) => ChatTemplateSource::Single(t),
+                    TemplateField::Named(list) => ChatTemplateSource::Named(
+                        list.into_iter().map(|t| (t.name, t.template)).collect(),
+                    ),
+                });
         }
         Ok(())
     }

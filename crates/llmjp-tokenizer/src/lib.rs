@@ -209,7 +209,6 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
 }
 
 fn file_mentions(path: &Path, token: &str) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|text| {
-        serde_json::to_string(token).is_ok_and(|quoted| text.contains(&quoted))
-    })
+    std::fs::read_to_string(path)
+        .is_ok_and(|text| serde_json::to_string(token).is_ok_and(|quoted| text.contains(&quoted)))
 }

@@ -53,7 +53,10 @@ fn json_that_is_not_a_tokenizer() {
     let dir = TempDir::new("notatokenizer");
     fs::write(dir.0.join("tokenizer.json"), r#"{"model": 3}"#).unwrap();
     let err = Tokenizer::from_dir(&dir.0).unwrap_err();
-    assert!(matches!(err, TokenizerError::InvalidTokenizer { .. }), "{err}");
+    assert!(
+        matches!(err, TokenizerError::InvalidTokenizer { .. }),
+        "{err}"
+    );
 }
 
 #[test]

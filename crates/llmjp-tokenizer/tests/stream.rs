@@ -29,7 +29,12 @@ fn check(tokenizer: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<(), T
     prop_assert_eq!(chunks.concat(), whole.clone(), "ids {:?}", ids);
     if !whole.contains('\u{FFFD}') {
         for chunk in &chunks {
-            prop_assert!(!chunk.contains('\u{FFFD}'), "chunk {:?} of {:?}", chunk, ids);
+            prop_assert!(
+                !chunk.contains('\u{FFFD}'),
+                "chunk {:?} of {:?}",
+                chunk,
+                ids
+            );
         }
     }
     Ok(())

@@ -1,0 +1,31 @@
+/// Everything that can go wrong compiling or rendering a chat template.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The template does not parse.
+    #[error("chat template syntax error: {message}")]
+    Syntax { message: String },
+    /// The template called `raise_exception(message)`.
+    #[error("chat template raised an exception: {message}")]
+    Raised { message: String },
+    /// Rendering used up its instruction budget (see [`ChatTemplate::with_fuel`](crate::ChatTemplate::with_fuel)).
+    #[error("chat template ran out of fuel after {fuel} instructions")]
+    OutOfFuel { fuel: u64 },
+    /// Rendering produced more text than allowed (see
+    /// [`ChatTemplate::with_max_output_bytes`](crate::ChatTemplate::with_max_output_bytes)).
+    #[error("chat template output exceeds {limit} bytes")]
+    OutputTooLarge { limit: usize },
+    /// Any other failure while rendering (undefined attribute, bad filter argument, …).
+    #[error("chat template failed to render: {message}")]
+    Render { message: String },
+    /// The model folder has no chat template and none was given.
+    #[error("no chat template: the tokenizer configuration has none{}", name.as_ref().map(|n| format!(" named {n:?}")).unwrap_or_default())]
+    NoTemplate { name: Option<String> },
+    /// The messages or options cannot be turned into template values.
+    #[error("invalid chat input: {0}")]
+    InvalidInput(String),
+    /// Encoding the rendered prompt failed.
+    #[error(transparent)]
+    Tokenizer(#[from] llmjp_tokenizer::TokenizerError),
+}
+
+pub type Result<T, E = ChatError> = std::result::Result<T, E>;

@@ -1,0 +1,40 @@
+//! Chat templates as Hugging Face transformers renders them, on minijinja.
+//!
+//! [`ChatTemplate`] renders exactly what `tokenizer.apply_chat_template(messages,
+//! tokenize=False, ...)` renders: the same context (`messages`, `tools`, `documents`,
+//! `add_generation_prompt`, the special tokens), the same Jinja settings and helpers.
+//! Templates are untrusted input: each render is bounded, and every failure is a typed
+//! [`ChatError`] carrying the template's message.
+//!
+//! ```
+//! use llmjp_chat::{ChatTemplate, Message};
+//!
+//! let template = ChatTemplate::llm_jp();
+//! let messages = [
+//!     Message::system("以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"),
+//!     Message::user("自然言語処理とは何か"),
+//! ];
+//! let prompt = template.render(&messages, true)?;
+//! assert_eq!(
+//!     prompt,
+//!     "<s>以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。\
+//!      \n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n"
+//! );
+//! # Ok::<(), llmjp_chat::ChatError>(())
+//! ```
+//!
+//! With a tokenizer folder, [`ChatTemplate::from_tokenizer`] takes the folder's template and
+//! special tokens, and [`encode_chat`] renders and encodes in one step without adding a
+//! second BOS.
+
+mod error;
+mod message;
+mod pyjson;
+mod template;
+
+pub use error::{ChatError, Result};
+pub use message::Message;
+pub use template::{
+    encode_chat, ChatTemplate, RenderOptions, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT_BYTES,
+    LLM_JP_TEMPLATE,
+};
