@@ -1,1 +1,79 @@
-fn main() {}
+//! `llmjp`: the command-line face of the llm-jp crates.
+//!
+//! ```text
+//! llmjp tokenize --model DIR [--no-special] [--format text|json] [TEXT]
+//! llmjp render --model DIR --messages FILE|- [--no-generation-prompt] [--format text|json]
+//! ```
+//!
+//! Every failure prints one line on stderr and exits non-zero.
+
+mod render;
+mod tokenize;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "llmjp",
+    version,
+    about = "Run the llm-jp-3.1 models natively in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Token ids and tokens of TEXT, or of each JSON-string line of standard input.
+    Tokenize(tokenize::Args),
+    /// Render a JSON array of {role, content} messages with the model's chat template.
+    Render(render::Args),
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where the tokenizer files live.
+#[derive(clap::Args, Debug)]
+pub struct ModelArg {
+    /// Model folder holding tokenizer.json and tokenizer_config.json.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = io::stdout().lock();
+    let result = match cli.command {
+        Command::Tokenize(args) => tokenize::run(args, &mut out),
+        Command::Render(args) => render::run(args, &mut out),
+    };
+    let result = result.and_then(|()| Ok(out.flush()?));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`llmjp ... | head`) is not an error.
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
