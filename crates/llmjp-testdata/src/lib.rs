@@ -21,19 +21,42 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Environment variable naming the folder of the real llm-jp-3.1 `config.json` files.
+pub const CONFIGS_DIR_VAR: &str = "LLMJP_CONFIGS_DIR";
+
+/// The folder of the real llm-jp-3.1 configs (`llm-jp-3.1-1.8b.config.json`, …), or `None`
+/// (with a message) when absent. Panics under CI.
+pub fn configs_dir() -> Option<PathBuf> {
+    shared_dir(
+        CONFIGS_DIR_VAR,
+        "llm-jp-3-configs",
+        "llm-jp-3.1-1.8b.config.json",
+    )
+}
+
+/// The tiny checkpoints made by `xtask/golden/model_golden.py`, committed with the repo.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
 /// The folder of the real llm-jp-3 tokenizer, or `None` (with a message on stderr) when it is
 /// absent. Panics under CI, where the fixture must be present.
 pub fn tokenizer_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os(TOKENIZER_DIR_VAR) {
+    shared_dir(TOKENIZER_DIR_VAR, "llm-jp-3-tokenizer", "tokenizer.json")
+}
+
+fn shared_dir(var: &str, default: &str, probe: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os(var) {
         Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("../shared/llm-jp-3-tokenizer"),
+        None => workspace_root().join("../shared").join(default),
     };
-    if dir.join("tokenizer.json").is_file() {
+    if dir.join(probe).is_file() {
         return Some(dir);
     }
     let message = format!(
-        "the llm-jp-3 tokenizer was not found at {}: set {TOKENIZER_DIR_VAR} to the folder \
-         holding tokenizer.json (../shared/llm-jp-3-tokenizer)",
+        "{probe} was not found in {}: set {var} to the folder holding it (../shared/{default})",
         dir.display()
     );
     assert!(std::env::var_os("CI").is_none(), "{message}");

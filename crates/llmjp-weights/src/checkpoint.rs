@@ -1,0 +1,327 @@
+//! Memory-mapped safetensors checkpoints, single-file or sharded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+use crate::{read_json, Result, WeightsError};
+
+/// The float types a tensor can be read as.
+pub trait Element: Copy + Send + Sync + 'static {
+    fn from_f32(x: f32) -> Self;
+    fn from_f16(x: f16) -> Self;
+    fn from_bf16(x: bf16) -> Self;
+}
+
+impl Element for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn from_f16(x: f16) -> Self {
+        x.to_f32()
+    }
+    fn from_bf16(x: bf16) -> Self {
+        x.to_f32()
+    }
+}
+
+impl Element for f16 {
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn from_f16(x: f16) -> Self {
+        x
+    }
+    fn from_bf16(x: bf16) -> Self {
+        f16::from_f32(x.to_f32())
+    }
+}
+
+impl Element for bf16 {
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn from_f16(x: f16) -> Self {
+        bf16::from_f32(x.to_f32())
+    }
+    fn from_bf16(x: bf16) -> Self {
+        x
+    }
+}
+
+/// How a 2-D tensor is laid out when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// As stored (`[out, in]` for a linear layer).
+    AsStored,
+    /// Transposed (`[in, out]`), the layout `x @ w` wants.
+    Transposed,
+}
+
+/// One memory-mapped `.safetensors` file with its validated header.
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => WeightsError::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => WeightsError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we rely on
+        // nobody truncating a checkpoint while it is being read.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::InvalidSafetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.metadata.info(name)
+    }
+
+    fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        let (start, end) = info.data_offsets;
+        // read_metadata checked that every tensor lies inside the buffer.
+        &self.mmap[self.data_start + start..self.data_start + end]
+    }
+
+    /// Tells the kernel the pages of `info` are no longer needed, so reading a checkpoint
+    /// does not keep it resident next to the converted weights.
+    fn release(&self, info: &TensorInfo) {
+        let (start, end) = info.data_offsets;
+        let page = 4096;
+        let first = (self.data_start + start).div_ceil(page) * page;
+        let last = (self.data_start + end) / page * page;
+        #[cfg(unix)]
+        if last > first {
+            // SAFETY: the map is private and read-only; dropped pages are re-read from the
+            // file if touched again, and no reference into them outlives this call.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
+            };
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// A checkpoint folder: `model.safetensors`, or `model.safetensors.index.json` and its
+/// shards. Files are memory-mapped and their headers validated when opened; tensor data is
+/// read, converted and released one tensor at a time.
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    /// Tensor name → index into `shards`.
+    locations: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("shards", &self.shards.len())
+            .field("tensors", &self.locations.len())
+            .finish()
+    }
+}
+
+/// A tensor's stored dtype and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint in `dir`, preferring a sharded index when there is one.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let shard_files: Vec<String> = if index_path.is_file() {
+            let index: ShardIndex =
+                serde_json::from_value(read_json(&index_path)?).map_err(|source| {
+                    WeightsError::Json {
+                        path: index_path.clone(),
+                        source,
+                    }
+                })?;
+            let mut files: Vec<String> = index.weight_map.into_values().collect();
+            files.sort();
+            files.dedup();
+            files
+        } else if single.is_file() {
+            vec!["model.safetensors".into()]
+        } else {
+            return Err(WeightsError::NotFound { path: single });
+        };
+        let mut shards = Vec::with_capacity(shard_files.len());
+        let mut locations = HashMap::new();
+        for file in &shard_files {
+            if file.contains("..") || Path::new(file).is_absolute() {
+                return Err(WeightsError::InvalidConfig {
+                    path: index_path.clone(),
+                    message: format!("shard name {file:?} leaves the model folder"),
+                });
+            }
+            let shard = Shard::open(&dir.join(file))?;
+            for name in shard.metadata.tensors().into_keys() {
+                locations.insert(name, shards.len());
+            }
+            shards.push(shard);
+        }
+        Ok(Self {
+            dir,
+            shards,
+            locations,
+        })
+    }
+
+    /// The folder the checkpoint was opened from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.locations.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether the checkpoint has a tensor called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.locations.contains_key(name)
+    }
+
+    /// Stored dtype and shape of `name`.
+    pub fn meta(&self, name: &str) -> Result<TensorMeta> {
+        let (_, info) = self.locate(name)?;
+        Ok(TensorMeta {
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+        })
+    }
+
+    fn locate(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
+        let missing = || WeightsError::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        };
+        let shard = &self.shards[*self.locations.get(name).ok_or_else(missing)?];
+        let info = shard.info(name).ok_or_else(missing)?;
+        Ok((shard, info))
+    }
+
+    /// Reads tensor `name`, checks that its shape is `expected`, and converts it to `T` in
+    /// the given layout (`Transposed` needs a 2-D tensor). The stored pages are released
+    /// afterwards.
+    pub fn read<T: Element>(
+        &self,
+        name: &str,
+        expected: &[usize],
+        layout: Layout,
+    ) -> Result<Vec<T>> {
+        let (shard, info) = self.locate(name)?;
+        if info.shape != expected {
+            return Err(WeightsError::ShapeMismatch {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let bytes = shard.bytes(info);
+        let values = match info.dtype {
+            Dtype::F32 => decode(bytes, |b| T::from_f32(f32::from_le_bytes(b))),
+            Dtype::F16 => decode(bytes, |b| T::from_f16(f16::from_le_bytes(b))),
+            Dtype::BF16 => decode(bytes, |b| T::from_bf16(bf16::from_le_bytes(b))),
+            other => {
+                return Err(WeightsError::UnsupportedDtype {
+                    path: shard.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        shard.release(info);
+        Ok(match (layout, expected) {
+            (Layout::Transposed, &[rows, cols]) => transpose(&values, rows, cols),
+            _ => values,
+        })
+    }
+}
+
+fn decode<T, const N: usize>(bytes: &[u8], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|chunk| convert(chunk.try_into().expect("chunks_exact yields N bytes")))
+        .collect()
+}
+
+/// `[rows, cols]` → `[cols, rows]`, in cache-sized tiles.
+fn transpose<T: Copy>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    let mut out = Vec::with_capacity(values.len());
+    let spare = out.spare_capacity_mut();
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    spare[c * rows + r].write(values[r * cols + c]);
+                }
+            }
+        }
+    }
+    // SAFETY: the tiles cover every (r, c), so all rows * cols slots were written.
+    unsafe { out.set_len(values.len()) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let values: Vec<u32> = (0..6).collect();
+        assert_eq!(transpose(&values, 2, 3), [0, 3, 1, 4, 2, 5]);
+        let big: Vec<u32> = (0..(70 * 33)).collect();
+        let t = transpose(&big, 70, 33);
+        assert_eq!(t[5 * 70 + 69], big[69 * 33 + 5]);
+        assert_eq!(transpose(&t, 33, 70), big);
+    }
+}

@@ -1,0 +1,270 @@
+//! `config.json` and `generation_config.json`, in both the Hub style (`rope_theta`,
+//! `torch_dtype`) and the transformers 5 style (`rope_parameters`, `dtype`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{read_json, Result, WeightsError};
+
+/// The decoder families we run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM`: llm-jp-3.1 1.8b and 13b.
+    Llama,
+    /// `MixtralForCausalLM`: llm-jp-3.1 8x13b.
+    Mixtral,
+}
+
+/// The settings of a Llama or Mixtral checkpoint that the model needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Equal to `num_attention_heads` without grouped-query attention.
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Mixtral: number of experts per layer.
+    pub num_local_experts: usize,
+    /// Mixtral: experts each token is routed to.
+    pub num_experts_per_tok: usize,
+    /// The dtype the weights were trained and stored in (`torch_dtype` / `dtype`), if given.
+    pub dtype: Option<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<Value>,
+    rope_scaling: Option<Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn into_vec(self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![id],
+            Self::Many(ids) => ids,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and checks a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let json = read_json(path)?;
+        Self::from_json(json, path)
+    }
+
+    /// Parses the JSON of a `config.json`; `path` is used in error messages.
+    pub fn from_json(json: Value, path: &Path) -> Result<Self> {
+        let invalid = |message: String| WeightsError::InvalidConfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = serde_json::from_value(json).map_err(|source| WeightsError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .or_else(|| raw.model_type.clone())
+            .unwrap_or_default();
+        let architecture = match name.as_str() {
+            "LlamaForCausalLM" | "llama" => Architecture::Llama,
+            "MixtralForCausalLM" | "mixtral" => Architecture::Mixtral,
+            _ => {
+                return Err(WeightsError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    found: name,
+                })
+            }
+        };
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(invalid(format!(
+                "unsupported hidden_act {act:?}: only silu is"
+            )));
+        }
+        if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
+            return Err(invalid(
+                "biases in attention or MLP are not supported".into(),
+            ));
+        }
+        let rope_theta = rope_theta(&raw).map_err(invalid)?;
+        let heads = raw.num_attention_heads;
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(invalid(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+            )));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(invalid(format!(
+                "head_dim {head_dim} must be even and positive"
+            )));
+        }
+        let (num_local_experts, num_experts_per_tok) = match architecture {
+            Architecture::Llama => (0, 0),
+            Architecture::Mixtral => {
+                let experts = raw.num_local_experts.unwrap_or(8);
+                let top_k = raw.num_experts_per_tok.unwrap_or(2);
+                if top_k == 0 || top_k > experts {
+                    return Err(invalid(format!(
+                        "num_experts_per_tok ({top_k}) must be in 1..={experts} (num_local_experts)"
+                    )));
+                }
+                (experts, top_k)
+            }
+        };
+        for (field, value) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{field} must be positive")));
+            }
+        }
+        Ok(Self {
+            architecture,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            num_local_experts,
+            num_experts_per_tok,
+            dtype: raw.torch_dtype.or(raw.dtype),
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+        })
+    }
+}
+
+/// `rope_theta`, from the top level (Hub style) or `rope_parameters` (transformers 5);
+/// scaled RoPE variants are refused rather than silently computed wrong.
+fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
+    let check_type = |params: &Value| match params.get("rope_type").and_then(Value::as_str) {
+        None | Some("default") => Ok(()),
+        Some(other) => Err(format!(
+            "unsupported RoPE scaling {other:?}: only default RoPE is"
+        )),
+    };
+    if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+        check_type(scaling)?;
+    }
+    if let Some(params) = raw.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+        check_type(params)?;
+        if let Some(theta) = params.get("rope_theta").and_then(Value::as_f64) {
+            return Ok(theta);
+        }
+    }
+    Ok(raw.rope_theta.unwrap_or(10_000.0))
+}
+
+/// `generation_config.json`: stop ids and the sampling defaults the model ships with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationConfig {
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f64>,
+    pub max_new_tokens: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RawGenerationConfig {
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
+    pad_token_id: Option<u32>,
+    do_sample: Option<bool>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<usize>,
+    repetition_penalty: Option<f64>,
+    max_new_tokens: Option<usize>,
+}
+
+impl GenerationConfig {
+    /// Reads a `generation_config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let raw: RawGenerationConfig =
+            serde_json::from_value(read_json(path)?).map_err(|source| WeightsError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+            pad_token_id: raw.pad_token_id,
+            do_sample: raw.do_sample,
+            temperature: raw.temperature,
+            top_p: raw.top_p,
+            top_k: raw.top_k,
+            repetition_penalty: raw.repetition_penalty,
+            max_new_tokens: raw.max_new_tokens,
+        })
+    }
+
+    /// The folder's `generation_config.json`, or the default when it has none.
+    pub fn from_dir_or_default(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if path.is_file() {
+            Self::from_file(&path)
+        } else {
+            Ok(Self::default())
+        }
+    }
+}

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong finding, reading or checking a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// A file the checkpoint needs does not exist.
+    #[error("{}: file not found", path.display())]
+    NotFound { path: PathBuf },
+    /// A file exists but could not be read or mapped.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A JSON file (config, index) is not valid JSON or not of the expected shape.
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// `config.json` parses but describes something we cannot run.
+    #[error("{}: {message}", path.display())]
+    InvalidConfig { path: PathBuf, message: String },
+    /// The config names an architecture other than Llama or Mixtral.
+    #[error("{}: unsupported architecture {found:?}: supported are LlamaForCausalLM and MixtralForCausalLM", path.display())]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+    /// A safetensors file is truncated or corrupt (bad header, offsets past the end, …).
+    #[error("{}: invalid safetensors file: {message}", path.display())]
+    InvalidSafetensors { path: PathBuf, message: String },
+    /// A tensor the model needs is not in the checkpoint.
+    #[error("tensor {name:?} is missing from the checkpoint in {}", dir.display())]
+    MissingTensor { name: String, dir: PathBuf },
+    /// A tensor has another shape than the config implies.
+    #[error("{}: tensor {name:?} has shape {found:?}, expected {expected:?}", path.display())]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype we cannot convert to floats.
+    #[error("{}: tensor {name:?} is stored as {dtype}, expected F32, F16 or BF16", path.display())]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    /// `--model` is neither a folder nor a Hub id `org/name[@revision]`.
+    #[error("{spec:?} is neither a model folder nor a Hub id of the form org/name[@revision]")]
+    InvalidModelSpec { spec: String },
+    /// Downloading from the Hub failed.
+    #[error("cannot download {file} of {repo} from the Hugging Face Hub: {message}. Without network access, pass a local model folder instead (e.g. --model ./llm-jp-3.1-1.8b-instruct4)")]
+    Hub {
+        repo: String,
+        file: String,
+        message: String,
+    },
+    /// Offline mode and the file is not in the local Hub cache.
+    #[error("{file} of {repo} is not in the Hugging Face cache ({}) and offline mode is on (HF_HUB_OFFLINE): download it first, or pass a local model folder", cache.display())]
+    NotCached {
+        repo: String,
+        file: String,
+        cache: PathBuf,
+    },
+}
+
+pub type Result<T, E = WeightsError> = std::result::Result<T, E>;

@@ -1,0 +1,72 @@
+//! Hugging Face checkpoints for the llm-jp models, without a tensor library.
+//!
+//! - [`ModelConfig`] / [`GenerationConfig`]: `config.json` (Hub style with `rope_theta` and
+//!   `torch_dtype`, or transformers 5 style with `rope_parameters` and `dtype`) and
+//!   `generation_config.json`, checked for what the models support.
+//! - [`Checkpoint`]: `model.safetensors` or a sharded `model.safetensors.index.json`,
+//!   memory-mapped, headers validated on open; [`Checkpoint::read`] checks a tensor's shape
+//!   and converts it from bf16 / f16 / f32 to the element type asked for, optionally
+//!   transposed, then releases the mapped pages so that loading holds little more than the
+//!   converted weights.
+//! - [`resolve_model`]: a local folder, or `org/name[@revision]` fetched into the standard
+//!   HF cache (`HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+//!
+//! Every failure is a [`WeightsError`] naming the file or tensor.
+//!
+//! ```
+//! use llmjp_weights::{Checkpoint, Layout, ModelConfig, WeightsError};
+//! # fn main() -> Result<(), WeightsError> {
+//! # let dir = std::env::temp_dir().join(format!("llmjp-weights-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # std::fs::write(dir.join("config.json"), r#"{"architectures": ["LlamaForCausalLM"],
+//! #   "vocab_size": 8, "hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1,
+//! #   "num_attention_heads": 2, "rope_theta": 10000, "torch_dtype": "bfloat16"}"#).unwrap();
+//! # let header = br#"{"lm_head.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#;
+//! # let mut file = (header.len() as u64).to_le_bytes().to_vec();
+//! # file.extend_from_slice(header);
+//! # for x in [1f32, 2., 3., 4., 5., 6.] { file.extend_from_slice(&x.to_le_bytes()); }
+//! # std::fs::write(dir.join("model.safetensors"), file).unwrap();
+//! let config = ModelConfig::from_file(&dir.join("config.json"))?;
+//! assert_eq!(config.head_dim, 2);
+//! assert_eq!(config.num_key_value_heads, 2); // no GQA unless the config says so
+//!
+//! let checkpoint = Checkpoint::open(&dir)?;
+//! let w: Vec<f32> = checkpoint.read("lm_head.weight", &[2, 3], Layout::Transposed)?;
+//! assert_eq!(w, [1., 4., 2., 5., 3., 6.]);
+//!
+//! // A wrong shape is an error that names the tensor.
+//! let err = checkpoint.read::<f32>("lm_head.weight", &[3, 2], Layout::AsStored).unwrap_err();
+//! assert!(matches!(err, WeightsError::ShapeMismatch { .. }));
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+
+mod checkpoint;
+mod config;
+mod error;
+mod hub;
+
+use std::path::Path;
+
+pub use checkpoint::{Checkpoint, Element, Layout, TensorMeta};
+pub use config::{Architecture, GenerationConfig, ModelConfig};
+pub use error::{Result, WeightsError};
+pub use half::{bf16, f16};
+pub use hub::{resolve_model, HubId, HubOptions};
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => WeightsError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    serde_json::from_str(&text).map_err(|source| WeightsError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
