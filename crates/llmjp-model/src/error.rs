@@ -1,0 +1,31 @@
+/// Everything that can go wrong building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading the config or the weights failed.
+    #[error(transparent)]
+    Weights(#[from] llmjp_weights::WeightsError),
+    /// The sequence would not fit: the KV cache or the model's context is full.
+    #[error("the sequence needs {needed} positions but only {limit} fit ({reason})")]
+    ContextOverflow {
+        needed: usize,
+        limit: usize,
+        reason: &'static str,
+    },
+    /// A token id past the embedding table.
+    #[error("token id {id} is outside the model's vocabulary of {vocab_size}")]
+    InvalidToken { id: u32, vocab_size: usize },
+    /// A forward pass was asked for no tokens.
+    #[error("no input tokens")]
+    EmptyInput,
+    /// An unknown compute dtype name.
+    #[error("unknown dtype {0:?}: expected f32, f16 or bf16")]
+    UnknownDtype(String),
+    /// The requested device cannot be used.
+    #[error("device unavailable: {0}")]
+    DeviceUnavailable(String),
+    /// Reading a result back from the device failed.
+    #[error("reading a tensor back from the device failed: {0}")]
+    Readback(String),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

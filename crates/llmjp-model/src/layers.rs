@@ -1,0 +1,163 @@
+//! The building blocks shared by the Llama and Mixtral decoders.
+
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use llmjp_weights::{bf16, f16, Checkpoint, Layout};
+
+use crate::{ComputeDtype, Result};
+
+/// Reads checkpoint tensors straight into device tensors of the compute dtype.
+pub(crate) struct Loader<'a, B: Backend> {
+    pub checkpoint: &'a Checkpoint,
+    pub device: &'a B::Device,
+    pub dtype: ComputeDtype,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        layout: Layout,
+    ) -> Result<Tensor<B, D>> {
+        let mut out_shape = shape;
+        if layout == Layout::Transposed {
+            out_shape.reverse();
+        }
+        let ckpt = self.checkpoint;
+        let data = match self.dtype {
+            ComputeDtype::F32 => TensorData::new(ckpt.read::<f32>(name, &shape, layout)?, out_shape),
+            ComputeDtype::F16 => TensorData::new(ckpt.read::<f16>(name, &shape, layout)?, out_shape),
+            ComputeDtype::BF16 => {
+                TensorData::new(ckpt.read::<bf16>(name, &shape, layout)?, out_shape)
+            }
+        };
+        Ok(Tensor::from_data(data, (self.device, self.dtype.dtype())))
+    }
+
+    /// A `[out, in]` linear weight, stored transposed for `x @ w`.
+    pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear<B>> {
+        let weight = self.tensor(name, [out_features, in_features], Layout::Transposed)?;
+        Ok(Linear { weight })
+    }
+
+    pub fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm<B>> {
+        let weight = self.tensor(name, [size], Layout::AsStored)?;
+        Ok(RmsNorm { weight, eps })
+    }
+}
+
+/// A bias-free linear layer; `weight` is `[in, out]`.
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    pub weight: Tensor<B, 2>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weight.clone())
+    }
+}
+
+/// RMSNorm as in transformers: normalise in f32, cast back, then scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Tensor<B, 1>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
+        let variance = x.clone().powi_scalar(2).mean_dim(1);
+        let normed = x * (variance + self.eps).sqrt().recip();
+        normed.cast(dtype) * self.weight.clone().unsqueeze_dim::<2>(0)
+    }
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))` (Mixtral's `w2(silu(w1 x) * w3 x)`).
+#[derive(Debug, Clone)]
+pub struct Mlp<B: Backend> {
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let hidden = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        self.down.forward(hidden)
+    }
+}
+
+/// Rotary position embedding in transformers' rotate-half layout, with cos/sin tables for
+/// every position computed once in f32.
+#[derive(Debug, Clone)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    head_dim: usize,
+}
+
+impl<B: Backend> Rope<B> {
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        max_positions: usize,
+        dtype: ComputeDtype,
+        device: &B::Device,
+    ) -> Self {
+        let half = head_dim / 2;
+        // transformers: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * head_dim);
+        let mut sin = Vec::with_capacity(max_positions * head_dim);
+        for pos in 0..max_positions {
+            // cat(freqs, freqs): both halves of the head share the frequencies.
+            for _ in 0..2 {
+                for &f in &inv_freq {
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let table = |values: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(values, [max_positions, head_dim]), device)
+                .cast(dtype.float())
+        };
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+            head_dim,
+        }
+    }
+
+    /// Rotates `x` (`[1, heads, seq, head_dim]`) for positions `start..start + seq`.
+    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let seq = x.dims()[2];
+        let d = self.head_dim;
+        let cos = self.cos.clone().narrow(0, start, seq).reshape([1, 1, seq, d]);
+        let sin = self.sin.clone().narrow(0, start, seq).reshape([1, 1, seq, d]);
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// The token embedding table, `[vocab, hidden]`.
+#[derive(Debug, Clone)]
+pub struct Embedding<B: Backend> {
+    pub weight: Tensor<B, 2>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn forward(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.weight.clone().select(0, ids)
+    }
+}

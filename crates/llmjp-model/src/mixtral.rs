@@ -1,0 +1,83 @@
+//! Mixtral (llm-jp-3.1 8x13b): the sparse mixture-of-experts feed-forward, named as in the
+//! Hub checkpoints (`model.layers.N.block_sparse_moe.gate.weight` for the router,
+//! `...block_sparse_moe.experts.E.w1|w2|w3.weight` for the experts).
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
+use llmjp_weights::ModelConfig;
+
+use crate::layers::{Linear, Loader, Mlp};
+use crate::{ModelError, Result};
+
+/// Router plus experts. Each token runs only its `top_k` experts.
+#[derive(Debug, Clone)]
+pub struct SparseMoe<B: Backend> {
+    router: Linear<B>,
+    experts: Vec<Mlp<B>>,
+    top_k: usize,
+}
+
+impl<B: Backend> SparseMoe<B> {
+    pub(crate) fn load(loader: &Loader<'_, B>, config: &ModelConfig, layer: usize) -> Result<Self> {
+        let prefix = format!("model.layers.{layer}.block_sparse_moe");
+        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+        let experts = (0..config.num_local_experts)
+            .map(|e| {
+                let name = |w: &str| format!("{prefix}.experts.{e}.{w}.weight");
+                Ok(Mlp {
+                    gate: loader.linear(&name("w1"), hidden, inter)?,
+                    up: loader.linear(&name("w3"), hidden, inter)?,
+                    down: loader.linear(&name("w2"), inter, hidden)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            router: loader.linear(&format!("{prefix}.gate.weight"), hidden, config.num_local_experts)?,
+            experts,
+            top_k: config.num_experts_per_tok,
+        })
+    }
+
+    /// `x` is `[seq, hidden]`. Routing as in transformers: softmax over the experts in f32,
+    /// keep the top k, renormalise; each expert's output is scaled in f32 and summed.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        let [seq, hidden] = x.dims();
+        let dtype = x.dtype();
+        let probs = softmax(self.router.forward(x.clone()).cast(FloatDType::F32), 1);
+        let (weights, chosen) = probs.topk_with_indices(self.top_k, 1);
+        let weights = weights.clone() / weights.sum_dim(1);
+        let weights = read_back::<f32, B, 2>(weights.into_data())?;
+        let chosen = read_back::<i64, B, 2>(chosen.into_data().convert::<i64>())?;
+
+        // Which tokens (and with which weight) each expert serves, in token order.
+        let mut routes: Vec<(Vec<i64>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
+        for token in 0..seq {
+            for slot in 0..self.top_k {
+                let i = token * self.top_k + slot;
+                let (tokens, scales) = &mut routes[chosen[i] as usize];
+                tokens.push(token as i64);
+                scales.push(weights[i]);
+            }
+        }
+        let device = x.device();
+        let mut out = Tensor::<B, 2>::zeros([seq, hidden], (&device, dtype));
+        for (expert, (tokens, scales)) in self.experts.iter().zip(routes) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let n = tokens.len();
+            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [n]), &device);
+            let rows = expert.forward(x.clone().select(0, index.clone()));
+            let scales = Tensor::<B, 2>::from_data(TensorData::new(scales, [n, 1]), (&device, DType::F32));
+            let scaled = (rows.cast(FloatDType::F32) * scales).cast(dtype);
+            out = out.select_assign(0, index, scaled, IndexingUpdateOp::Add);
+        }
+        Ok(out)
+    }
+}
+
+fn read_back<T: burn::tensor::Element, B: Backend, const D: usize>(data: TensorData) -> Result<Vec<T>> {
+    data.into_vec::<T>()
+        .map_err(|e| ModelError::Readback(format!("{e:?}")))
+}

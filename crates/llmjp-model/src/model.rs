@@ -1,0 +1,218 @@
+//! [`CausalLm`]: the decoder stack shared by Llama and Mixtral, loading and forward passes.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use llmjp_weights::{Architecture, Checkpoint, Layout, ModelConfig};
+
+use crate::attention::{Attention, LayerCache};
+use crate::layers::{Embedding, Linear, Loader, Mlp, RmsNorm, Rope};
+use crate::mixtral::SparseMoe;
+use crate::{llama, ComputeDtype, ModelError, Result};
+
+/// The feed-forward half of a decoder layer.
+#[derive(Debug, Clone)]
+enum FeedForward<B: Backend> {
+    Dense(Mlp<B>),
+    Sparse(SparseMoe<B>),
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    self_attn: Attention<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    feed_forward: FeedForward<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn load(loader: &Loader<'_, B>, config: &ModelConfig, layer: usize) -> Result<Self> {
+        let prefix = format!("model.layers.{layer}");
+        let (hidden, eps) = (config.hidden_size, config.rms_norm_eps);
+        let feed_forward = match config.architecture {
+            Architecture::Llama => FeedForward::Dense(llama::load_mlp(loader, config, layer)?),
+            Architecture::Mixtral => FeedForward::Sparse(SparseMoe::load(loader, config, layer)?),
+        };
+        Ok(Self {
+            input_layernorm: loader.rms_norm(&format!("{prefix}.input_layernorm.weight"), hidden, eps)?,
+            self_attn: Attention::load(
+                loader,
+                &format!("{prefix}.self_attn"),
+                hidden,
+                config.num_attention_heads,
+                config.num_key_value_heads,
+                config.head_dim,
+            )?,
+            post_attention_layernorm: loader
+                .rms_norm(&format!("{prefix}.post_attention_layernorm.weight"), hidden, eps)?,
+            feed_forward,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, cache: &mut LayerCache<B>, start: usize) -> Result<Tensor<B, 2>> {
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, start);
+        let x = x + attn;
+        let normed = self.post_attention_layernorm.forward(x.clone());
+        let ff = match &self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.forward(normed),
+            FeedForward::Sparse(moe) => moe.forward(normed)?,
+        };
+        Ok(x + ff)
+    }
+}
+
+/// The keys and values of every layer for one sequence, preallocated for `capacity`
+/// positions, and how many positions are filled.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the sequence; the memory is kept for the next one.
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// A Llama or Mixtral causal language model with its weights on a device.
+///
+/// Batch size is one: a forward pass takes the ids of one sequence, appends their keys and
+/// values to a [`KvCache`], and returns f32 logits.
+#[derive(Debug, Clone)]
+pub struct CausalLm<B: Backend> {
+    config: ModelConfig,
+    dtype: ComputeDtype,
+    device: B::Device,
+    embed_tokens: Embedding<B>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    lm_head: Linear<B>,
+    rope: Rope<B>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Loads `config.json` and the safetensors weights of a model folder.
+    pub fn from_dir(dir: impl AsRef<Path>, dtype: ComputeDtype, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::load(config, &checkpoint, dtype, device)
+    }
+
+    /// Builds the model from a parsed config and an opened checkpoint, converting every
+    /// weight to `dtype` on `device`.
+    pub fn load(config: ModelConfig, checkpoint: &Checkpoint, dtype: ComputeDtype, device: &B::Device) -> Result<Self> {
+        let loader = Loader { checkpoint, device, dtype };
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = Embedding {
+            weight: loader.tensor("model.embed_tokens.weight", [vocab, hidden], Layout::AsStored)?,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|layer| DecoderLayer::load(&loader, &config, layer))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = loader.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
+        let lm_head = if config.tie_word_embeddings && !checkpoint.contains("lm_head.weight") {
+            Linear { weight: embed_tokens.weight.clone().transpose() }
+        } else {
+            loader.linear("lm_head.weight", hidden, vocab)?
+        };
+        let rope = Rope::new(config.head_dim, config.rope_theta, config.max_position_embeddings, dtype, device);
+        Ok(Self {
+            dtype,
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> ComputeDtype {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// A cache for sequences of up to `capacity` positions (at most the model's context).
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        let capacity = capacity.min(self.config.max_position_embeddings);
+        let kv_heads = self.config.num_key_value_heads;
+        let reference = &self.embed_tokens.weight;
+        KvCache {
+            layers: (0..self.layers.len())
+                .map(|_| LayerCache::new(kv_heads, capacity, self.config.head_dim, reference))
+                .collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Runs `ids` after the cached positions and returns the logits of every position,
+    /// `[ids.len(), vocab]` in f32.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
+        let hidden = self.hidden_states(ids, cache)?;
+        Ok(self.lm_head.forward(self.norm.forward(hidden)).cast(FloatDType::F32))
+    }
+
+    /// Runs `ids` after the cached positions and returns the logits of the last one,
+    /// `[vocab]` in f32: a prefill when the cache is empty, a decode step for one id.
+    pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 1>> {
+        let hidden = self.hidden_states(ids, cache)?;
+        let [seq, size] = hidden.dims();
+        let last = hidden.slice([seq - 1..seq, 0..size]);
+        let logits = self.lm_head.forward(self.norm.forward(last)).cast(FloatDType::F32);
+        Ok(logits.reshape([self.config.vocab_size]))
+    }
+
+    fn hidden_states(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
+        if ids.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        let vocab_size = self.config.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(ModelError::InvalidToken { id, vocab_size });
+        }
+        let start = cache.len;
+        let needed = start + ids.len();
+        let context = self.config.max_position_embeddings;
+        if needed > context {
+            return Err(ModelError::ContextOverflow { needed, limit: context, reason: "max_position_embeddings" });
+        }
+        if needed > cache.capacity {
+            return Err(ModelError::ContextOverflow { needed, limit: cache.capacity, reason: "KV cache capacity" });
+        }
+        let data = TensorData::new(ids.iter().map(|&id| id as i64).collect::<Vec<_>>(), [ids.len()]);
+        let mut x = self.embed_tokens.forward(Tensor::<B, 1, Int>::from_data(data, &self.device));
+        for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
+            x = layer.forward(x, &self.rope, layer_cache, start)?;
+        }
+        cache.len = needed;
+        Ok(x)
+    }
+}

@@ -1,0 +1,113 @@
+//! Bad input and broken checkpoints give typed errors, never panics.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use llmjp_model::backend::Cpu;
+use llmjp_model::{CausalLm, ComputeDtype, ModelError};
+use llmjp_weights::WeightsError;
+
+fn model(name: &str) -> CausalLm<Cpu> {
+    CausalLm::from_dir(llmjp_testdata::fixture_dir(name), ComputeDtype::F32, &Default::default()).unwrap()
+}
+
+/// A copy of a fixture whose config.json is edited by `edit`.
+fn edited_copy(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let src = llmjp_testdata::fixture_dir(name);
+    let dst = std::env::temp_dir().join(format!("llmjp-model-{name}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let _ = fs::remove_dir_all(&dst);
+    fs::create_dir_all(&dst).unwrap();
+    for entry in fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, dst.join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dst.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(&config_path, config.to_string()).unwrap();
+    dst
+}
+
+fn load(dir: &Path) -> Result<CausalLm<Cpu>, ModelError> {
+    CausalLm::from_dir(dir, ComputeDtype::F32, &Default::default())
+}
+
+#[test]
+fn exceeding_the_cache_or_context_is_an_error() {
+    let model = model("llama-mha-bf16");
+    let mut cache = model.new_cache(4);
+    model.forward_last(&[1, 2, 3], &mut cache).unwrap();
+    let err = model.forward_last(&[4, 5], &mut cache).unwrap_err();
+    assert!(matches!(err, ModelError::ContextOverflow { needed: 5, limit: 4, .. }), "{err}");
+    // The failed step changed nothing: the cache still takes one more token.
+    model.forward_last(&[4], &mut cache).unwrap();
+
+    let context = model.config().max_position_embeddings;
+    let mut cache = model.new_cache(usize::MAX);
+    assert_eq!(cache.capacity(), context);
+    let too_long = vec![1; context + 1];
+    let err = model.forward_last(&too_long, &mut cache).unwrap_err();
+    assert!(matches!(err, ModelError::ContextOverflow { reason: "max_position_embeddings", .. }), "{err}");
+}
+
+#[test]
+fn bad_token_ids_and_empty_input() {
+    let model = model("llama-mha-bf16");
+    let mut cache = model.new_cache(8);
+    let err = model.forward_last(&[1, 512], &mut cache).unwrap_err();
+    assert!(matches!(err, ModelError::InvalidToken { id: 512, vocab_size: 512 }), "{err}");
+    assert!(matches!(model.forward_last(&[], &mut cache), Err(ModelError::EmptyInput)));
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor() {
+    let dir = edited_copy("llama-mha-bf16", |c| c["intermediate_size"] = 100.into());
+    let err = load(&dir).unwrap_err();
+    match err {
+        ModelError::Weights(WeightsError::ShapeMismatch { name, expected, found, .. }) => {
+            assert_eq!(name, "model.layers.0.mlp.gate_proj.weight");
+            assert_eq!(expected, [100, 64]);
+            assert_eq!(found, [128, 64]);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_tensor_names_the_tensor() {
+    let dir = edited_copy("llama-mha-bf16", |c| c["num_hidden_layers"] = 3.into());
+    let err = load(&dir).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::Weights(WeightsError::MissingTensor { name, .. }) if name.starts_with("model.layers.2.")),
+        "{err}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let dir = edited_copy("llama-mha-bf16", |c| c["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]));
+    let err = load(&dir).unwrap_err();
+    assert!(err.to_string().contains("Qwen2ForCausalLM"), "{err}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn truncated_weights_are_an_error() {
+    let dir = edited_copy("llama-mha-bf16", |_| {});
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load(&dir).unwrap_err();
+    assert!(matches!(err, ModelError::Weights(WeightsError::InvalidSafetensors { .. })), "{err}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn dtype_names_parse() {
+    assert_eq!("bf16".parse::<ComputeDtype>().unwrap(), ComputeDtype::BF16);
+    assert_eq!("float16".parse::<ComputeDtype>().unwrap(), ComputeDtype::F16);
+    assert!(matches!("f64".parse::<ComputeDtype>(), Err(ModelError::UnknownDtype(_))));
+}
