@@ -3,9 +3,11 @@
 
 use std::process::{Command, ExitCode};
 
-const GOLDEN_SCRIPTS: [&str; 2] = [
+const GOLDEN_SCRIPTS: [&str; 4] = [
     "xtask/golden/tokenizer_golden.py",
     "xtask/golden/chat_golden.py",
+    "xtask/golden/sampler_golden.py",
+    "xtask/golden/model_golden.py",
 ];
 
 fn main() -> ExitCode {

@@ -16,10 +16,18 @@ pub struct LayerCache<B: Backend> {
 }
 
 impl<B: Backend> LayerCache<B> {
-    pub(crate) fn new(kv_heads: usize, capacity: usize, head_dim: usize, model: &Tensor<B, 2>) -> Self {
+    pub(crate) fn new(
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        model: &Tensor<B, 2>,
+    ) -> Self {
         let device = model.device();
         let zeros = || {
-            Some(Tensor::zeros([1, kv_heads, capacity, head_dim], (&device, model.dtype())))
+            Some(Tensor::zeros(
+                [1, kv_heads, capacity, head_dim],
+                (&device, model.dtype()),
+            ))
         };
         Self {
             keys: zeros(),
@@ -29,7 +37,12 @@ impl<B: Backend> LayerCache<B> {
 
     /// Writes `k`/`v` at positions `start..` and returns the keys and values of all
     /// positions up to their end.
-    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn append(
+        &mut self,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        start: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let end = start + k.dims()[2];
         let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {
             // Taking the tensor out leaves it uniquely owned, so the backend can write in
@@ -68,8 +81,16 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Self> {
         Ok(Self {
             q_proj: loader.linear(&format!("{prefix}.q_proj.weight"), hidden, heads * head_dim)?,
-            k_proj: loader.linear(&format!("{prefix}.k_proj.weight"), hidden, kv_heads * head_dim)?,
-            v_proj: loader.linear(&format!("{prefix}.v_proj.weight"), hidden, kv_heads * head_dim)?,
+            k_proj: loader.linear(
+                &format!("{prefix}.k_proj.weight"),
+                hidden,
+                kv_heads * head_dim,
+            )?,
+            v_proj: loader.linear(
+                &format!("{prefix}.v_proj.weight"),
+                hidden,
+                kv_heads * head_dim,
+            )?,
             o_proj: loader.linear(&format!("{prefix}.o_proj.weight"), heads * head_dim, hidden)?,
             heads,
             kv_heads,
@@ -102,7 +123,9 @@ impl<B: Backend> Attention<B> {
             is_causal: seq > 1,
         };
         let out = attention(q, k, v, None, None, options);
-        let out = out.swap_dims(1, 2).reshape([seq, self.heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([seq, self.heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 

@@ -27,8 +27,12 @@ impl<B: Backend> Loader<'_, B> {
         }
         let ckpt = self.checkpoint;
         let data = match self.dtype {
-            ComputeDtype::F32 => TensorData::new(ckpt.read::<f32>(name, &shape, layout)?, out_shape),
-            ComputeDtype::F16 => TensorData::new(ckpt.read::<f16>(name, &shape, layout)?, out_shape),
+            ComputeDtype::F32 => {
+                TensorData::new(ckpt.read::<f32>(name, &shape, layout)?, out_shape)
+            }
+            ComputeDtype::F16 => {
+                TensorData::new(ckpt.read::<f16>(name, &shape, layout)?, out_shape)
+            }
             ComputeDtype::BF16 => {
                 TensorData::new(ckpt.read::<bf16>(name, &shape, layout)?, out_shape)
             }
@@ -141,8 +145,16 @@ impl<B: Backend> Rope<B> {
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
         let seq = x.dims()[2];
         let d = self.head_dim;
-        let cos = self.cos.clone().narrow(0, start, seq).reshape([1, 1, seq, d]);
-        let sin = self.sin.clone().narrow(0, start, seq).reshape([1, 1, seq, d]);
+        let cos = self
+            .cos
+            .clone()
+            .narrow(0, start, seq)
+            .reshape([1, 1, seq, d]);
+        let sin = self
+            .sin
+            .clone()
+            .narrow(0, start, seq)
+            .reshape([1, 1, seq, d]);
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

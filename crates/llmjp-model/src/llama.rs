@@ -8,7 +8,11 @@ use crate::layers::{Loader, Mlp};
 use crate::Result;
 
 /// Loads layer `layer`'s MLP.
-pub(crate) fn load_mlp<B: Backend>(loader: &Loader<'_, B>, config: &ModelConfig, layer: usize) -> Result<Mlp<B>> {
+pub(crate) fn load_mlp<B: Backend>(
+    loader: &Loader<'_, B>,
+    config: &ModelConfig,
+    layer: usize,
+) -> Result<Mlp<B>> {
     let prefix = format!("model.layers.{layer}.mlp");
     let (hidden, inter) = (config.hidden_size, config.intermediate_size);
     Ok(Mlp {

@@ -33,7 +33,11 @@ impl<B: Backend> SparseMoe<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            router: loader.linear(&format!("{prefix}.gate.weight"), hidden, config.num_local_experts)?,
+            router: loader.linear(
+                &format!("{prefix}.gate.weight"),
+                hidden,
+                config.num_local_experts,
+            )?,
             experts,
             top_k: config.num_experts_per_tok,
         })
@@ -69,7 +73,8 @@ impl<B: Backend> SparseMoe<B> {
             let n = tokens.len();
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [n]), &device);
             let rows = expert.forward(x.clone().select(0, index.clone()));
-            let scales = Tensor::<B, 2>::from_data(TensorData::new(scales, [n, 1]), (&device, DType::F32));
+            let scales =
+                Tensor::<B, 2>::from_data(TensorData::new(scales, [n, 1]), (&device, DType::F32));
             let scaled = (rows.cast(FloatDType::F32) * scales).cast(dtype);
             out = out.select_assign(0, index, scaled, IndexingUpdateOp::Add);
         }
@@ -77,7 +82,9 @@ impl<B: Backend> SparseMoe<B> {
     }
 }
 
-fn read_back<T: burn::tensor::Element, B: Backend, const D: usize>(data: TensorData) -> Result<Vec<T>> {
+fn read_back<T: burn::tensor::Element, B: Backend, const D: usize>(
+    data: TensorData,
+) -> Result<Vec<T>> {
     data.into_vec::<T>()
         .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }

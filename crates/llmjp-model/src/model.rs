@@ -35,7 +35,11 @@ impl<B: Backend> DecoderLayer<B> {
             Architecture::Mixtral => FeedForward::Sparse(SparseMoe::load(loader, config, layer)?),
         };
         Ok(Self {
-            input_layernorm: loader.rms_norm(&format!("{prefix}.input_layernorm.weight"), hidden, eps)?,
+            input_layernorm: loader.rms_norm(
+                &format!("{prefix}.input_layernorm.weight"),
+                hidden,
+                eps,
+            )?,
             self_attn: Attention::load(
                 loader,
                 &format!("{prefix}.self_attn"),
@@ -44,14 +48,25 @@ impl<B: Backend> DecoderLayer<B> {
                 config.num_key_value_heads,
                 config.head_dim,
             )?,
-            post_attention_layernorm: loader
-                .rms_norm(&format!("{prefix}.post_attention_layernorm.weight"), hidden, eps)?,
+            post_attention_layernorm: loader.rms_norm(
+                &format!("{prefix}.post_attention_layernorm.weight"),
+                hidden,
+                eps,
+            )?,
             feed_forward,
         })
     }
 
-    fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, cache: &mut LayerCache<B>, start: usize) -> Result<Tensor<B, 2>> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, start);
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Result<Tensor<B, 2>> {
+        let attn =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start);
         let x = x + attn;
         let normed = self.post_attention_layernorm.forward(x.clone());
         let ff = match &self.feed_forward {
@@ -110,7 +125,11 @@ pub struct CausalLm<B: Backend> {
 
 impl<B: Backend> CausalLm<B> {
     /// Loads `config.json` and the safetensors weights of a model folder.
-    pub fn from_dir(dir: impl AsRef<Path>, dtype: ComputeDtype, device: &B::Device) -> Result<Self> {
+    pub fn from_dir(
+        dir: impl AsRef<Path>,
+        dtype: ComputeDtype,
+        device: &B::Device,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open(dir)?;
@@ -119,22 +138,43 @@ impl<B: Backend> CausalLm<B> {
 
     /// Builds the model from a parsed config and an opened checkpoint, converting every
     /// weight to `dtype` on `device`.
-    pub fn load(config: ModelConfig, checkpoint: &Checkpoint, dtype: ComputeDtype, device: &B::Device) -> Result<Self> {
-        let loader = Loader { checkpoint, device, dtype };
+    pub fn load(
+        config: ModelConfig,
+        checkpoint: &Checkpoint,
+        dtype: ComputeDtype,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let loader = Loader {
+            checkpoint,
+            device,
+            dtype,
+        };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = Embedding {
-            weight: loader.tensor("model.embed_tokens.weight", [vocab, hidden], Layout::AsStored)?,
+            weight: loader.tensor(
+                "model.embed_tokens.weight",
+                [vocab, hidden],
+                Layout::AsStored,
+            )?,
         };
         let layers = (0..config.num_hidden_layers)
             .map(|layer| DecoderLayer::load(&loader, &config, layer))
             .collect::<Result<Vec<_>>>()?;
         let norm = loader.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings && !checkpoint.contains("lm_head.weight") {
-            Linear { weight: embed_tokens.weight.clone().transpose() }
+            Linear {
+                weight: embed_tokens.weight.clone().transpose(),
+            }
         } else {
             loader.linear("lm_head.weight", hidden, vocab)?
         };
-        let rope = Rope::new(config.head_dim, config.rope_theta, config.max_position_embeddings, dtype, device);
+        let rope = Rope::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+            dtype,
+            device,
+        );
         Ok(Self {
             dtype,
             device: device.clone(),
@@ -177,7 +217,10 @@ impl<B: Backend> CausalLm<B> {
     /// `[ids.len(), vocab]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
         let hidden = self.hidden_states(ids, cache)?;
-        Ok(self.lm_head.forward(self.norm.forward(hidden)).cast(FloatDType::F32))
+        Ok(self
+            .lm_head
+            .forward(self.norm.forward(hidden))
+            .cast(FloatDType::F32))
     }
 
     /// Runs `ids` after the cached positions and returns the logits of the last one,
@@ -186,7 +229,10 @@ impl<B: Backend> CausalLm<B> {
         let hidden = self.hidden_states(ids, cache)?;
         let [seq, size] = hidden.dims();
         let last = hidden.slice([seq - 1..seq, 0..size]);
-        let logits = self.lm_head.forward(self.norm.forward(last)).cast(FloatDType::F32);
+        let logits = self
+            .lm_head
+            .forward(self.norm.forward(last))
+            .cast(FloatDType::F32);
         Ok(logits.reshape([self.config.vocab_size]))
     }
 
@@ -202,13 +248,26 @@ impl<B: Backend> CausalLm<B> {
         let needed = start + ids.len();
         let context = self.config.max_position_embeddings;
         if needed > context {
-            return Err(ModelError::ContextOverflow { needed, limit: context, reason: "max_position_embeddings" });
+            return Err(ModelError::ContextOverflow {
+                needed,
+                limit: context,
+                reason: "max_position_embeddings",
+            });
         }
         if needed > cache.capacity {
-            return Err(ModelError::ContextOverflow { needed, limit: cache.capacity, reason: "KV cache capacity" });
+            return Err(ModelError::ContextOverflow {
+                needed,
+                limit: cache.capacity,
+                reason: "KV cache capacity",
+            });
         }
-        let data = TensorData::new(ids.iter().map(|&id| id as i64).collect::<Vec<_>>(), [ids.len()]);
-        let mut x = self.embed_tokens.forward(Tensor::<B, 1, Int>::from_data(data, &self.device));
+        let data = TensorData::new(
+            ids.iter().map(|&id| id as i64).collect::<Vec<_>>(),
+            [ids.len()],
+        );
+        let mut x = self
+            .embed_tokens
+            .forward(Tensor::<B, 1, Int>::from_data(data, &self.device));
         for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
             x = layer.forward(x, &self.rope, layer_cache, start)?;
         }

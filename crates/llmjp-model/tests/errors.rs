@@ -8,13 +8,22 @@ use llmjp_model::{CausalLm, ComputeDtype, ModelError};
 use llmjp_weights::WeightsError;
 
 fn model(name: &str) -> CausalLm<Cpu> {
-    CausalLm::from_dir(llmjp_testdata::fixture_dir(name), ComputeDtype::F32, &Default::default()).unwrap()
+    CausalLm::from_dir(
+        llmjp_testdata::fixture_dir(name),
+        ComputeDtype::F32,
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 /// A copy of a fixture whose config.json is edited by `edit`.
 fn edited_copy(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let src = llmjp_testdata::fixture_dir(name);
-    let dst = std::env::temp_dir().join(format!("llmjp-model-{name}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dst = std::env::temp_dir().join(format!(
+        "llmjp-model-{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let _ = fs::remove_dir_all(&dst);
     fs::create_dir_all(&dst).unwrap();
     for entry in fs::read_dir(&src).unwrap() {
@@ -22,7 +31,8 @@ fn edited_copy(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
         fs::copy(&path, dst.join(path.file_name().unwrap())).unwrap();
     }
     let config_path = dst.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
     edit(&mut config);
     fs::write(&config_path, config.to_string()).unwrap();
     dst
@@ -38,7 +48,17 @@ fn exceeding_the_cache_or_context_is_an_error() {
     let mut cache = model.new_cache(4);
     model.forward_last(&[1, 2, 3], &mut cache).unwrap();
     let err = model.forward_last(&[4, 5], &mut cache).unwrap_err();
-    assert!(matches!(err, ModelError::ContextOverflow { needed: 5, limit: 4, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::ContextOverflow {
+                needed: 5,
+                limit: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // The failed step changed nothing: the cache still takes one more token.
     model.forward_last(&[4], &mut cache).unwrap();
 
@@ -47,7 +67,16 @@ fn exceeding_the_cache_or_context_is_an_error() {
     assert_eq!(cache.capacity(), context);
     let too_long = vec![1; context + 1];
     let err = model.forward_last(&too_long, &mut cache).unwrap_err();
-    assert!(matches!(err, ModelError::ContextOverflow { reason: "max_position_embeddings", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::ContextOverflow {
+                reason: "max_position_embeddings",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,8 +84,20 @@ fn bad_token_ids_and_empty_input() {
     let model = model("llama-mha-bf16");
     let mut cache = model.new_cache(8);
     let err = model.forward_last(&[1, 512], &mut cache).unwrap_err();
-    assert!(matches!(err, ModelError::InvalidToken { id: 512, vocab_size: 512 }), "{err}");
-    assert!(matches!(model.forward_last(&[], &mut cache), Err(ModelError::EmptyInput)));
+    assert!(
+        matches!(
+            err,
+            ModelError::InvalidToken {
+                id: 512,
+                vocab_size: 512
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        model.forward_last(&[], &mut cache),
+        Err(ModelError::EmptyInput)
+    ));
     assert!(cache.is_empty());
 }
 
@@ -65,7 +106,12 @@ fn shape_mismatch_names_the_tensor() {
     let dir = edited_copy("llama-mha-bf16", |c| c["intermediate_size"] = 100.into());
     let err = load(&dir).unwrap_err();
     match err {
-        ModelError::Weights(WeightsError::ShapeMismatch { name, expected, found, .. }) => {
+        ModelError::Weights(WeightsError::ShapeMismatch {
+            name,
+            expected,
+            found,
+            ..
+        }) => {
             assert_eq!(name, "model.layers.0.mlp.gate_proj.weight");
             assert_eq!(expected, [100, 64]);
             assert_eq!(found, [128, 64]);
@@ -88,7 +134,9 @@ fn missing_tensor_names_the_tensor() {
 
 #[test]
 fn unknown_architecture_is_named() {
-    let dir = edited_copy("llama-mha-bf16", |c| c["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]));
+    let dir = edited_copy("llama-mha-bf16", |c| {
+        c["architectures"] = serde_json::json!(["Qwen2ForCausalLM"])
+    });
     let err = load(&dir).unwrap_err();
     assert!(err.to_string().contains("Qwen2ForCausalLM"), "{err}");
     fs::remove_dir_all(dir).unwrap();
@@ -101,13 +149,25 @@ fn truncated_weights_are_an_error() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).unwrap_err();
-    assert!(matches!(err, ModelError::Weights(WeightsError::InvalidSafetensors { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::Weights(WeightsError::InvalidSafetensors { .. })
+        ),
+        "{err}"
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn dtype_names_parse() {
     assert_eq!("bf16".parse::<ComputeDtype>().unwrap(), ComputeDtype::BF16);
-    assert_eq!("float16".parse::<ComputeDtype>().unwrap(), ComputeDtype::F16);
-    assert!(matches!("f64".parse::<ComputeDtype>(), Err(ModelError::UnknownDtype(_))));
+    assert_eq!(
+        "float16".parse::<ComputeDtype>().unwrap(),
+        ComputeDtype::F16
+    );
+    assert!(matches!(
+        "f64".parse::<ComputeDtype>(),
+        Err(ModelError::UnknownDtype(_))
+    ));
 }

@@ -39,7 +39,10 @@ fn to_vec<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -73,8 +76,15 @@ fn last_logits_match_transformers() {
             let mut cache = model.new_cache(prompt.ids.len());
             let logits = to_vec(model.forward_last(&prompt.ids, &mut cache).unwrap());
             let err = max_abs_diff(&logits, &prompt.last_logits);
-            eprintln!("{name}, {} tokens: max abs error {err:.2e}", prompt.ids.len());
-            assert!(err <= TOLERANCE, "{name}, {} tokens: max abs error {err}", prompt.ids.len());
+            eprintln!(
+                "{name}, {} tokens: max abs error {err:.2e}",
+                prompt.ids.len()
+            );
+            assert!(
+                err <= TOLERANCE,
+                "{name}, {} tokens: max abs error {err}",
+                prompt.ids.len()
+            );
         }
     }
 }
@@ -85,7 +95,12 @@ fn greedy_continuations_match_transformers() {
         let (model, reference) = load(name);
         for prompt in &reference.prompts {
             let ours = greedy(&model, &prompt.ids, prompt.greedy.len());
-            assert_eq!(ours, prompt.greedy, "{name}, prompt of {} tokens", prompt.ids.len());
+            assert_eq!(
+                ours,
+                prompt.greedy,
+                "{name}, prompt of {} tokens",
+                prompt.ids.len()
+            );
         }
     }
 }

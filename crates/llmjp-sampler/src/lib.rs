@@ -1,0 +1,206 @@
+//! Token selection as transformers' `generate` does it: the same logits processors in the
+//! same order with the same semantics, then greedy argmax or seeded sampling.
+//!
+//! Order (transformers' `_get_logits_processor`): repetition penalty (also when greedy),
+//! then, when sampling, temperature → top-k → top-p → min-p, then a draw from the softmax.
+//!
+//! ```
+//! use llmjp_sampler::{Sampler, SamplingParams};
+//!
+//! // The llm-jp model card's settings: temperature 0.7, top-p 0.95, repetition penalty
+//! // 1.05 (and transformers' default top-k of 50).
+//! let params = SamplingParams::model_card().with_seed(42);
+//! let mut sampler = Sampler::new(params)?;
+//! let logits = vec![0.5, 2.0, -1.0, 1.5];
+//! let context = [1, 3];
+//! let first = sampler.sample(&logits, &context);
+//! // The same seed and logits give the same token on every run.
+//! let mut again = Sampler::new(params)?;
+//! assert_eq!(again.sample(&logits, &context), first);
+//!
+//! // Temperature 0 is greedy.
+//! let mut greedy = Sampler::new(SamplingParams::greedy())?;
+//! assert_eq!(greedy.sample(&logits, &context), 1);
+//!
+//! // Invalid parameters are refused before any work.
+//! assert!(Sampler::new(SamplingParams { top_p: 1.5, ..params }).is_err());
+//! # Ok::<(), llmjp_sampler::SamplerError>(())
+//! ```
+
+pub mod processors;
+mod rng;
+
+pub use rng::Rng;
+
+/// Invalid sampling parameters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplerError {
+    #[error("temperature must be a finite number >= 0, got {0}")]
+    Temperature(f32),
+    #[error("top_p must be in (0, 1], got {0}")]
+    TopP(f32),
+    #[error("top_k must be at least 1 (leave it unset to disable it), got {0}")]
+    TopK(usize),
+    #[error("min_p must be in [0, 1], got {0}")]
+    MinP(f32),
+    #[error("repetition_penalty must be a finite number > 0, got {0}")]
+    RepetitionPenalty(f32),
+}
+
+/// What [`Sampler`] does to each step's logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (transformers' `do_sample=False`).
+    pub temperature: f32,
+    /// `None` disables top-k (transformers' `top_k=0` or `None`).
+    pub top_k: Option<usize>,
+    /// 1 disables top-p.
+    pub top_p: f32,
+    /// `None` disables min-p.
+    pub min_p: Option<f32>,
+    /// 1 disables the penalty.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self::model_card()
+    }
+}
+
+impl SamplingParams {
+    /// The llm-jp-3.1 model card: `do_sample=True, top_p=0.95, temperature=0.7,
+    /// repetition_penalty=1.05`, with transformers' default `top_k=50`.
+    pub fn model_card() -> Self {
+        Self {
+            temperature: 0.7,
+            top_k: Some(50),
+            top_p: 0.95,
+            min_p: None,
+            repetition_penalty: 1.05,
+            seed: 0,
+        }
+    }
+
+    /// Plain greedy decoding: argmax, no penalty.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: 1.0,
+            min_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Whether tokens are chosen by argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Checks every parameter; [`Sampler::new`] calls it.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(SamplerError::Temperature(self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(SamplerError::TopP(self.top_p));
+        }
+        if self.top_k == Some(0) {
+            return Err(SamplerError::TopK(0));
+        }
+        if let Some(min_p) = self.min_p {
+            if !(0.0..=1.0).contains(&min_p) {
+                return Err(SamplerError::MinP(min_p));
+            }
+        }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return Err(SamplerError::RepetitionPenalty(self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// Chooses the next token from a step's logits.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    scratch: Vec<f32>,
+    seen: Vec<bool>,
+}
+
+impl Sampler {
+    /// A sampler with validated parameters, its random stream seeded with `params.seed`.
+    pub fn new(params: SamplingParams) -> Result<Self, SamplerError> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            rng: Rng::new(params.seed),
+            scratch: Vec::new(),
+            seen: Vec::new(),
+        })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Applies the processors in transformers' order to `logits`. `context` holds the ids
+    /// so far (prompt and generated), for the repetition penalty.
+    pub fn process(&mut self, logits: &mut [f32], context: &[u32]) {
+        let p = self.params;
+        processors::repetition_penalty(logits, context, p.repetition_penalty, &mut self.seen);
+        if p.is_greedy() {
+            return;
+        }
+        processors::temperature(logits, p.temperature);
+        if let Some(k) = p.top_k {
+            processors::top_k(logits, k);
+        }
+        processors::top_p(logits, p.top_p);
+        if let Some(min_p) = p.min_p {
+            processors::min_p(logits, min_p);
+        }
+    }
+
+    /// Processes `logits` and picks a token: the argmax when greedy, else a draw from the
+    /// softmax of what the processors kept.
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(logits);
+        self.process(&mut scratch, context);
+        let token = if self.params.is_greedy() {
+            processors::argmax(&scratch)
+        } else {
+            self.draw(&scratch)
+        };
+        self.scratch = scratch;
+        token as u32
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> usize {
+        let probs = processors::softmax(logits);
+        let total: f64 = probs.iter().map(|&p| p as f64).sum();
+        let mut target = self.rng.next_f64() * total;
+        let mut last_kept = processors::argmax(logits);
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                last_kept = i;
+                target -= p as f64;
+                if target < 0.0 {
+                    return i;
+                }
+            }
+        }
+        last_kept
+    }
+}
