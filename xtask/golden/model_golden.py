@@ -157,7 +157,53 @@ def references(model, prompt_list):
     return out
 
 
+def chat_fixture():
+    """A tiny model with the real llm-jp vocabulary, for end-to-end tests of the pipeline with
+    the real tokenizer (not copied here: tests take it from ../shared)."""
+    from transformers import AutoTokenizer
+    from common import tokenizer_dir
+
+    spec = dict(name="tiny-llmjp", arch="llama", dtype=torch.bfloat16, style="hub", shards=1,
+                config=dict(vocab_size=99584, hidden_size=16, intermediate_size=32,
+                            num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                            max_position_embeddings=64, rope_theta=10000.0,
+                            tie_word_embeddings=False))
+    folder = FIXTURES / spec["name"]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    config, model = build_model(spec)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(4.0)
+        model.lm_head.weight.mul_(4.0)
+    save_checkpoint(hub_state_dict(model, "llama", spec["dtype"]), folder, 1)
+    (folder / "config.json").write_text(json.dumps(config_json(config, spec), indent=2) + "\n")
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 4}, indent=2) + "\n")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    system = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "自然言語処理とは何か"}]
+    chat_ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    raw_ids = tok("日本の首都は")["input_ids"]
+    cases = []
+    for name, ids in [("chat", chat_ids), ("raw", raw_ids)]:
+        for penalty in (1.0, 1.5):
+            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=20,
+                                 repetition_penalty=penalty, eos_token_id=2, pad_token_id=4,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            generated = out[0, len(ids):].tolist()
+            cases.append({"prompt": name, "repetition_penalty": penalty, "prompt_ids": ids,
+                          "generated_ids": generated,
+                          "text": tok.decode(generated, skip_special_tokens=True)})
+    write_json(folder / "reference.json", {
+        "generator": f"transformers {transformers.__version__}, torch {torch.__version__}",
+        "compute_dtype": "float32", "messages": messages, "raw_prompt": "日本の首都は",
+        "cases": cases,
+    })
+
+
 def main():
+    chat_fixture()
     for spec in SPECS:
         folder = FIXTURES / spec["name"]
         shutil.rmtree(folder, ignore_errors=True)

@@ -144,6 +144,19 @@ impl<B: Backend> CausalLm<B> {
         dtype: ComputeDtype,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::load_with_progress(config, checkpoint, dtype, device, &mut |_, _| {})
+    }
+
+    /// [`load`](Self::load), calling `on_progress(done, total)` as the embeddings, each
+    /// layer and the head reach the device.
+    pub fn load_with_progress(
+        config: ModelConfig,
+        checkpoint: &Checkpoint,
+        dtype: ComputeDtype,
+        device: &B::Device,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let total = config.num_hidden_layers + 2;
         let loader = Loader {
             checkpoint,
             device,
@@ -157,8 +170,13 @@ impl<B: Backend> CausalLm<B> {
                 Layout::AsStored,
             )?,
         };
+        on_progress(1, total);
         let layers = (0..config.num_hidden_layers)
-            .map(|layer| DecoderLayer::load(&loader, &config, layer))
+            .map(|layer| {
+                let loaded = DecoderLayer::load(&loader, &config, layer);
+                on_progress(layer + 2, total);
+                loaded
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = loader.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings && !checkpoint.contains("lm_head.weight") {
@@ -168,6 +186,7 @@ impl<B: Backend> CausalLm<B> {
         } else {
             loader.linear("lm_head.weight", hidden, vocab)?
         };
+        on_progress(total, total);
         let rope = Rope::new(
             config.head_dim,
             config.rope_theta,

@@ -1,0 +1,29 @@
+/// Everything that can go wrong loading a model or generating with it.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error(transparent)]
+    Tokenizer(#[from] llmjp_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] llmjp_chat::ChatError),
+    #[error(transparent)]
+    Weights(#[from] llmjp_weights::WeightsError),
+    #[error(transparent)]
+    Model(#[from] llmjp_model::ModelError),
+    #[error("invalid sampling parameters: {0}")]
+    Sampler(#[from] llmjp_sampler::SamplerError),
+    /// The prompt alone does not fit in the model's context.
+    #[error("the prompt has {tokens} tokens but the model's context holds {limit}")]
+    PromptTooLong { tokens: usize, limit: usize },
+    /// The prompt encodes to no tokens.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// A device string that is not `cpu`, `cuda` or `cuda:N`, or a device this build or
+    /// machine cannot use.
+    #[error("{0}")]
+    Device(String),
+    /// A generation option out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+pub type Result<T, E = LlmError> = std::result::Result<T, E>;

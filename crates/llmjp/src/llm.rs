@@ -1,0 +1,125 @@
+//! [`Llm`]: a [`Pipeline`] on the backend chosen at run time.
+
+use llmjp_chat::{ChatTemplate, Message};
+use llmjp_model::backend::Cpu;
+use llmjp_tokenizer::Tokenizer;
+use llmjp_weights::ModelConfig;
+
+use crate::{Device, GenerateOptions, Generation, LlmError, LoadOptions, Pipeline, Result};
+
+/// A loaded model on the CPU or, with the `cuda` feature, a GPU.
+#[derive(Debug)]
+pub enum Llm {
+    Cpu(Pipeline<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(Pipeline<llmjp_model::backend::Cuda>),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $p:ident => $body:expr) => {
+        match $self {
+            Llm::Cpu($p) => $body,
+            #[cfg(feature = "cuda")]
+            Llm::Cuda($p) => $body,
+        }
+    };
+}
+
+impl Llm {
+    /// Loads `model` (a folder or `org/name[@revision]`) on `device`.
+    pub fn load(
+        model: &str,
+        device: Device,
+        options: &LoadOptions,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::Cpu(Pipeline::load(
+                model,
+                options,
+                &Default::default(),
+                on_progress,
+            )?)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(index) => {
+                if !llmjp_model::backend::cuda_available() {
+                    return Err(LlmError::Device(
+                        "cuda was asked for but no CUDA driver (libcuda.so.1) could be loaded"
+                            .into(),
+                    ));
+                }
+                let device = burn_cuda_device(index);
+                Ok(Self::Cuda(Pipeline::load(
+                    model,
+                    options,
+                    &device,
+                    on_progress,
+                )?))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(LlmError::Device(
+                "this build has no CUDA support: rebuild with --features cuda".into(),
+            )),
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(p) => Device::Cuda(p.model().device().index),
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        dispatch!(self, p => p.tokenizer())
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        dispatch!(self, p => p.template())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        dispatch!(self, p => p.model().config())
+    }
+
+    pub fn load_seconds(&self) -> f64 {
+        dispatch!(self, p => p.load_seconds())
+    }
+
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        dispatch!(self, p => p.encode_chat(messages))
+    }
+
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        dispatch!(self, p => p.encode_raw(text))
+    }
+
+    /// See [`Pipeline::chat`].
+    pub fn chat(
+        &self,
+        messages: &[Message],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        dispatch!(self, p => p.chat(messages, options, on_text))
+    }
+
+    /// See [`Pipeline::generate`].
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        dispatch!(self, p => p.generate(prompt_ids, options, on_text))
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn burn_cuda_device(
+    index: usize,
+) -> <llmjp_model::backend::Cuda as burn::tensor::backend::BackendTypes>::Device {
+    burn_cuda::CudaDevice::new(index)
+}

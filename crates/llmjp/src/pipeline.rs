@@ -1,0 +1,323 @@
+//! [`Pipeline`]: tokenizer, chat template and model together, and the generation loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use llmjp_chat::{ChatTemplate, Message};
+use llmjp_model::{CausalLm, ComputeDtype};
+use llmjp_sampler::{Sampler, SamplingParams};
+use llmjp_tokenizer::Tokenizer;
+use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
+
+use crate::stop::StopMatcher;
+use crate::{LlmError, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The dtype weights and activations are computed in.
+    pub dtype: ComputeDtype,
+    /// How to reach the Hub when the model is given as `org/name[@revision]`.
+    pub hub: HubOptions,
+    /// A folder to take the tokenizer files from instead of the model folder.
+    pub tokenizer_dir: Option<PathBuf>,
+}
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate (the EOS token counts, as in transformers).
+    pub max_new_tokens: usize,
+    /// Token selection; the default is the model card's sampling settings.
+    pub sampling: SamplingParams,
+    /// Generation stops when the text contains one of these; the text ends before it.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 100,
+            sampling: SamplingParams::model_card(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// The text reached a stop string.
+    Stop,
+    /// The model's context is full.
+    Context,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eos => "eos",
+            Self::Length => "length",
+            Self::Stop => "stop",
+            Self::Context => "context",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Wall-clock times of one generation (and of loading the model it ran on).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub load_s: f64,
+    pub prefill_s: f64,
+    pub prefill_tokens: usize,
+    /// Time of the single-token forward passes after the prefill.
+    pub decode_s: f64,
+    pub decode_tokens: usize,
+}
+
+impl Timings {
+    pub fn prefill_tok_s(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_s)
+    }
+
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.decode_tokens, self.decode_s)
+    }
+}
+
+fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    /// Every generated id, the EOS included.
+    pub generated_ids: Vec<u32>,
+    /// The generated text (special tokens skipped, cut before a stop string).
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// A loaded model with its tokenizer and chat template, on backend `B`.
+#[derive(Debug)]
+pub struct Pipeline<B: Backend> {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    model: CausalLm<B>,
+    eos_ids: Vec<u32>,
+    load_s: f64,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Loads a model folder or Hub id: tokenizer, chat template, config and weights.
+    /// `on_progress(done, total)` is called as weights are loaded.
+    pub fn load(
+        model: &str,
+        options: &LoadOptions,
+        device: &B::Device,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let start = Instant::now();
+        let dir = llmjp_weights::resolve_model(model, &options.hub)?;
+        let tokenizer_dir = options.tokenizer_dir.as_deref().unwrap_or(&dir);
+        let tokenizer = Tokenizer::from_dir(tokenizer_dir)?;
+        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let eos_ids = eos_ids(&dir, &config, &tokenizer)?;
+        let checkpoint = Checkpoint::open(&dir)?;
+        let model =
+            CausalLm::load_with_progress(config, &checkpoint, options.dtype, device, on_progress)?;
+        let mut pipeline = Self::from_parts(tokenizer, template, model, eos_ids);
+        pipeline.load_s = start.elapsed().as_secs_f64();
+        Ok(pipeline)
+    }
+
+    /// Assembles a pipeline from loaded parts; generation stops at `eos_ids`.
+    pub fn from_parts(
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        model: CausalLm<B>,
+        eos_ids: Vec<u32>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            template,
+            model,
+            eos_ids,
+            load_s: 0.0,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn model(&self) -> &CausalLm<B> {
+        &self.model
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Seconds it took to load.
+    pub fn load_seconds(&self) -> f64 {
+        self.load_s
+    }
+
+    /// The ids of a chat, rendered with the template and encoded without a second BOS.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let (_, ids) = llmjp_chat::encode_chat(&self.tokenizer, &self.template, messages, true)?;
+        Ok(ids)
+    }
+
+    /// The ids of raw text, with the tokenizer's special tokens (the BOS), as
+    /// `tokenizer(text)` in transformers.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Answers a chat: renders it, generates, and streams the answer's text to `on_text`
+    /// (return `false` from it to stop).
+    pub fn chat(
+        &self,
+        messages: &[Message],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let ids = self.encode_chat(messages)?;
+        self.generate(&ids, options, on_text)
+    }
+
+    /// Generates after `prompt_ids`, streaming text to `on_text` (return `false` to stop).
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let mut sampler = Sampler::new(options.sampling)?;
+        if options.max_new_tokens == 0 {
+            return Err(LlmError::InvalidOption(
+                "max_new_tokens must be at least 1".into(),
+            ));
+        }
+        if prompt_ids.is_empty() {
+            return Err(LlmError::EmptyPrompt);
+        }
+        let context = self.model.config().max_position_embeddings;
+        if prompt_ids.len() >= context {
+            return Err(LlmError::PromptTooLong {
+                tokens: prompt_ids.len(),
+                limit: context - 1,
+            });
+        }
+        let mut cache = self
+            .model
+            .new_cache(prompt_ids.len() + options.max_new_tokens);
+        let mut timings = Timings {
+            load_s: self.load_s,
+            prefill_tokens: prompt_ids.len(),
+            ..Timings::default()
+        };
+        let mut stream = self.tokenizer.stream_decoder(true);
+        let mut stops = StopMatcher::new(&options.stop);
+        let mut context_ids = prompt_ids.to_vec();
+        let mut generated = Vec::new();
+        let mut text = String::new();
+        let mut emit = |chunk: &str, text: &mut String| {
+            text.push_str(chunk);
+            chunk.is_empty() || on_text(chunk)
+        };
+
+        let start = Instant::now();
+        let mut logits = read_logits(self.model.forward_last(prompt_ids, &mut cache)?)?;
+        timings.prefill_s = start.elapsed().as_secs_f64();
+
+        let mut finish_reason = loop {
+            let token = sampler.sample(&logits, &context_ids);
+            generated.push(token);
+            context_ids.push(token);
+            if self.eos_ids.contains(&token) {
+                break FinishReason::Eos;
+            }
+            if let Some(chunk) = stream.step(token)? {
+                let (released, stopped) = stops.push(&chunk);
+                let go_on = emit(&released, &mut text);
+                if stopped {
+                    break FinishReason::Stop;
+                }
+                if !go_on {
+                    break FinishReason::Cancelled;
+                }
+            }
+            if generated.len() == options.max_new_tokens {
+                break FinishReason::Length;
+            }
+            if context_ids.len() == context {
+                break FinishReason::Context;
+            }
+            let step = Instant::now();
+            logits = read_logits(self.model.forward_last(&[token], &mut cache)?)?;
+            timings.decode_s += step.elapsed().as_secs_f64();
+            timings.decode_tokens += 1;
+        };
+        if finish_reason != FinishReason::Stop {
+            let tail = stream.finish()?.unwrap_or_default();
+            let (released, stopped) = stops.push(&tail);
+            emit(&released, &mut text);
+            if stopped {
+                finish_reason = FinishReason::Stop;
+            } else {
+                emit(&stops.finish(), &mut text);
+            }
+        }
+        Ok(Generation {
+            prompt_ids: prompt_ids.to_vec(),
+            generated_ids: generated,
+            text,
+            finish_reason,
+            timings,
+        })
+    }
+}
+
+fn read_logits<B: Backend>(logits: burn::tensor::Tensor<B, 1>) -> Result<Vec<f32>> {
+    logits
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| llmjp_model::ModelError::Readback(format!("{e:?}")).into())
+}
+
+/// The ids that end generation: `generation_config.json`'s, else `config.json`'s, else the
+/// tokenizer's EOS.
+fn eos_ids(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let generation = GenerationConfig::from_dir_or_default(dir)?;
+    let ids = if !generation.eos_token_ids.is_empty() {
+        generation.eos_token_ids
+    } else if !config.eos_token_ids.is_empty() {
+        config.eos_token_ids.clone()
+    } else {
+        tokenizer.eos_id().into_iter().collect()
+    };
+    Ok(ids)
+}
