@@ -48,6 +48,7 @@ fn greedy(max_new_tokens: usize, repetition_penalty: f32) -> GenerateOptions {
             ..SamplingParams::greedy()
         },
         stop: vec![],
+        ignore_eos: false,
     }
 }
 
@@ -134,6 +135,7 @@ fn seeded_sampling_is_reproducible() {
             ..SamplingParams::model_card().with_seed(seed)
         },
         stop: vec![],
+        ignore_eos: false,
     };
     let a = run(&pipeline, &prompt, &options(7)).0;
     let b = run(&pipeline, &prompt, &options(7)).0;

@@ -3,10 +3,17 @@
 //! ```text
 //! llmjp tokenize --model DIR [--no-special] [--format text|json] [TEXT]
 //! llmjp render --model DIR --messages FILE|- [--no-generation-prompt] [--format text|json]
+//! llmjp generate [--model DIR|ORG/NAME] [--prompt TEXT] [--raw] [sampling options] [--format text|json]
+//! llmjp chat [--model DIR|ORG/NAME] [sampling options]
+//! llmjp bench [--model DIR|ORG/NAME] [--prompt-tokens 128] [--gen-tokens 32] [--format text|json]
 //! ```
 //!
 //! Every failure prints one line on stderr and exits non-zero.
 
+mod bench;
+mod chat;
+mod generate;
+mod model_args;
 mod render;
 mod tokenize;
 
@@ -35,6 +42,12 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Render a JSON array of {role, content} messages with the model's chat template.
     Render(render::Args),
+    /// Generate an answer to a prompt (wrapped in the chat template unless --raw).
+    Generate(generate::Args),
+    /// Chat interactively.
+    Chat(chat::Args),
+    /// Measure load time, prefill and decode speed on a synthetic prompt.
+    Bench(bench::Args),
 }
 
 /// How results are printed.
@@ -59,6 +72,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokenize(args) => tokenize::run(args, &mut out),
         Command::Render(args) => render::run(args, &mut out),
+        Command::Generate(args) => generate::run(args, &mut out),
+        Command::Chat(args) => chat::run(args, &mut out),
+        Command::Bench(args) => bench::run(args, &mut out),
     };
     let result = result.and_then(|()| Ok(out.flush()?));
     match result {

@@ -166,3 +166,250 @@ fn errors_are_one_line() {
     );
     assert_one_line_error(&no_file, "/no/such.json");
 }
+
+fn tiny_model() -> String {
+    llmjp_testdata::fixture_dir("tiny-llmjp")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn tiny_reference() -> Value {
+    let path = llmjp_testdata::fixture_dir("tiny-llmjp").join("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn generate_json_greedy_equals_transformers() {
+    let Some(tokenizer) = model() else { return };
+    let reference = tiny_reference();
+    let case = &reference["cases"][0];
+    let n = case["generated_ids"].as_array().unwrap().len().to_string();
+    let out = stdout(&llmjp(
+        &[
+            "generate",
+            "--model",
+            &tiny_model(),
+            "--tokenizer",
+            &tokenizer,
+            "--prompt",
+            "自然言語処理とは何か",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+            "--max-new-tokens",
+            &n,
+            "--dtype",
+            "f32",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["prompt_ids"], case["prompt_ids"]);
+    assert_eq!(json["generated_ids"], case["generated_ids"]);
+    assert_eq!(json["text"], case["text"]);
+    assert_eq!(json["finish_reason"], "length");
+    for key in ["load_s", "prefill_tok_s", "decode_tok_s"] {
+        assert!(json["timings"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+}
+
+#[test]
+fn generate_raw_from_stdin_with_the_default_penalty() {
+    let Some(tokenizer) = model() else { return };
+    let reference = tiny_reference();
+    // The raw case with repetition penalty 1.5 (transformers' greedy applies it too).
+    let case = &reference["cases"][3];
+    assert_eq!(case["repetition_penalty"], 1.5);
+    let out = stdout(&llmjp(
+        &[
+            "generate",
+            "--model",
+            &tiny_model(),
+            "--tokenizer",
+            &tokenizer,
+            "--raw",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1.5",
+            "--max-new-tokens",
+            "20",
+            "--format",
+            "json",
+        ],
+        "日本の首都は",
+    ));
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["generated_ids"], case["generated_ids"]);
+}
+
+#[test]
+fn generate_text_streams_and_summarises_on_stderr() {
+    let Some(tokenizer) = model() else { return };
+    let args = [
+        "generate",
+        "--model",
+        &tiny_model(),
+        "--tokenizer",
+        &tokenizer,
+        "--prompt",
+        "こんにちは",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "5",
+    ];
+    let first = llmjp(&args, "");
+    let text = stdout(&first);
+    assert!(text.ends_with('\n'));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("on cpu in f32"), "{stderr}");
+    assert!(
+        stderr.contains("[6 tokens, finish: length, prefill"),
+        "{stderr}"
+    );
+    // Same seed, same text.
+    assert_eq!(stdout(&llmjp(&args, "")), text);
+}
+
+#[test]
+fn generate_stops_at_stop_strings() {
+    let Some(tokenizer) = model() else { return };
+    let reference = tiny_reference();
+    let full = reference["cases"][0]["text"].as_str().unwrap();
+    let stop: String = full.chars().skip(5).take(2).collect();
+    let out = stdout(&llmjp(
+        &[
+            "generate",
+            "--model",
+            &tiny_model(),
+            "--tokenizer",
+            &tokenizer,
+            "--prompt",
+            "自然言語処理とは何か",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+            "--stop",
+            &stop,
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["finish_reason"], "stop");
+    assert_eq!(
+        json["text"].as_str().unwrap(),
+        &full[..full.find(&stop).unwrap()]
+    );
+}
+
+#[test]
+fn bench_reports_speed_and_memory() {
+    let Some(tokenizer) = model() else { return };
+    let out = stdout(&llmjp(
+        &[
+            "bench",
+            "--model",
+            &tiny_model(),
+            "--tokenizer",
+            &tokenizer,
+            "--prompt-tokens",
+            "20",
+            "--gen-tokens",
+            "5",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let json: Value = serde_json::from_str(&out).unwrap();
+    for key in ["load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"] {
+        assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
+    }
+    assert_eq!(json["prompt_tokens"], 20);
+    assert_eq!(json["gen_tokens"], 5);
+}
+
+#[test]
+fn chat_keeps_history_and_obeys_commands() {
+    let Some(tokenizer) = model() else { return };
+    let output = llmjp(
+        &[
+            "chat",
+            "--model",
+            &tiny_model(),
+            "--tokenizer",
+            &tokenizer,
+            "--max-new-tokens",
+            "3",
+            "--seed",
+            "1",
+        ],
+        "こんにちは\n\n/reset\n東京\n/exit\nnever read\n",
+    );
+    let out = stdout(&output);
+    assert!(out.contains("(conversation reset)"), "{out}");
+    assert_eq!(out.matches("> ").count(), 5, "{out}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("[3 tokens").count(), 2, "{stderr}");
+}
+
+#[test]
+fn generate_errors_are_one_line() {
+    let Some(tokenizer) = model() else { return };
+    let tiny = tiny_model();
+    let base = [
+        "generate",
+        "--model",
+        tiny.as_str(),
+        "--tokenizer",
+        tokenizer.as_str(),
+        "--prompt",
+        "x",
+    ];
+    let with = |extra: &[&str]| llmjp(&[&base[..], extra].concat(), "");
+    let assert_error = |output: &Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    assert_error(&with(&["--top-p", "2"]), "top_p must be in (0, 1]");
+    assert_error(&with(&["--temperature", "-1"]), "temperature");
+    assert_error(&with(&["--dtype", "f64"]), "unknown dtype");
+    assert_error(&with(&["--device", "tpu"]), "unknown device");
+    assert_error(&with(&["--max-new-tokens", "0"]), "max_new_tokens");
+    let long = "東京 ".repeat(100);
+    let too_long = llmjp(
+        &[
+            "generate",
+            "--model",
+            &tiny,
+            "--tokenizer",
+            &tokenizer,
+            "--raw",
+            "--prompt",
+            &long,
+        ],
+        "",
+    );
+    assert_error(&too_long, "context");
+    let missing = llmjp(
+        &["generate", "--model", "/no/such/dir", "--prompt", "x"],
+        "",
+    );
+    assert_error(&missing, "neither a model folder nor a Hub id");
+}

@@ -32,7 +32,7 @@
 //! let options = LoadOptions { tokenizer_dir: Some(tokenizer_dir), ..LoadOptions::default() };
 //! let model = llmjp_testdata::fixture_dir("tiny-llmjp");
 //! let pipeline = Pipeline::<Cpu>::load(model.to_str().unwrap(), &options, &Default::default(), &mut |_, _| {})?;
-//! let generate = GenerateOptions { max_new_tokens: 8, sampling: SamplingParams::greedy(), stop: vec![] };
+//! let generate = GenerateOptions { max_new_tokens: 8, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false };
 //! let out = pipeline.chat(&[Message::user("こんにちは")], &generate, &mut |_| true)?;
 //! assert_eq!(out.generated_ids.len(), 8);
 //! assert_eq!(out.text, pipeline.tokenizer().decode(&out.generated_ids, true)?);

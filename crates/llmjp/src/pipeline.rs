@@ -33,6 +33,8 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Generation stops when the text contains one of these; the text ends before it.
     pub stop: Vec<String>,
+    /// Keep going past EOS tokens (for benchmarks that need a fixed length).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +43,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 100,
             sampling: SamplingParams::model_card(),
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -257,7 +260,7 @@ impl<B: Backend> Pipeline<B> {
             let token = sampler.sample(&logits, &context_ids);
             generated.push(token);
             context_ids.push(token);
-            if self.eos_ids.contains(&token) {
+            if !options.ignore_eos && self.eos_ids.contains(&token) {
                 break FinishReason::Eos;
             }
             if let Some(chunk) = stream.step(token)? {

@@ -1,0 +1,141 @@
+//! Options shared by the commands that load a model, and loading with a progress bar.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use llmjp::{ComputeDtype, Device, HubOptions, Llm, LoadOptions, SamplingParams};
+
+use crate::Result;
+
+/// The Hub id of the default model.
+pub const DEFAULT_MODEL: &str = "llm-jp/llm-jp-3.1-1.8b-instruct4";
+
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Model folder, or Hub id org/name[@revision].
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Take the tokenizer files from this folder instead of the model's.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// Compute dtype: bf16, f16 or f32 [default: bf16 on CUDA, f32 on the CPU].
+    #[arg(long)]
+    dtype: Option<String>,
+    /// cpu, cuda or cuda:N [default: CUDA when built with it and a GPU is present].
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ModelArgs {
+    /// Loads the model, telling on stderr which device and dtype it chose.
+    pub fn load(&self) -> Result<Llm> {
+        let device = match &self.device {
+            Some(d) => d.parse::<Device>()?,
+            None => Device::auto(),
+        };
+        let dtype = match (&self.dtype, device) {
+            (Some(d), _) => d.parse::<ComputeDtype>()?,
+            (None, Device::Cpu) => ComputeDtype::F32,
+            (None, Device::Cuda(_)) => ComputeDtype::BF16,
+        };
+        eprintln!("llmjp: {} on {device} in {dtype}", self.model);
+        let mut hub = HubOptions::from_env();
+        hub.revision = self.revision.clone();
+        hub.progress = std::io::stderr().is_terminal();
+        let options = LoadOptions {
+            dtype,
+            hub,
+            tokenizer_dir: self.tokenizer.clone(),
+        };
+        let mut progress = ProgressBar::new("loading weights");
+        let llm = Llm::load(&self.model, device, &options, &mut |done, total| {
+            progress.update(done, total)
+        });
+        progress.finish();
+        Ok(llm?)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 100)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Turn top-k off.
+    #[arg(long)]
+    no_top_k: bool,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long, default_value_t = 1.05, allow_negative_numbers = true)]
+    repetition_penalty: f32,
+    /// Random seed [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the text contains STR (repeatable); the text ends before it.
+    #[arg(long, value_name = "STR")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default()
+        });
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: (!self.no_top_k).then_some(self.top_k),
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed,
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    label: &'static str,
+    active: bool,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            active: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, done: usize, total: usize) {
+        if !self.active || total == 0 {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = WIDTH * done / total;
+        let bar = format!("{}{}", "#".repeat(filled), " ".repeat(WIDTH - filled));
+        eprint!("\r{} [{bar}] {done}/{total}", self.label);
+        let _ = std::io::stderr().flush();
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
