@@ -51,8 +51,8 @@ impl<B: Backend> SparseMoe<B> {
         let probs = softmax(self.router.forward(x.clone()).cast(FloatDType::F32), 1);
         let (weights, chosen) = probs.topk_with_indices(self.top_k, 1);
         let weights = weights.clone() / weights.sum_dim(1);
-        let weights = read_back::<f32, B, 2>(weights.into_data())?;
-        let chosen = read_back::<i64, B, 2>(chosen.into_data().convert::<i64>())?;
+        let weights = read_back::<f32>(weights.into_data())?;
+        let chosen = read_back::<i64>(chosen.into_data().convert::<i64>())?;
 
         // Which tokens (and with which weight) each expert serves, in token order.
         let mut routes: Vec<(Vec<i64>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
@@ -82,9 +82,7 @@ impl<B: Backend> SparseMoe<B> {
     }
 }
 
-fn read_back<T: burn::tensor::Element, B: Backend, const D: usize>(
-    data: TensorData,
-) -> Result<Vec<T>> {
+fn read_back<T: burn::tensor::Element>(data: TensorData) -> Result<Vec<T>> {
     data.into_vec::<T>()
         .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }

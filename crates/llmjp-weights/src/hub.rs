@@ -90,6 +90,10 @@ impl HubId {
     }
 }
 
+/// Fetches one file of the repository: its local path, or `None` when the repository has
+/// no such file.
+type Fetcher = dyn Fn(&str) -> Result<Option<PathBuf>>;
+
 /// Resolves `--model`: an existing folder is used as it is (no network); otherwise `spec`
 /// must be a Hub id, whose config, tokenizer and weights are downloaded (or, offline, found)
 /// in the HF cache. Returns the folder holding them.
@@ -107,7 +111,7 @@ pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
         .or(id.revision.clone())
         .unwrap_or_else(|| "main".into());
     let repo = Repo::with_revision(id.repo.clone(), RepoType::Model, revision);
-    let fetcher: Box<dyn Fn(&str) -> Result<Option<PathBuf>>> = if options.offline {
+    let fetcher: Box<Fetcher> = if options.offline {
         let cached = options.cache().repo(repo);
         Box::new(move |file: &str| Ok(cached.get(file)))
     } else {
