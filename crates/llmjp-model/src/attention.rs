@@ -6,7 +6,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
 use crate::layers::{Linear, Loader, Rope};
-use crate::Result;
+use crate::{ComputeDtype, Result};
 
 /// One layer's keys and values, `[1, kv_heads, capacity, head_dim]`, written in place.
 #[derive(Debug, Clone)]
@@ -16,19 +16,9 @@ pub struct LayerCache<B: Backend> {
 }
 
 impl<B: Backend> LayerCache<B> {
-    pub(crate) fn new(
-        kv_heads: usize,
-        capacity: usize,
-        head_dim: usize,
-        model: &Tensor<B, 2>,
-    ) -> Self {
-        let device = model.device();
-        let zeros = || {
-            Some(Tensor::zeros(
-                [1, kv_heads, capacity, head_dim],
-                (&device, model.dtype()),
-            ))
-        };
+    /// Zeros of `shape` = `[1, kv_heads, capacity, head_dim]`.
+    pub(crate) fn new(shape: [usize; 4], dtype: ComputeDtype, device: &B::Device) -> Self {
+        let zeros = || Some(Tensor::zeros(shape, (device, dtype.dtype())));
         Self {
             keys: zeros(),
             values: zeros(),
@@ -105,14 +95,14 @@ impl<B: Backend> Attention<B> {
         rope: &Rope<B>,
         cache: &mut LayerCache<B>,
         start: usize,
-    ) -> Tensor<B, 2> {
+    ) -> Result<Tensor<B, 2>> {
         let seq = x.dims()[0];
         let split = |t: Tensor<B, 2>, heads: usize| {
             t.reshape([1, seq, heads, self.head_dim]).swap_dims(1, 2)
         };
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.heads), start);
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads), start);
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = rope.apply(split(self.q_proj.forward(x.clone())?, self.heads), start);
+        let k = rope.apply(split(self.k_proj.forward(x.clone())?, self.kv_heads), start);
+        let v = split(self.v_proj.forward(x)?, self.kv_heads);
         let (k, v) = cache.append(k, v, start);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let options = AttentionModuleOptions {

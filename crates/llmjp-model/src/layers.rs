@@ -1,17 +1,23 @@
 //! The building blocks shared by the Llama and Mixtral decoders.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 use llmjp_weights::{bf16, f16, Checkpoint, Layout};
 
-use crate::{ComputeDtype, Result};
+use crate::packed::PackedLinear;
+use crate::{ComputeDtype, ModelError, Result};
 
-/// Reads checkpoint tensors straight into device tensors of the compute dtype.
+/// Reads checkpoint tensors straight into device tensors of the compute dtype, or, with
+/// `packed`, into bf16 host weights for the CPU kernels (activations then stay f32).
 pub(crate) struct Loader<'a, B: Backend> {
     pub checkpoint: &'a Checkpoint,
     pub device: &'a B::Device,
+    /// The dtype of activations and of the weights kept as burn tensors.
     pub dtype: ComputeDtype,
+    pub packed: bool,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -40,10 +46,37 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Tensor::from_data(data, (self.device, self.dtype.dtype())))
     }
 
-    /// A `[out, in]` linear weight, stored transposed for `x @ w`.
+    /// A `[out, in]` linear weight: transposed for `x @ w`, or packed bf16.
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear<B>> {
+        if self.packed {
+            let weight = self.checkpoint.read::<bf16>(
+                name,
+                &[out_features, in_features],
+                Layout::AsStored,
+            )?;
+            let packed = PackedLinear::pack(&weight, out_features, in_features);
+            return Ok(Linear::Packed(Arc::new(packed)));
+        }
         let weight = self.tensor(name, [out_features, in_features], Layout::Transposed)?;
-        Ok(Linear { weight })
+        Ok(Linear::Dense(weight))
+    }
+
+    /// The `[vocab, hidden]` embedding table (bf16 rows on the host when packed).
+    pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
+        if self.packed {
+            let rows = self
+                .checkpoint
+                .read::<bf16>(name, &[vocab, hidden], Layout::AsStored)?;
+            return Ok(Embedding::Host {
+                rows: Arc::new(rows),
+                hidden,
+            });
+        }
+        Ok(Embedding::Dense(self.tensor(
+            name,
+            [vocab, hidden],
+            Layout::AsStored,
+        )?))
     }
 
     pub fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm<B>> {
@@ -52,16 +85,36 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-/// A bias-free linear layer; `weight` is `[in, out]`.
+/// A bias-free linear layer.
 #[derive(Debug, Clone)]
-pub struct Linear<B: Backend> {
-    pub weight: Tensor<B, 2>,
+pub enum Linear<B: Backend> {
+    /// A `[in, out]` tensor: `x @ w`.
+    Dense(Tensor<B, 2>),
+    /// bf16 weights run by the CPU kernels on f32 activations.
+    Packed(Arc<PackedLinear>),
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.weight.clone())
+    pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        match self {
+            Self::Dense(weight) => Ok(x.matmul(weight.clone())),
+            Self::Packed(weight) => {
+                let [rows, _] = x.dims();
+                let device = x.device();
+                let input = to_f32_vec(x)?;
+                let out = weight.matmul(&input, rows);
+                let data = TensorData::new(out, [rows, weight.out_features()]);
+                Ok(Tensor::from_data(data, (&device, DType::F32)))
+            }
+        }
     }
+}
+
+pub(crate) fn to_f32_vec<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Vec<f32>> {
+    x.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }
 
 /// RMSNorm as in transformers: normalise in f32, cast back, then scale.
@@ -90,8 +143,8 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let hidden = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+    pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        let hidden = silu(self.gate.forward(x.clone())?) * self.up.forward(x)?;
         self.down.forward(hidden)
     }
 }
@@ -164,12 +217,48 @@ impl<B: Backend> Rope<B> {
 
 /// The token embedding table, `[vocab, hidden]`.
 #[derive(Debug, Clone)]
-pub struct Embedding<B: Backend> {
-    pub weight: Tensor<B, 2>,
+pub enum Embedding<B: Backend> {
+    Dense(Tensor<B, 2>),
+    /// bf16 rows on the host, looked up into f32 activations.
+    Host {
+        rows: Arc<Vec<bf16>>,
+        hidden: usize,
+    },
 }
 
 impl<B: Backend> Embedding<B> {
-    pub fn forward(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        self.weight.clone().select(0, ids)
+    pub fn forward(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(weight) => {
+                let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+                let n = ids.len();
+                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+                weight.clone().select(0, ids)
+            }
+            Self::Host { rows, hidden } => {
+                let values: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&id| {
+                        rows[id as usize * hidden..(id as usize + 1) * hidden]
+                            .iter()
+                            .map(|w| w.to_f32())
+                    })
+                    .collect();
+                let data = TensorData::new(values, [ids.len(), *hidden]);
+                Tensor::from_data(data, (device, DType::F32))
+            }
+        }
+    }
+
+    /// The table as the head of a tied model: `[vocab, hidden]` is the head's `[out, in]`.
+    pub fn as_tied_head(&self) -> Linear<B> {
+        match self {
+            Self::Dense(weight) => Linear::Dense(weight.clone().transpose()),
+            Self::Host { rows, hidden } => Linear::Packed(Arc::new(PackedLinear::pack(
+                rows,
+                rows.len() / hidden,
+                *hidden,
+            ))),
+        }
     }
 }

@@ -32,6 +32,7 @@ mod layers;
 mod llama;
 mod mixtral;
 mod model;
+mod packed;
 
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};

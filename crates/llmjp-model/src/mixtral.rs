@@ -48,7 +48,7 @@ impl<B: Backend> SparseMoe<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         let [seq, hidden] = x.dims();
         let dtype = x.dtype();
-        let probs = softmax(self.router.forward(x.clone()).cast(FloatDType::F32), 1);
+        let probs = softmax(self.router.forward(x.clone())?.cast(FloatDType::F32), 1);
         let (weights, chosen) = probs.topk_with_indices(self.top_k, 1);
         let weights = weights.clone() / weights.sum_dim(1);
         let weights = read_back::<f32>(weights.into_data())?;
@@ -72,7 +72,7 @@ impl<B: Backend> SparseMoe<B> {
             }
             let n = tokens.len();
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [n]), &device);
-            let rows = expert.forward(x.clone().select(0, index.clone()));
+            let rows = expert.forward(x.clone().select(0, index.clone()))?;
             let scales =
                 Tensor::<B, 2>::from_data(TensorData::new(scales, [n, 1]), (&device, DType::F32));
             let scaled = (rows.cast(FloatDType::F32) * scales).cast(dtype);

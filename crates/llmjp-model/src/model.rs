@@ -1,12 +1,14 @@
 //! [`CausalLm`]: the decoder stack shared by Llama and Mixtral, loading and forward passes.
 
+use std::any::TypeId;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Int, Tensor, TensorData};
-use llmjp_weights::{Architecture, Checkpoint, Layout, ModelConfig};
+use burn::tensor::{FloatDType, Tensor};
+use llmjp_weights::{Architecture, Checkpoint, ModelConfig};
 
 use crate::attention::{Attention, LayerCache};
+use crate::backend::Cpu;
 use crate::layers::{Embedding, Linear, Loader, Mlp, RmsNorm, Rope};
 use crate::mixtral::SparseMoe;
 use crate::{llama, ComputeDtype, ModelError, Result};
@@ -66,11 +68,11 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Result<Tensor<B, 2>> {
         let attn =
             self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start);
+                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start)?;
         let x = x + attn;
         let normed = self.post_attention_layernorm.forward(x.clone());
         let ff = match &self.feed_forward {
-            FeedForward::Dense(mlp) => mlp.forward(normed),
+            FeedForward::Dense(mlp) => mlp.forward(normed)?,
             FeedForward::Sparse(moe) => moe.forward(normed)?,
         };
         Ok(x + ff)
@@ -115,6 +117,8 @@ impl<B: Backend> KvCache<B> {
 pub struct CausalLm<B: Backend> {
     config: ModelConfig,
     dtype: ComputeDtype,
+    /// The dtype of activations and the KV cache.
+    activations: ComputeDtype,
     device: B::Device,
     embed_tokens: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
@@ -157,19 +161,18 @@ impl<B: Backend> CausalLm<B> {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let total = config.num_hidden_layers + 2;
+        // On the CPU, bf16 means bf16 weights run by the packed kernels on f32 activations:
+        // burn-flex's own bf16 matmul widens both operands on every call.
+        let packed = dtype == ComputeDtype::BF16 && TypeId::of::<B>() == TypeId::of::<Cpu>();
+        let activations = if packed { ComputeDtype::F32 } else { dtype };
         let loader = Loader {
             checkpoint,
             device,
-            dtype,
+            dtype: activations,
+            packed,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = Embedding {
-            weight: loader.tensor(
-                "model.embed_tokens.weight",
-                [vocab, hidden],
-                Layout::AsStored,
-            )?,
-        };
+        let embed_tokens = loader.embedding("model.embed_tokens.weight", vocab, hidden)?;
         on_progress(1, total);
         let layers = (0..config.num_hidden_layers)
             .map(|layer| {
@@ -180,9 +183,7 @@ impl<B: Backend> CausalLm<B> {
             .collect::<Result<Vec<_>>>()?;
         let norm = loader.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings && !checkpoint.contains("lm_head.weight") {
-            Linear {
-                weight: embed_tokens.weight.clone().transpose(),
-            }
+            embed_tokens.as_tied_head()
         } else {
             loader.linear("lm_head.weight", hidden, vocab)?
         };
@@ -191,11 +192,12 @@ impl<B: Backend> CausalLm<B> {
             config.head_dim,
             config.rope_theta,
             config.max_position_embeddings,
-            dtype,
+            activations,
             device,
         );
         Ok(Self {
             dtype,
+            activations,
             device: device.clone(),
             embed_tokens,
             layers,
@@ -222,10 +224,10 @@ impl<B: Backend> CausalLm<B> {
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
         let capacity = capacity.min(self.config.max_position_embeddings);
         let kv_heads = self.config.num_key_value_heads;
-        let reference = &self.embed_tokens.weight;
+        let shape = [1, kv_heads, capacity, self.config.head_dim];
         KvCache {
             layers: (0..self.layers.len())
-                .map(|_| LayerCache::new(kv_heads, capacity, self.config.head_dim, reference))
+                .map(|_| LayerCache::new(shape, self.activations, &self.device))
                 .collect(),
             len: 0,
             capacity,
@@ -238,7 +240,7 @@ impl<B: Backend> CausalLm<B> {
         let hidden = self.hidden_states(ids, cache)?;
         Ok(self
             .lm_head
-            .forward(self.norm.forward(hidden))
+            .forward(self.norm.forward(hidden))?
             .cast(FloatDType::F32))
     }
 
@@ -250,7 +252,7 @@ impl<B: Backend> CausalLm<B> {
         let last = hidden.slice([seq - 1..seq, 0..size]);
         let logits = self
             .lm_head
-            .forward(self.norm.forward(last))
+            .forward(self.norm.forward(last))?
             .cast(FloatDType::F32);
         Ok(logits.reshape([self.config.vocab_size]))
     }
@@ -280,13 +282,7 @@ impl<B: Backend> CausalLm<B> {
                 reason: "KV cache capacity",
             });
         }
-        let data = TensorData::new(
-            ids.iter().map(|&id| id as i64).collect::<Vec<_>>(),
-            [ids.len()],
-        );
-        let mut x = self
-            .embed_tokens
-            .forward(Tensor::<B, 1, Int>::from_data(data, &self.device));
+        let mut x = self.embed_tokens.forward(ids, &self.device);
         for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
             x = layer.forward(x, &self.rope, layer_cache, start)?;
         }
