@@ -21,7 +21,8 @@ pub struct ModelArgs {
     /// Take the tokenizer files from this folder instead of the model's.
     #[arg(long, value_name = "DIR")]
     tokenizer: Option<PathBuf>,
-    /// Compute dtype: bf16, f16 or f32 [default: bf16 on CUDA, f32 on the CPU].
+    /// Compute dtype: bf16, f16 or f32 [default: bf16]. On the CPU, bf16 keeps the weights in
+    /// bf16 and computes in f32 (AVX-512 / AMX kernels).
     #[arg(long)]
     dtype: Option<String>,
     /// cpu, cuda or cuda:N [default: CUDA when built with it and a GPU is present].
@@ -36,10 +37,9 @@ impl ModelArgs {
             Some(d) => d.parse::<Device>()?,
             None => Device::auto(),
         };
-        let dtype = match (&self.dtype, device) {
-            (Some(d), _) => d.parse::<ComputeDtype>()?,
-            (None, Device::Cpu) => ComputeDtype::F32,
-            (None, Device::Cuda(_)) => ComputeDtype::BF16,
+        let dtype = match &self.dtype {
+            Some(d) => d.parse::<ComputeDtype>()?,
+            None => ComputeDtype::BF16,
         };
         eprintln!("llmjp: {} on {device} in {dtype}", self.model);
         let mut hub = HubOptions::from_env();

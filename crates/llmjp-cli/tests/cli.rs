@@ -268,7 +268,7 @@ fn generate_text_streams_and_summarises_on_stderr() {
     let text = stdout(&first);
     assert!(text.ends_with('\n'));
     let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(stderr.contains("on cpu in f32"), "{stderr}");
+    assert!(stderr.contains("on cpu in bf16"), "{stderr}");
     assert!(
         stderr.contains("[6 tokens, finish: length, prefill"),
         "{stderr}"

@@ -5,7 +5,12 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use crate::layers::{Linear, Loader, Rope};
+use std::sync::Arc;
+
+use burn::tensor::{DType, TensorData};
+
+use crate::layers::{to_f32_vec, Linear, Loader, Rope};
+use crate::packed::PackedLinear;
 use crate::{ComputeDtype, Result};
 
 /// One layer's keys and values, `[1, kv_heads, capacity, head_dim]`, written in place.
@@ -97,12 +102,75 @@ impl<B: Backend> Attention<B> {
         start: usize,
     ) -> Result<Tensor<B, 2>> {
         let seq = x.dims()[0];
+        if let (Linear::Packed(q), Linear::Packed(k), Linear::Packed(v), Linear::Packed(o)) =
+            (&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj)
+        {
+            return self.forward_host([q, k, v, o], x, rope, cache, start);
+        }
         let split = |t: Tensor<B, 2>, heads: usize| {
             t.reshape([1, seq, heads, self.head_dim]).swap_dims(1, 2)
         };
         let q = rope.apply(split(self.q_proj.forward(x.clone())?, self.heads), start);
         let k = rope.apply(split(self.k_proj.forward(x.clone())?, self.kv_heads), start);
         let v = split(self.v_proj.forward(x)?, self.kv_heads);
+        let out = self.attend(q, k, v, cache, start, seq);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([seq, self.heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// The CPU kernels' path: projections, RoPE and the head layout on the host; burn only
+    /// for the cache and the attention itself.
+    fn forward_host(
+        &self,
+        [q_w, k_w, v_w, o_w]: [&Arc<PackedLinear>; 4],
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Result<Tensor<B, 2>> {
+        let seq = x.dims()[0];
+        let device = x.device();
+        let input = to_f32_vec(x)?;
+        let d = self.head_dim;
+        let heads = |values: Vec<f32>, n: usize, rotate: bool| {
+            let data = TensorData::new(
+                rope.to_heads(&values, seq, n, start, rotate),
+                [1, n, seq, d],
+            );
+            Tensor::<B, 4>::from_data(data, (&device, DType::F32))
+        };
+        let q = heads(q_w.matmul(&input, seq), self.heads, true);
+        let k = heads(k_w.matmul(&input, seq), self.kv_heads, true);
+        let v = heads(v_w.matmul(&input, seq), self.kv_heads, false);
+        let out = self.attend(q, k, v, cache, start, seq);
+        // [1, heads, seq, d] → [seq, heads * d] on the host.
+        let out = to_f32_vec(out)?;
+        let mut rows = vec![0f32; out.len()];
+        for h in 0..self.heads {
+            for t in 0..seq {
+                rows[t * self.heads * d + h * d..][..d]
+                    .copy_from_slice(&out[(h * seq + t) * d..][..d]);
+            }
+        }
+        let projected = o_w.matmul(&rows, seq);
+        Ok(Tensor::from_data(
+            TensorData::new(projected, [seq, o_w.out_features()]),
+            (&device, DType::F32),
+        ))
+    }
+
+    /// Appends `k`/`v` to the cache and attends over everything cached.
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+        seq: usize,
+    ) -> Tensor<B, 4> {
         let (k, v) = cache.append(k, v, start);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let options = AttentionModuleOptions {
@@ -112,11 +180,7 @@ impl<B: Backend> Attention<B> {
             // a single query sees every cached position anyway.
             is_causal: seq > 1,
         };
-        let out = attention(q, k, v, None, None, options);
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([seq, self.heads * self.head_dim]);
-        self.o_proj.forward(out)
+        attention(q, k, v, None, None, options)
     }
 
     /// Grouped-query attention: each key/value head serves `heads / kv_heads` query heads.

@@ -49,12 +49,10 @@ impl<B: Backend> Loader<'_, B> {
     /// A `[out, in]` linear weight: transposed for `x @ w`, or packed bf16.
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear<B>> {
         if self.packed {
-            let weight = self.checkpoint.read::<bf16>(
-                name,
-                &[out_features, in_features],
-                Layout::AsStored,
-            )?;
-            let packed = PackedLinear::pack(&weight, out_features, in_features);
+            let stored = self.checkpoint.matrix(name, out_features, in_features)?;
+            let packed = PackedLinear::pack_rows(out_features, in_features, |r, row| {
+                stored.row_into(r, row)
+            });
             return Ok(Linear::Packed(Arc::new(packed)));
         }
         let weight = self.tensor(name, [out_features, in_features], Layout::Transposed)?;
@@ -144,6 +142,24 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        if let (Linear::Packed(gate), Linear::Packed(up), Linear::Packed(down)) =
+            (&self.gate, &self.up, &self.down)
+        {
+            // The CPU kernels' path: silu(gate) * up fused on the host, no tensor round trips.
+            let [rows, _] = x.dims();
+            let device = x.device();
+            let input = to_f32_vec(x)?;
+            let mut hidden = gate.matmul(&input, rows);
+            let up = up.matmul(&input, rows);
+            for (g, u) in hidden.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            let out = down.matmul(&hidden, rows);
+            return Ok(Tensor::from_data(
+                TensorData::new(out, [rows, down.out_features()]),
+                (&device, DType::F32),
+            ));
+        }
         let hidden = silu(self.gate.forward(x.clone())?) * self.up.forward(x)?;
         self.down.forward(hidden)
     }
@@ -155,6 +171,9 @@ impl<B: Backend> Mlp<B> {
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    /// The same tables on the host, for the CPU kernels' path.
+    cos_host: Arc<Vec<f32>>,
+    sin_host: Arc<Vec<f32>>,
     head_dim: usize,
 }
 
@@ -183,15 +202,54 @@ impl<B: Backend> Rope<B> {
                 }
             }
         }
-        let table = |values: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(values, [max_positions, head_dim]), device)
-                .cast(dtype.float())
+        let table = |values: &[f32]| {
+            Tensor::<B, 2>::from_data(
+                TensorData::new(values.to_vec(), [max_positions, head_dim]),
+                device,
+            )
+            .cast(dtype.float())
         };
         Self {
-            cos: table(cos),
-            sin: table(sin),
+            cos: table(&cos),
+            sin: table(&sin),
+            cos_host: Arc::new(cos),
+            sin_host: Arc::new(sin),
             head_dim,
         }
+    }
+
+    /// Host version for the CPU kernels: `x` is `[seq, heads * head_dim]` at positions
+    /// `start..`; returns it rotated (unless `rotate` is false) and laid out
+    /// `[heads, seq, head_dim]`, ready for attention.
+    pub fn to_heads(
+        &self,
+        x: &[f32],
+        seq: usize,
+        heads: usize,
+        start: usize,
+        rotate: bool,
+    ) -> Vec<f32> {
+        let d = self.head_dim;
+        let half = d / 2;
+        let mut out = vec![0f32; x.len()];
+        for h in 0..heads {
+            for t in 0..seq {
+                let src = &x[t * heads * d + h * d..][..d];
+                let dst = &mut out[(h * seq + t) * d..][..d];
+                if !rotate {
+                    dst.copy_from_slice(src);
+                    continue;
+                }
+                let cos = &self.cos_host[(start + t) * d..][..d];
+                let sin = &self.sin_host[(start + t) * d..][..d];
+                for i in 0..half {
+                    // rotate_half(x) = cat(-x2, x1)
+                    dst[i] = src[i] * cos[i] - src[i + half] * sin[i];
+                    dst[i + half] = src[i + half] * cos[i + half] + src[i] * sin[i + half];
+                }
+            }
+        }
+        out
     }
 
     /// Rotates `x` (`[1, heads, seq, head_dim]`) for positions `start..start + seq`.

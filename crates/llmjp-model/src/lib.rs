@@ -32,7 +32,7 @@ mod layers;
 mod llama;
 mod mixtral;
 mod model;
-mod packed;
+pub mod packed;
 
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};

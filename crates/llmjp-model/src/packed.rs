@@ -25,23 +25,44 @@ impl PackedLinear {
     /// Packs a row-major `[out_features, in_features]` bf16 matrix.
     pub fn pack(weight: &[bf16], out_features: usize, in_features: usize) -> Self {
         assert_eq!(weight.len(), out_features * in_features);
+        Self::pack_rows(out_features, in_features, |r, row| {
+            row.copy_from_slice(&weight[r * in_features..(r + 1) * in_features]);
+        })
+    }
+
+    /// Packs a matrix given row by row: `read_row(r, row)` fills `row` with row `r`.
+    /// Blocks are packed in parallel, each element written once.
+    pub fn pack_rows(
+        out_features: usize,
+        in_features: usize,
+        read_row: impl Fn(usize, &mut [bf16]) + Sync,
+    ) -> Self {
         let pairs = in_features.div_ceil(2);
         let blocks = out_features.div_ceil(BLOCK);
-        let mut data = vec![0u16; blocks * pairs * 2 * BLOCK];
-        data.par_chunks_mut(pairs * 2 * BLOCK)
+        let block_len = pairs * 2 * BLOCK;
+        let mut data: Vec<u16> = Vec::with_capacity(blocks * block_len);
+        data.spare_capacity_mut()[..blocks * block_len]
+            .par_chunks_mut(block_len)
             .enumerate()
-            .for_each(|(block, dst)| {
-                for lane in 0..BLOCK {
-                    let row = block * BLOCK + lane;
-                    if row >= out_features {
-                        break;
+            .for_each_init(
+                || vec![bf16::ZERO; pairs * 2],
+                |row, (block, dst)| {
+                    for lane in 0..BLOCK {
+                        let r = block * BLOCK + lane;
+                        if r < out_features {
+                            read_row(r, &mut row[..in_features]);
+                        } else {
+                            row.fill(bf16::ZERO);
+                        }
+                        for (col, w) in row.iter().enumerate() {
+                            dst[(col / 2) * 2 * BLOCK + lane * 2 + col % 2].write(w.to_bits());
+                        }
                     }
-                    let src = &weight[row * in_features..(row + 1) * in_features];
-                    for (col, w) in src.iter().enumerate() {
-                        dst[(col / 2) * 2 * BLOCK + lane * 2 + col % 2] = w.to_bits();
-                    }
-                }
-            });
+                },
+            );
+        // SAFETY: every element of every block was written above (odd widths write the
+        // zero padding column from the row buffer's last element).
+        unsafe { data.set_len(blocks * block_len) };
         Self {
             out_features,
             in_features,
@@ -59,7 +80,7 @@ impl PackedLinear {
         assert_eq!(x.len(), rows * k);
         // An odd input width gets a zero column so that every pair is whole.
         let padded;
-        let (x, k) = if k % 2 == 1 {
+        let (x, k) = if !k.is_multiple_of(2) {
             padded = (0..rows)
                 .flat_map(|r| x[r * k..(r + 1) * k].iter().copied().chain([0.0]))
                 .collect::<Vec<f32>>();
@@ -68,6 +89,10 @@ impl PackedLinear {
             (x, k)
         };
         let n = self.out_features;
+        #[cfg(target_arch = "x86_64")]
+        if rows >= amx::MIN_ROWS && amx::fits(k, n) && amx::available() {
+            return amx::matmul(self, x, rows, k);
+        }
         let mut out = vec![0f32; rows * n];
         let blocks_per_task = if rows == 1 { 4 } else { 2 };
         let blocks = n.div_ceil(BLOCK);
@@ -204,6 +229,8 @@ mod avx512 {
     }
 
     /// `MR` rows from `row` times `NB` blocks from `block`, accumulated in registers.
+    // Indexing the register tile by row and block reads clearer than iterators here.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile<const MR: usize, const NB: usize>(
@@ -252,6 +279,179 @@ mod avx512 {
                 };
                 _mm512_mask_storeu_ps(out.add((row + r) * n + col), mask, acc[r][b]);
             }
+        }
+    }
+}
+
+/// Intel AMX (the bf16 tile unit of Sapphire Rapids and later) for prefills: activations are
+/// rounded to bf16 — as transformers' bf16 models compute — and products accumulate in f32.
+/// The instructions are written with `asm!`, which stable Rust assembles; the kernel asks
+/// Linux for the tile state once and falls back to AVX-512 when it is refused.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use half::bf16;
+    use rayon::prelude::*;
+
+    use super::{PackedLinear, SendPtr, BLOCK};
+
+    /// Below this many rows the AVX-512 kernel is as fast and keeps f32 activations.
+    pub const MIN_ROWS: usize = 32;
+    /// k values per tile step: 16 pairs, 64 bytes of bf16 per tile row.
+    const K_STEP: usize = 32;
+    /// Rows per tile.
+    const TILE_ROWS: usize = 16;
+
+    /// Shapes the kernel takes: whole k steps and pairs of column blocks.
+    pub fn fits(k: usize, n: usize) -> bool {
+        k.is_multiple_of(K_STEP) && n.is_multiple_of(2 * BLOCK)
+    }
+
+    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile registers.
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU this code runs on.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+            cpu && request_tile_permission()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn request_tile_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        // SAFETY: a plain syscall with integer arguments.
+        let result = unsafe { libc_syscall(158, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+        result == 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_permission() -> bool {
+        false
+    }
+
+    /// `syscall(nr, a, b)` without a libc dependency.
+    #[cfg(target_os = "linux")]
+    unsafe fn libc_syscall(nr: i64, a: i64, b: i64) -> i64 {
+        let ret: i64;
+        // SAFETY: the x86-64 Linux syscall convention; rcx and r11 are clobbered.
+        unsafe {
+            asm!("syscall", inlateout("rax") nr => ret, in("rdi") a, in("rsi") b,
+                 lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        ret
+    }
+
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// `x @ w.T` for `rows >= MIN_ROWS`, `k % 32 == 0`, `n % 32 == 0`.
+    pub fn matmul(w: &PackedLinear, x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+        let n = w.out_features;
+        let padded_rows = rows.div_ceil(2 * TILE_ROWS) * 2 * TILE_ROWS;
+        let mut xb = vec![bf16::ZERO; padded_rows * k];
+        xb[..rows * k]
+            .par_chunks_mut(k)
+            .zip(x.par_chunks(k))
+            .for_each(|(dst, src)| {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, s)| *d = bf16::from_f32(*s))
+            });
+        let mut out = vec![0f32; padded_rows * n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let pairs = k / 2;
+        (0..n / (2 * BLOCK)).into_par_iter().for_each(|task| {
+            // SAFETY: AMX is available (checked by the caller); each task writes only its
+            // own two column blocks of `out`.
+            unsafe { columns(w, &xb, padded_rows, k, pairs, 2 * task, out_ptr) };
+        });
+        out.truncate(rows * n);
+        out
+    }
+
+    /// Column blocks `block` and `block + 1` for every (padded) row.
+    unsafe fn columns(
+        w: &PackedLinear,
+        xb: &[bf16],
+        rows: usize,
+        k: usize,
+        pairs: usize,
+        block: usize,
+        out: SendPtr,
+    ) {
+        let n = w.out_features;
+        let mut config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            config.bytes_per_row[t] = 64;
+            config.rows[t] = TILE_ROWS as u8;
+        }
+        let a_stride = k * 2;
+        let c_stride = n * 4;
+        let b_base = w.data.as_ptr();
+        // SAFETY: AMX is enabled for this process; every pointer below stays inside `xb`,
+        // `w.data` or `out` (rows are padded to whole tiles).
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack));
+            for r in (0..rows).step_by(2 * TILE_ROWS) {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack)
+                );
+                for step in 0..k / K_STEP {
+                    let a0 = xb.as_ptr().add(r * k + step * K_STEP);
+                    let a1 = a0.add(TILE_ROWS * k);
+                    let b0 = b_base.add((block * pairs + step * 16) * 2 * BLOCK);
+                    let b1 = b_base.add(((block + 1) * pairs + step * 16) * 2 * BLOCK);
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                        sa = in(reg) a_stride, sb = in(reg) 64usize,
+                        options(nostack),
+                    );
+                }
+                let c00 = out.0.add(r * n + block * BLOCK);
+                let c01 = c00.add(BLOCK);
+                let c10 = c00.add(TILE_ROWS * n);
+                let c11 = c10.add(BLOCK);
+                asm!(
+                    "tilestored [{c00} + {s}*1], tmm0",
+                    "tilestored [{c01} + {s}*1], tmm1",
+                    "tilestored [{c10} + {s}*1], tmm2",
+                    "tilestored [{c11} + {s}*1], tmm3",
+                    c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
+                    s = in(reg) c_stride,
+                    options(nostack),
+                );
+            }
+            asm!("tilerelease", options(nostack));
         }
     }
 }

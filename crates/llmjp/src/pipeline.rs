@@ -16,7 +16,8 @@ use crate::{LlmError, Result};
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// The dtype weights and activations are computed in.
+    /// The dtype weights and activations are computed in (on the CPU, bf16 keeps the weights
+    /// in bf16 and computes in f32).
     pub dtype: ComputeDtype,
     /// How to reach the Hub when the model is given as `org/name[@revision]`.
     pub hub: HubOptions,

@@ -1,0 +1,59 @@
+//! Throughput of the packed bf16 CPU kernel on the llm-jp-3.1-1.8b shapes, against burn-flex's
+//! f32 matmul measured in the same run. `cargo bench -p llmjp-model --bench kernels`.
+
+use std::time::Instant;
+
+use burn::tensor::{Tensor, TensorData};
+use half::bf16;
+use llmjp_model::backend::Cpu;
+use llmjp_model::packed::PackedLinear;
+
+fn time<F: FnMut()>(mut f: F) -> f64 {
+    f();
+    let runs = 5;
+    let start = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    start.elapsed().as_secs_f64() / runs as f64
+}
+
+fn main() {
+    let shapes = [(2048, 2048), (7168, 2048), (2048, 7168)];
+    println!(
+        "{:>6} {:>6} {:>6} | {:>12} {:>12} | {:>12} {:>12} | ratio",
+        "rows", "out", "in", "packed ms", "GFLOP/s", "flex f32 ms", "GFLOP/s"
+    );
+    for rows in [1usize, 128] {
+        for &(n, k) in &shapes {
+            let w: Vec<bf16> = (0..n * k)
+                .map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 * 1e-4))
+                .collect();
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 104729) % 1000) as f32 * 1e-3)
+                .collect();
+            let packed = PackedLinear::pack(&w, n, k);
+            let ours = time(|| {
+                std::hint::black_box(packed.matmul(&x, rows));
+            });
+            let device = Default::default();
+            let wt: Vec<f32> = (0..k * n)
+                .map(|i| w[(i % n) * k + i / n].to_f32())
+                .collect();
+            let wt = Tensor::<Cpu, 2>::from_data(TensorData::new(wt, [k, n]), &device);
+            let xt = Tensor::<Cpu, 2>::from_data(TensorData::new(x.clone(), [rows, k]), &device);
+            let flex = time(|| {
+                std::hint::black_box(xt.clone().matmul(wt.clone()).into_data());
+            });
+            let flops = 2.0 * (rows * n * k) as f64;
+            println!(
+                "{rows:>6} {n:>6} {k:>6} | {:>12.3} {:>12.1} | {:>12.3} {:>12.1} | {:.2}x",
+                ours * 1e3,
+                flops / ours / 1e9,
+                flex * 1e3,
+                flops / flex / 1e9,
+                flex / ours
+            );
+        }
+    }
+}
