@@ -1,6 +1,14 @@
-//! Project automation. `cargo xtask golden` regenerates the reference data that the tests
-//! compare against (needs Python with `transformers`; never needed by CI).
+//! Project automation (never needed by CI):
+//!
+//! - `cargo xtask golden`: regenerates the reference data the tests compare against
+//!   (Python with `transformers` and `torch`).
+//! - `cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype D]`:
+//!   `llmjp bench` against the same measurement in transformers (bf16) on a random-weight
+//!   checkpoint with the real llm-jp-3.1-1.8b config, alternating, with the ratios.
 
+mod bench;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const GOLDEN_SCRIPTS: [&str; 4] = [
@@ -11,35 +19,50 @@ const GOLDEN_SCRIPTS: [&str; 4] = [
 ];
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("golden") => run_python(&GOLDEN_SCRIPTS),
-        _ => {
-            eprintln!("usage: cargo xtask golden");
-            ExitCode::from(2)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("golden") => GOLDEN_SCRIPTS.iter().try_for_each(|s| run(Command::new("python3").arg(s))),
+        Some("bench") => bench::run(&args[1..]),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run_python(scripts: &[&str]) -> ExitCode {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    for script in scripts {
-        eprintln!("running {script}");
-        let status = Command::new("python3")
-            .arg(script)
-            .current_dir(root)
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                eprintln!("{script} failed: {s}");
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("cannot run python3: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command in the workspace root; an error unless it succeeds.
+fn run(command: &mut Command) -> Result<(), String> {
+    let status = command
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed: {status}"))
     }
-    ExitCode::SUCCESS
+}
+
+/// Runs a command in the workspace root and returns its standard output.
+fn output(command: &mut Command) -> Result<String, String> {
+    let out = command
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -1,0 +1,153 @@
+//! `cargo xtask bench`: our `llmjp bench` and transformers side by side.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::{output, root, run as run_command};
+
+const MODEL_DIR: &str = "target/bench-model-1.8b";
+const METRICS: [&str; 4] = ["load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"];
+
+struct Options {
+    rounds: usize,
+    prompt_tokens: String,
+    gen_tokens: String,
+    dtype: String,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        rounds: 3,
+        prompt_tokens: "128".into(),
+        gen_tokens: "32".into(),
+        dtype: "bf16".into(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .clone();
+        match flag.as_str() {
+            "--rounds" => options.rounds = value.parse().map_err(|_| "--rounds takes a number")?,
+            "--prompt-tokens" => options.prompt_tokens = value,
+            "--gen-tokens" => options.gen_tokens = value,
+            "--dtype" => options.dtype = value,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(options)
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let options = parse(args)?;
+    let model = root().join(MODEL_DIR);
+    let python_ok = Command::new("python3")
+        .args(["-c", "import torch, transformers, safetensors"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ok {
+        eprintln!("installing transformers, torch and safetensors with pip");
+        run_command(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "transformers",
+            "torch",
+            "safetensors",
+        ]))?;
+    }
+    if !model.join("config.json").is_file() {
+        eprintln!("creating the 1.8b-shaped checkpoint in {MODEL_DIR}");
+        run_command(Command::new("python3").args(["xtask/bench/make_checkpoint.py", MODEL_DIR]))?;
+    }
+    run_command(Command::new("cargo").args(["build", "--release", "-p", "llmjp-cli"]))?;
+    let weights_mb = weights_size_mb(&model)?;
+
+    let ours_cmd = |o: &Options| {
+        let mut c = Command::new(root().join("target/release/llmjp"));
+        c.args([
+            "bench", "--model", MODEL_DIR, "--dtype", &o.dtype, "--device", "cpu", "--format",
+            "json",
+        ])
+        .args([
+            "--prompt-tokens",
+            &o.prompt_tokens,
+            "--gen-tokens",
+            &o.gen_tokens,
+        ]);
+        c
+    };
+    let hf_cmd = |o: &Options| {
+        let mut c = Command::new("python3");
+        c.args(["xtask/bench/hf_bench.py", MODEL_DIR, "--dtype", "bf16"])
+            .args([
+                "--prompt-tokens",
+                &o.prompt_tokens,
+                "--gen-tokens",
+                &o.gen_tokens,
+            ]);
+        c
+    };
+    let (mut ours, mut hf) = (Vec::new(), Vec::new());
+    for round in 1..=options.rounds {
+        eprintln!("round {round}/{}: llmjp", options.rounds);
+        ours.push(last_json(&output(&mut ours_cmd(&options))?)?);
+        eprintln!("round {round}/{}: transformers", options.rounds);
+        hf.push(last_json(&output(&mut hf_cmd(&options))?)?);
+    }
+
+    println!(
+        "llm-jp-3.1-1.8b shape, random weights stored bf16 ({weights_mb:.0} MB), {} prompt tokens, {} generated, greedy, median of {} alternating rounds",
+        options.prompt_tokens, options.gen_tokens, options.rounds
+    );
+    println!(
+        "{:<16} {:>14} {:>22} {:>8}",
+        "metric",
+        format!("llmjp {}", options.dtype),
+        "transformers bf16",
+        "ratio"
+    );
+    for metric in METRICS {
+        let a = median(&ours, metric)?;
+        let b = median(&hf, metric)?;
+        println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+    }
+    let rss = median(&ours, "peak_rss_mb")?;
+    println!("llmjp peak RSS / weights size: {:.2}", rss / weights_mb);
+    Ok(())
+}
+
+fn last_json(text: &str) -> Result<Value, String> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or("no JSON in output")?;
+    serde_json::from_str(line).map_err(|e| format!("bad JSON {line:?}: {e}"))
+}
+
+fn median(runs: &[Value], metric: &str) -> Result<f64, String> {
+    let mut values: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            r[metric]
+                .as_f64()
+                .ok_or_else(|| format!("{metric} missing in {r}"))
+        })
+        .collect::<Result<_, _>>()?;
+    values.sort_by(f64::total_cmp);
+    Ok(values[values.len() / 2])
+}
+
+fn weights_size_mb(dir: &std::path::Path) -> Result<f64, String> {
+    let mut bytes = 0u64;
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            bytes += path.metadata().map_err(|e| e.to_string())?.len();
+        }
+    }
+    Ok(bytes as f64 / (1024.0 * 1024.0))
+}
