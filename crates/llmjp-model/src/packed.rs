@@ -206,6 +206,8 @@ mod avx512 {
 
     /// Rows handled together: each weight load is reused this many times.
     const ROW_TILE: usize = 8;
+    /// How far ahead the decode kernel prefetches weights.
+    const PREFETCH_BYTES: usize = 1024;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn columns(
@@ -277,6 +279,10 @@ mod avx512 {
             let mut hi = [_mm512_setzero_ps(); NB];
             for b in 0..NB {
                 let ptr = base.add(((block + b) * pairs + p) * 2 * BLOCK) as *const __m512i;
+                if MR == 1 {
+                    // Decode is bound by memory: fetch the weights a few steps ahead.
+                    _mm_prefetch::<_MM_HINT_T0>((ptr as *const i8).add(PREFETCH_BYTES));
+                }
                 let bits = _mm512_loadu_si512(ptr);
                 lo[b] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
                 hi[b] = _mm512_castsi512_ps(_mm512_and_si512(bits, high));
