@@ -14,26 +14,10 @@
 use burn::tensor::Tensor;
 use llmjp_model::backend::Cpu;
 use llmjp_model::{CausalLm, ComputeDtype};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<Prompt>,
-}
-
-#[derive(Deserialize)]
-struct Prompt {
-    ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    greedy: Vec<u32>,
-}
+use llmjp_testdata::{argmax, max_abs_diff, model_reference};
 
 fn values(t: Tensor<Cpu, 1>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b }) as u32
 }
 
 #[test]
@@ -48,17 +32,11 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
         let dir = llmjp_testdata::fixture_dir(name);
         let model =
             CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::BF16, &Default::default()).unwrap();
-        let reference: Reference =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
+        let reference = model_reference(name);
         for p in &reference.prompts {
             let mut cache = model.new_cache(p.ids.len() + p.greedy.len());
             let mut logits = values(model.forward_last(&p.ids, &mut cache).unwrap());
-            let err = logits
-                .iter()
-                .zip(&p.last_logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let err = max_abs_diff(&logits, &p.last_logits);
             eprintln!(
                 "{name}, {} tokens: max abs logit error {err:.4}",
                 p.ids.len()
@@ -98,10 +76,6 @@ fn bf16_prefill_agrees_with_single_steps() {
         stepped = values(model.forward_last(&[id], &mut cache).unwrap());
     }
     // A 40-token prefill may use AMX (bf16 activations); steps use f32 activations.
-    let err = prefill
-        .iter()
-        .zip(&stepped)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let err = max_abs_diff(&prefill, &stepped);
     assert!(err <= 0.05, "{err}");
 }

@@ -5,33 +5,10 @@
 use burn::tensor::Tensor;
 use llmjp_model::backend::{cuda_available, Cuda};
 use llmjp_model::{CausalLm, ComputeDtype};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<Prompt>,
-}
-
-#[derive(Deserialize)]
-struct Prompt {
-    ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    greedy: Vec<u32>,
-}
-
-const FIXTURES: [&str; 4] = [
-    "llama-mha-bf16",
-    "llama-gqa-f32-sharded",
-    "mixtral-top2-bf16",
-    "mixtral-top1-gqa-f16-t5",
-];
+use llmjp_testdata::{argmax, max_abs_diff, model_reference, MODEL_FIXTURES as FIXTURES};
 
 fn values(t: Tensor<Cuda, 1>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b }) as u32
 }
 
 /// Max logit error over all prompts, and how many greedy tokens agree with transformers
@@ -43,16 +20,13 @@ fn run(dtype: ComputeDtype) -> Vec<(String, f32, Vec<usize>)> {
         .map(|name| {
             let dir = llmjp_testdata::fixture_dir(name);
             let model = CausalLm::<Cuda>::from_dir(&dir, dtype, &device).unwrap();
-            let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
-            let reference: Reference = serde_json::from_str(&text).unwrap();
+            let reference = model_reference(name);
             let mut max_err = 0f32;
             let mut agree = Vec::new();
             for p in &reference.prompts {
                 let mut cache = model.new_cache(p.ids.len() + p.greedy.len());
                 let mut logits = values(model.forward_last(&p.ids, &mut cache).unwrap());
-                for (x, y) in logits.iter().zip(&p.last_logits) {
-                    max_err = max_err.max((x - y).abs());
-                }
+                max_err = max_err.max(max_abs_diff(&logits, &p.last_logits));
                 let mut n = 0;
                 for &expected in &p.greedy {
                     let next = argmax(&logits);

@@ -4,55 +4,20 @@
 use burn::tensor::Tensor;
 use llmjp_model::backend::Cpu;
 use llmjp_model::{CausalLm, ComputeDtype};
-use serde::Deserialize;
+use llmjp_testdata::{
+    argmax, max_abs_diff, model_reference, ModelReference, MODEL_FIXTURES as FIXTURES,
+};
 
-const FIXTURES: [&str; 4] = [
-    "llama-mha-bf16",
-    "llama-gqa-f32-sharded",
-    "mixtral-top2-bf16",
-    "mixtral-top1-gqa-f16-t5",
-];
 const TOLERANCE: f32 = 1e-4;
 
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<Prompt>,
-}
-
-#[derive(Deserialize)]
-struct Prompt {
-    ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    greedy: Vec<u32>,
-}
-
-fn load(name: &str) -> (CausalLm<Cpu>, Reference) {
+fn load(name: &str) -> (CausalLm<Cpu>, ModelReference) {
     let dir = llmjp_testdata::fixture_dir(name);
     let model = CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::F32, &Default::default()).unwrap();
-    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
-    (model, serde_json::from_str(&text).unwrap())
+    (model, model_reference(name))
 }
 
 fn to_vec<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Prefill, then one KV-cache step per generated token.

@@ -63,3 +63,48 @@ fn shared_dir(var: &str, default: &str, probe: &str) -> Option<PathBuf> {
     eprintln!("skipping: {message}");
     None
 }
+
+/// What transformers computed on a tiny fixture (`reference.json`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ModelReference {
+    pub prompts: Vec<ReferencePrompt>,
+}
+
+/// One prompt of a [`ModelReference`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ReferencePrompt {
+    pub ids: Vec<u32>,
+    /// transformers' f32 logits at the last prompt position.
+    pub last_logits: Vec<f32>,
+    /// transformers' greedy continuation.
+    pub greedy: Vec<u32>,
+}
+
+/// The tiny Llama and Mixtral fixtures with transformers references.
+pub const MODEL_FIXTURES: [&str; 4] = [
+    "llama-mha-bf16",
+    "llama-gqa-f32-sharded",
+    "mixtral-top2-bf16",
+    "mixtral-top1-gqa-f16-t5",
+];
+
+/// The reference outputs of fixture `name`.
+pub fn model_reference(name: &str) -> ModelReference {
+    let path = fixture_dir(name).join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Index of the largest value (the first on ties, as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> u32 {
+    (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best }) as u32
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
