@@ -5,7 +5,7 @@ use std::sync::Arc;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
-use llmjp_weights::{bf16, f16, Checkpoint, Layout};
+use llmjp_weights::{bf16, f16, Checkpoint, Layout, MappedBf16};
 
 use crate::packed::PackedLinear;
 use crate::{ComputeDtype, ModelError, Result};
@@ -62,9 +62,15 @@ impl<B: Backend> Loader<'_, B> {
     /// The `[vocab, hidden]` embedding table (bf16 rows on the host when packed).
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
         if self.packed {
-            let rows = self
-                .checkpoint
-                .read::<bf16>(name, &[vocab, hidden], Layout::AsStored)?;
+            // A prompt touches a few rows: bf16 tables stay in the mapped file.
+            let rows = match self.checkpoint.mapped_bf16(name, vocab, hidden)? {
+                Some(mapped) => HostRows::Mapped(mapped),
+                None => HostRows::Owned(self.checkpoint.read::<bf16>(
+                    name,
+                    &[vocab, hidden],
+                    Layout::AsStored,
+                )?),
+            };
             return Ok(Embedding::Host {
                 rows: Arc::new(rows),
                 hidden,
@@ -279,9 +285,49 @@ pub enum Embedding<B: Backend> {
     Dense(Tensor<B, 2>),
     /// bf16 rows on the host, looked up into f32 activations.
     Host {
-        rows: Arc<Vec<bf16>>,
+        rows: Arc<HostRows>,
         hidden: usize,
     },
+}
+
+/// A bf16 table on the host: in the memory-mapped checkpoint, or converted from another dtype.
+#[derive(Debug)]
+pub enum HostRows {
+    Mapped(MappedBf16),
+    Owned(Vec<bf16>),
+}
+
+impl HostRows {
+    /// Row `r` of a table `out.len()` wide, widened to f32.
+    fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let width = out.len();
+        match self {
+            Self::Mapped(mapped) => {
+                let bytes = &mapped.bytes()[r * width * 2..(r + 1) * width * 2];
+                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *dst = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            Self::Owned(values) => {
+                for (dst, w) in out.iter_mut().zip(&values[r * width..(r + 1) * width]) {
+                    *dst = w.to_f32();
+                }
+            }
+        }
+    }
+
+    fn row_bf16(&self, r: usize, out: &mut [bf16]) {
+        let width = out.len();
+        match self {
+            Self::Mapped(mapped) => {
+                let bytes = &mapped.bytes()[r * width * 2..(r + 1) * width * 2];
+                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *dst = bf16::from_le_bytes([b[0], b[1]]);
+                }
+            }
+            Self::Owned(values) => out.copy_from_slice(&values[r * width..(r + 1) * width]),
+        }
+    }
 }
 
 impl<B: Backend> Embedding<B> {
@@ -294,14 +340,10 @@ impl<B: Backend> Embedding<B> {
                 weight.clone().select(0, ids)
             }
             Self::Host { rows, hidden } => {
-                let values: Vec<f32> = ids
-                    .iter()
-                    .flat_map(|&id| {
-                        rows[id as usize * hidden..(id as usize + 1) * hidden]
-                            .iter()
-                            .map(|w| w.to_f32())
-                    })
-                    .collect();
+                let mut values = vec![0f32; ids.len() * hidden];
+                for (dst, &id) in values.chunks_mut(*hidden).zip(ids) {
+                    rows.row_f32(id as usize, dst);
+                }
                 let data = TensorData::new(values, [ids.len(), *hidden]);
                 Tensor::from_data(data, (device, DType::F32))
             }
@@ -312,11 +354,15 @@ impl<B: Backend> Embedding<B> {
     pub fn as_tied_head(&self) -> Linear<B> {
         match self {
             Self::Dense(weight) => Linear::Dense(weight.clone().transpose()),
-            Self::Host { rows, hidden } => Linear::Packed(Arc::new(PackedLinear::pack(
-                rows,
-                rows.len() / hidden,
-                *hidden,
-            ))),
+            Self::Host { rows, hidden } => {
+                let vocab = match rows.as_ref() {
+                    HostRows::Mapped(mapped) => mapped.bytes().len() / 2 / hidden,
+                    HostRows::Owned(values) => values.len() / hidden,
+                };
+                let packed =
+                    PackedLinear::pack_rows(vocab, *hidden, |r, row| rows.row_bf16(r, row));
+                Linear::Packed(Arc::new(packed))
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -69,7 +70,7 @@ pub enum Layout {
 /// One memory-mapped `.safetensors` file with its validated header.
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -98,7 +99,7 @@ impl Shard {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             data_start: 8 + header_len,
             metadata,
         })
@@ -246,6 +247,22 @@ impl Checkpoint {
         Ok((shard, info))
     }
 
+    /// A bf16-stored `[rows, cols]` tensor left in the memory-mapped file, for zero-copy use
+    /// (an embedding table, of which a prompt touches a few rows); `None` when it is stored
+    /// in another dtype. The mapping stays alive as long as the returned value.
+    pub fn mapped_bf16(&self, name: &str, rows: usize, cols: usize) -> Result<Option<MappedBf16>> {
+        let (shard, info) = self.checked(name, &[rows, cols])?;
+        if info.dtype != Dtype::BF16 {
+            return Ok(None);
+        }
+        let (start, end) = info.data_offsets;
+        Ok(Some(MappedBf16 {
+            mmap: shard.mmap.clone(),
+            offset: shard.data_start + start,
+            len: end - start,
+        }))
+    }
+
     /// A `[rows, cols]` tensor to read row by row (see [`StoredMatrix`]), after checking its
     /// shape and dtype.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<StoredMatrix<'_>> {
@@ -300,6 +317,30 @@ impl Checkpoint {
             (Layout::Transposed, &[rows, cols]) => transpose(&values, rows, cols),
             _ => values,
         })
+    }
+}
+
+/// The bytes of a bf16 tensor inside a memory-mapped checkpoint file (little-endian, not
+/// necessarily 2-byte aligned).
+#[derive(Clone)]
+pub struct MappedBf16 {
+    mmap: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedBf16 {
+    /// The tensor's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap[self.offset..self.offset + self.len]
+    }
+}
+
+impl std::fmt::Debug for MappedBf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedBf16")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
