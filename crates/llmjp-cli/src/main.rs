@@ -1,8 +1,8 @@
 //! `llmjp`: the command-line face of the llm-jp crates.
 //!
 //! ```text
-//! llmjp tokenize --model DIR [--no-special] [--format text|json] [TEXT]
-//! llmjp render --model DIR --messages FILE|- [--no-generation-prompt] [--format text|json]
+//! llmjp tokenize --model DIR|ORG/NAME [--no-special] [--format text|json] [TEXT]
+//! llmjp render --model DIR|ORG/NAME --messages FILE|- [--no-generation-prompt] [--format text|json]
 //! llmjp generate [--model DIR|ORG/NAME] [--prompt TEXT] [--raw] [sampling options] [--format text|json]
 //! llmjp chat [--model DIR|ORG/NAME] [sampling options]
 //! llmjp bench [--model DIR|ORG/NAME] [--prompt-tokens 128] [--gen-tokens 32] [--format text|json]
@@ -18,7 +18,6 @@ mod render;
 mod tokenize;
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -61,9 +60,20 @@ pub enum Format {
 /// Where the tokenizer files live.
 #[derive(clap::Args, Debug)]
 pub struct ModelArg {
-    /// Model folder holding tokenizer.json and tokenizer_config.json.
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    /// Folder holding tokenizer.json and tokenizer_config.json, or a Hub id org/name (only
+    /// the tokenizer files are downloaded).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
+    model: String,
+}
+
+impl ModelArg {
+    /// The tokenizer of the folder or Hub repository.
+    pub fn tokenizer(&self) -> Result<llmjp_tokenizer::Tokenizer> {
+        let mut hub = llmjp::HubOptions::from_env();
+        hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let dir = llmjp::crates::weights::resolve_tokenizer(&self.model, &hub)?;
+        Ok(llmjp_tokenizer::Tokenizer::from_dir(dir)?)
+    }
 }
 
 fn main() -> ExitCode {

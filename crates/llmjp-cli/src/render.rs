@@ -4,7 +4,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use llmjp_chat::{ChatTemplate, RenderOptions};
-use llmjp_tokenizer::Tokenizer;
 use serde::Serialize;
 
 use crate::{Format, ModelArg, Result};
@@ -30,7 +29,7 @@ struct Rendered {
 }
 
 pub fn run(args: Args, out: &mut impl Write) -> Result {
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
+    let tokenizer = args.model.tokenizer()?;
     let template = ChatTemplate::from_tokenizer(&tokenizer)?;
     let from_stdin = args.messages.as_os_str() == "-";
     let source = if from_stdin {

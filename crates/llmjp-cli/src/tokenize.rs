@@ -37,7 +37,7 @@ fn tokenize(tokenizer: &Tokenizer, text: &str, add_special: bool) -> Result<Toke
 }
 
 pub fn run(args: Args, out: &mut impl Write) -> Result {
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
+    let tokenizer = args.model.tokenizer()?;
     let add_special = !args.no_special;
     let Some(text) = args.text else {
         return run_json_lines(&tokenizer, add_special, out);

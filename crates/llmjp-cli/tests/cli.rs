@@ -154,7 +154,10 @@ fn render_reads_a_messages_file() {
 #[test]
 fn errors_are_one_line() {
     let missing = llmjp(&["tokenize", "--model", "/no/such/model", "x"], "");
-    assert_one_line_error(&missing, "tokenizer.json: file not found");
+    assert_one_line_error(&missing, "neither a model folder nor a Hub id");
+    let empty = std::env::temp_dir();
+    let no_tokenizer = llmjp(&["tokenize", "--model", empty.to_str().unwrap(), "x"], "");
+    assert_one_line_error(&no_tokenizer, "tokenizer.json: file not found");
     let Some(model) = model() else { return };
     let bad_json = llmjp(&["render", "--model", &model, "--messages", "-"], "[1");
     assert_one_line_error(&bad_json, "standard input: invalid JSON");

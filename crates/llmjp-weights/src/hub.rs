@@ -9,10 +9,8 @@ use serde::Deserialize;
 
 use crate::{read_json, Result, WeightsError};
 
-/// Files a model folder needs; the optional ones are fetched when the repository has them.
-const REQUIRED_FILES: [&str; 1] = ["config.json"];
-const OPTIONAL_FILES: [&str; 5] = [
-    "generation_config.json",
+/// Tokenizer files; `tokenizer.json` is required, the others are fetched when present.
+const TOKENIZER_FILES: [&str; 4] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -98,6 +96,15 @@ type Fetcher = dyn Fn(&str) -> Result<Option<PathBuf>>;
 /// must be a Hub id, whose config, tokenizer and weights are downloaded (or, offline, found)
 /// in the HF cache. Returns the folder holding them.
 pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
+    resolve(spec, options, true)
+}
+
+/// Like [`resolve_model`], for the tokenizer files only (no weights are downloaded).
+pub fn resolve_tokenizer(spec: &str, options: &HubOptions) -> Result<PathBuf> {
+    resolve(spec, options, false)
+}
+
+fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -151,13 +158,27 @@ pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
             }
         }
     };
-    let mut folder = None;
-    for file in REQUIRED_FILES {
-        let path = fetcher(file)?.ok_or_else(|| not_found(file))?;
-        folder = path.parent().map(Path::to_path_buf);
+    // Every file of one revision lands in the same snapshot folder.
+    let required = if with_weights {
+        "config.json"
+    } else {
+        "tokenizer.json"
+    };
+    let folder = fetcher(required)?
+        .ok_or_else(|| not_found(required))?
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("a cached file has a folder");
+    for file in TOKENIZER_FILES
+        .iter()
+        .chain(["generation_config.json"].iter())
+    {
+        if *file != required {
+            fetcher(file)?;
+        }
     }
-    for file in OPTIONAL_FILES {
-        fetcher(file)?;
+    if !with_weights {
+        return Ok(folder);
     }
     match fetcher("model.safetensors.index.json")? {
         Some(index_path) => {
@@ -183,7 +204,7 @@ pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
             fetcher("model.safetensors")?.ok_or_else(|| not_found("model.safetensors"))?;
         }
     }
-    Ok(folder.expect("config.json was resolved"))
+    Ok(folder)
 }
 
 fn hub_error(repo: &str, file: &str, error: impl std::fmt::Display) -> WeightsError {

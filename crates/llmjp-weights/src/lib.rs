@@ -53,7 +53,7 @@ pub use checkpoint::{Checkpoint, Element, Layout, MappedBf16, StoredMatrix, Tens
 pub use config::{Architecture, GenerationConfig, ModelConfig};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
-pub use hub::{resolve_model, HubId, HubOptions};
+pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {

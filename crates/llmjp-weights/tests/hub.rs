@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use llmjp_weights::{resolve_model, HubId, HubOptions, WeightsError};
+use llmjp_weights::{resolve_model, resolve_tokenizer, HubId, HubOptions, WeightsError};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("llmjp-hub-{name}-{}", std::process::id()));
@@ -42,12 +42,8 @@ fn neither_folder_nor_hub_id() {
 }
 
 /// A cache laid out as Python's huggingface_hub lays it out.
-fn fake_cache(with_weights: bool) -> PathBuf {
-    let cache = temp(if with_weights {
-        "cache-full"
-    } else {
-        "cache-partial"
-    });
+fn fake_cache(name: &str, with_weights: bool) -> PathBuf {
+    let cache = temp(name);
     let repo = cache.join("models--llm-jp--tiny");
     let snapshot = repo.join("snapshots/0123456789abcdef");
     fs::create_dir_all(&snapshot).unwrap();
@@ -63,7 +59,7 @@ fn fake_cache(with_weights: bool) -> PathBuf {
 
 #[test]
 fn offline_mode_uses_the_cache() {
-    let cache = fake_cache(true);
+    let cache = fake_cache("cache-full", true);
     let options = HubOptions {
         cache_dir: Some(cache.clone()),
         offline: true,
@@ -83,8 +79,21 @@ fn offline_mode_uses_the_cache() {
 }
 
 #[test]
+fn tokenizer_files_alone_need_no_weights() {
+    let cache = fake_cache("cache-tokenizer", false);
+    let options = HubOptions {
+        cache_dir: Some(cache.clone()),
+        offline: true,
+        ..HubOptions::default()
+    };
+    let folder = resolve_tokenizer("llm-jp/tiny", &options).unwrap();
+    assert!(folder.join("tokenizer.json").is_file());
+    fs::remove_dir_all(cache).unwrap();
+}
+
+#[test]
 fn offline_mode_reports_missing_weights() {
-    let cache = fake_cache(false);
+    let cache = fake_cache("cache-partial", false);
     let options = HubOptions {
         cache_dir: Some(cache.clone()),
         offline: true,
