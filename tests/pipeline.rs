@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use llmjp::backend::Cpu;
 use llmjp::{
-    FinishReason, GenerateOptions, Generation, LlmError, LoadOptions, Message, Pipeline,
-    SamplingParams,
+    ComputeDtype, FinishReason, GenerateOptions, Generation, LlmError, LoadOptions, Message,
+    Pipeline, SamplingParams,
 };
 use serde_json::Value;
 
@@ -17,7 +17,9 @@ fn fixture() -> PathBuf {
 
 fn load_from(dir: &std::path::Path) -> Option<Pipeline<Cpu>> {
     let tokenizer_dir = llmjp_testdata::tokenizer_dir()?;
+    // The references are transformers' f32 computations.
     let options = LoadOptions {
+        dtype: ComputeDtype::F32,
         tokenizer_dir: Some(tokenizer_dir),
         ..LoadOptions::default()
     };

@@ -14,15 +14,25 @@ use crate::stop::StopMatcher;
 use crate::{LlmError, Result};
 
 /// How to load a model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// The dtype weights and activations are computed in (on the CPU, bf16 keeps the weights
-    /// in bf16 and computes in f32).
+    /// The dtype weights and activations are computed in; default bf16, the checkpoints'
+    /// dtype (on the CPU, bf16 keeps the weights in bf16 and computes in f32).
     pub dtype: ComputeDtype,
     /// How to reach the Hub when the model is given as `org/name[@revision]`.
     pub hub: HubOptions,
     /// A folder to take the tokenizer files from instead of the model folder.
     pub tokenizer_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: ComputeDtype::BF16,
+            hub: HubOptions::default(),
+            tokenizer_dir: None,
+        }
+    }
 }
 
 /// How to generate.
