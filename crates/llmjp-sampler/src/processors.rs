@@ -49,7 +49,14 @@ pub fn top_p(logits: &mut [f32], p: f32) {
     if p >= 1.0 {
         return;
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
+    // Filtered tokens (-inf) have probability 0 and stay filtered: sorting only the others
+    // gives the same result, and after top-k it is a handful instead of the vocabulary.
+    let mut order: Vec<usize> = (0..logits.len())
+        .filter(|&i| logits[i] != f32::NEG_INFINITY)
+        .collect();
+    if order.is_empty() {
+        return;
+    }
     order.sort_unstable_by(|&a, &b| logits[a].total_cmp(&logits[b]));
     let sorted: Vec<f32> = order.iter().map(|&i| logits[i]).collect();
     let probs = softmax(&sorted);
