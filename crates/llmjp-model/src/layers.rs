@@ -115,9 +115,12 @@ impl<B: Backend> Linear<B> {
 }
 
 pub(crate) fn to_f32_vec<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Vec<f32>> {
-    x.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
+    host_vec(x.into_data().convert::<f32>())
+}
+
+/// The values of data read back from a device.
+pub(crate) fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Result<Vec<T>> {
+    data.into_vec::<T>()
         .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }
 

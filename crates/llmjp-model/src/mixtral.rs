@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 use llmjp_weights::ModelConfig;
 
-use crate::layers::{Linear, Loader, Mlp};
-use crate::{ModelError, Result};
+use crate::layers::{host_vec, Linear, Loader, Mlp};
+use crate::Result;
 
 /// Router plus experts. Each token runs only its `top_k` experts.
 #[derive(Debug, Clone)]
@@ -51,8 +51,8 @@ impl<B: Backend> SparseMoe<B> {
         let probs = softmax(self.router.forward(x.clone())?.cast(FloatDType::F32), 1);
         let (weights, chosen) = probs.topk_with_indices(self.top_k, 1);
         let weights = weights.clone() / weights.sum_dim(1);
-        let weights = read_back::<f32>(weights.into_data())?;
-        let chosen = read_back::<i64>(chosen.into_data().convert::<i64>())?;
+        let weights = host_vec::<f32>(weights.into_data())?;
+        let chosen = host_vec::<i64>(chosen.into_data().convert::<i64>())?;
 
         // Which tokens (and with which weight) each expert serves, in token order.
         let mut routes: Vec<(Vec<i64>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
@@ -80,9 +80,4 @@ impl<B: Backend> SparseMoe<B> {
         }
         Ok(out)
     }
-}
-
-fn read_back<T: burn::tensor::Element>(data: TensorData) -> Result<Vec<T>> {
-    data.into_vec::<T>()
-        .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }

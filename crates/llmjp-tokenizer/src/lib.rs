@@ -51,6 +51,10 @@ pub struct Tokenizer {
     unk_id: Option<u32>,
     /// Ids of the special added tokens, sorted.
     special_ids: Vec<u32>,
+    /// Ids of the byte-fallback tokens (`<0x00>`..`<0xFF>`), sorted.
+    byte_fallback_ids: Vec<u32>,
+    /// Number of tokens, added tokens included.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -94,8 +98,15 @@ impl Tokenizer {
             .filter_map(|(id, token)| token.special.then_some(id))
             .collect();
         special_ids.sort_unstable();
+        // Looked up once here: the streaming decoder asks for every generated id.
+        let mut byte_fallback_ids: Vec<u32> = (0..=255u8)
+            .filter_map(|b| inner.token_to_id(&format!("<0x{b:02X}>")))
+            .collect();
+        byte_fallback_ids.sort_unstable();
         Self {
             special_ids,
+            byte_fallback_ids,
+            vocab_size: inner.get_vocab_size(true),
             bos_id: id("bos_token"),
             eos_id: id("eos_token"),
             pad_id: id("pad_token"),
@@ -147,7 +158,7 @@ impl Tokenizer {
     /// Number of tokens, added tokens included. Model embeddings may have more rows (llm-jp:
     /// 99,574 tokens, 99,584 rows).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Id of the beginning-of-sequence token, if the configuration names one.
@@ -187,9 +198,7 @@ impl Tokenizer {
 
     /// Whether `id` is a byte-fallback token such as `<0xE3>`.
     pub fn is_byte_fallback(&self, id: u32) -> bool {
-        self.inner
-            .id_to_token(id)
-            .is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
+        self.byte_fallback_ids.binary_search(&id).is_ok()
     }
 }
 

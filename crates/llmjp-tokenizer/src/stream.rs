@@ -55,7 +55,7 @@ impl<'a> StreamDecoder<'a> {
     /// before it. Ids the decode drops (skipped special tokens, ids outside the vocabulary)
     /// leave the run open.
     fn closes_byte_run(&self, id: u32) -> bool {
-        let known = self.tokenizer.id_to_token(id).is_some();
+        let known = (id as usize) < self.tokenizer.vocab_size();
         known && !(self.skip_special_tokens && self.tokenizer.is_special(id))
     }
 
