@@ -176,6 +176,35 @@ fn tiny_model() -> String {
         .into_owned()
 }
 
+/// Runs `llmjp COMMAND --model <tiny-llmjp> --tokenizer <real tokenizer> ARGS...`, or `None`
+/// (the test skips) without the real tokenizer.
+fn on_tiny(command: &str, args: &[&str], stdin: &str) -> Option<Output> {
+    let tokenizer = model()?;
+    let tiny = tiny_model();
+    let base = [
+        command,
+        "--model",
+        tiny.as_str(),
+        "--tokenizer",
+        tokenizer.as_str(),
+    ];
+    Some(llmjp(&[&base[..], args].concat(), stdin))
+}
+
+/// A failure of a model command: exactly one `error:` line (after the line that says which
+/// device was chosen), a non-zero exit and no panic.
+fn assert_one_error_line(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(needle), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 fn tiny_reference() -> Value {
     let path = llmjp_testdata::fixture_dir("tiny-llmjp").join("reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -183,35 +212,29 @@ fn tiny_reference() -> Value {
 
 #[test]
 fn generate_json_greedy_equals_transformers() {
-    let Some(tokenizer) = model() else { return };
     let reference = tiny_reference();
     let case = &reference["cases"][0];
     let n = case["generated_ids"].as_array().unwrap().len().to_string();
-    let out = stdout(&llmjp(
-        &[
-            "generate",
-            "--model",
-            &tiny_model(),
-            "--tokenizer",
-            &tokenizer,
-            "--prompt",
-            "自然言語処理とは何か",
-            "--temperature",
-            "0",
-            "--repetition-penalty",
-            "1",
-            "--max-new-tokens",
-            &n,
-            "--dtype",
-            "f32",
-            "--device",
-            "cpu",
-            "--format",
-            "json",
-        ],
-        "",
-    ));
-    let json: Value = serde_json::from_str(&out).unwrap();
+    let args = [
+        "--prompt",
+        "自然言語処理とは何か",
+        "--temperature",
+        "0",
+        "--repetition-penalty",
+        "1",
+        "--max-new-tokens",
+        &n,
+        "--dtype",
+        "f32",
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+    ];
+    let Some(output) = on_tiny("generate", &args, "") else {
+        return;
+    };
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(json["prompt_ids"], case["prompt_ids"]);
     assert_eq!(json["generated_ids"], case["generated_ids"]);
     assert_eq!(json["text"], case["text"]);
@@ -223,43 +246,31 @@ fn generate_json_greedy_equals_transformers() {
 
 #[test]
 fn generate_raw_from_stdin_with_the_default_penalty() {
-    let Some(tokenizer) = model() else { return };
     let reference = tiny_reference();
     // The raw case with repetition penalty 1.5 (transformers' greedy applies it too).
     let case = &reference["cases"][3];
     assert_eq!(case["repetition_penalty"], 1.5);
-    let out = stdout(&llmjp(
-        &[
-            "generate",
-            "--model",
-            &tiny_model(),
-            "--tokenizer",
-            &tokenizer,
-            "--raw",
-            "--temperature",
-            "0",
-            "--repetition-penalty",
-            "1.5",
-            "--max-new-tokens",
-            "20",
-            "--format",
-            "json",
-        ],
-        "日本の首都は",
-    ));
-    let json: Value = serde_json::from_str(&out).unwrap();
+    let args = [
+        "--raw",
+        "--temperature",
+        "0",
+        "--repetition-penalty",
+        "1.5",
+        "--max-new-tokens",
+        "20",
+        "--format",
+        "json",
+    ];
+    let Some(output) = on_tiny("generate", &args, "日本の首都は") else {
+        return;
+    };
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(json["generated_ids"], case["generated_ids"]);
 }
 
 #[test]
 fn generate_text_streams_and_summarises_on_stderr() {
-    let Some(tokenizer) = model() else { return };
     let args = [
-        "generate",
-        "--model",
-        &tiny_model(),
-        "--tokenizer",
-        &tokenizer,
         "--prompt",
         "こんにちは",
         "--max-new-tokens",
@@ -267,7 +278,9 @@ fn generate_text_streams_and_summarises_on_stderr() {
         "--seed",
         "5",
     ];
-    let first = llmjp(&args, "");
+    let Some(first) = on_tiny("generate", &args, "") else {
+        return;
+    };
     let text = stdout(&first);
     assert!(text.ends_with('\n'));
     let stderr = String::from_utf8_lossy(&first.stderr);
@@ -277,36 +290,30 @@ fn generate_text_streams_and_summarises_on_stderr() {
         "{stderr}"
     );
     // Same seed, same text.
-    assert_eq!(stdout(&llmjp(&args, "")), text);
+    assert_eq!(stdout(&on_tiny("generate", &args, "").unwrap()), text);
 }
 
 #[test]
 fn generate_stops_at_stop_strings() {
-    let Some(tokenizer) = model() else { return };
     let reference = tiny_reference();
     let full = reference["cases"][0]["text"].as_str().unwrap();
     let stop: String = full.chars().skip(5).take(2).collect();
-    let out = stdout(&llmjp(
-        &[
-            "generate",
-            "--model",
-            &tiny_model(),
-            "--tokenizer",
-            &tokenizer,
-            "--prompt",
-            "自然言語処理とは何か",
-            "--temperature",
-            "0",
-            "--repetition-penalty",
-            "1",
-            "--stop",
-            &stop,
-            "--format",
-            "json",
-        ],
-        "",
-    ));
-    let json: Value = serde_json::from_str(&out).unwrap();
+    let args = [
+        "--prompt",
+        "自然言語処理とは何か",
+        "--temperature",
+        "0",
+        "--repetition-penalty",
+        "1",
+        "--stop",
+        &stop,
+        "--format",
+        "json",
+    ];
+    let Some(output) = on_tiny("generate", &args, "") else {
+        return;
+    };
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(json["finish_reason"], "stop");
     assert_eq!(
         json["text"].as_str().unwrap(),
@@ -316,24 +323,18 @@ fn generate_stops_at_stop_strings() {
 
 #[test]
 fn bench_reports_speed_and_memory() {
-    let Some(tokenizer) = model() else { return };
-    let out = stdout(&llmjp(
-        &[
-            "bench",
-            "--model",
-            &tiny_model(),
-            "--tokenizer",
-            &tokenizer,
-            "--prompt-tokens",
-            "20",
-            "--gen-tokens",
-            "5",
-            "--format",
-            "json",
-        ],
-        "",
-    ));
-    let json: Value = serde_json::from_str(&out).unwrap();
+    let args = [
+        "--prompt-tokens",
+        "20",
+        "--gen-tokens",
+        "5",
+        "--format",
+        "json",
+    ];
+    let Some(output) = on_tiny("bench", &args, "") else {
+        return;
+    };
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
     for key in ["load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"] {
         assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
     }
@@ -343,21 +344,11 @@ fn bench_reports_speed_and_memory() {
 
 #[test]
 fn chat_keeps_history_and_obeys_commands() {
-    let Some(tokenizer) = model() else { return };
-    let output = llmjp(
-        &[
-            "chat",
-            "--model",
-            &tiny_model(),
-            "--tokenizer",
-            &tokenizer,
-            "--max-new-tokens",
-            "3",
-            "--seed",
-            "1",
-        ],
-        "こんにちは\n\n/reset\n東京\n/exit\nnever read\n",
-    );
+    let args = ["--max-new-tokens", "3", "--seed", "1"];
+    let script = "こんにちは\n\n/reset\n東京\n/exit\nnever read\n";
+    let Some(output) = on_tiny("chat", &args, script) else {
+        return;
+    };
     let out = stdout(&output);
     assert!(out.contains("(conversation reset)"), "{out}");
     assert_eq!(out.matches("> ").count(), 5, "{out}");
@@ -367,52 +358,21 @@ fn chat_keeps_history_and_obeys_commands() {
 
 #[test]
 fn generate_errors_are_one_line() {
-    let Some(tokenizer) = model() else { return };
-    let tiny = tiny_model();
-    let base = [
-        "generate",
-        "--model",
-        tiny.as_str(),
-        "--tokenizer",
-        tokenizer.as_str(),
-        "--prompt",
-        "x",
-    ];
-    let with = |extra: &[&str]| llmjp(&[&base[..], extra].concat(), "");
-    let assert_error = |output: &Output, needle: &str| {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success());
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "{stderr}");
-        assert!(errors[0].contains(needle), "{stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
+    let with = |extra: &[&str]| on_tiny("generate", &[&["--prompt", "x"][..], extra].concat(), "");
+    let Some(output) = with(&["--top-p", "2"]) else {
+        return;
     };
-    assert_error(&with(&["--top-p", "2"]), "top_p must be in (0, 1]");
-    assert_error(&with(&["--temperature", "-1"]), "temperature");
-    assert_error(&with(&["--dtype", "f64"]), "unknown dtype");
-    assert_error(&with(&["--device", "tpu"]), "unknown device");
-    assert_error(&with(&["--max-new-tokens", "0"]), "max_new_tokens");
+    assert_one_error_line(&output, "top_p must be in (0, 1]");
+    assert_one_error_line(&with(&["--temperature", "-1"]).unwrap(), "temperature");
+    assert_one_error_line(&with(&["--dtype", "f64"]).unwrap(), "unknown dtype");
+    assert_one_error_line(&with(&["--device", "tpu"]).unwrap(), "unknown device");
+    assert_one_error_line(&with(&["--max-new-tokens", "0"]).unwrap(), "max_new_tokens");
     let long = "東京 ".repeat(100);
-    let too_long = llmjp(
-        &[
-            "generate",
-            "--model",
-            &tiny,
-            "--tokenizer",
-            &tokenizer,
-            "--raw",
-            "--prompt",
-            &long,
-        ],
-        "",
-    );
-    assert_error(&too_long, "context");
+    let too_long = on_tiny("generate", &["--raw", "--prompt", &long], "").unwrap();
+    assert_one_error_line(&too_long, "context");
     let missing = llmjp(
         &["generate", "--model", "/no/such/dir", "--prompt", "x"],
         "",
     );
-    assert_error(&missing, "neither a model folder nor a Hub id");
+    assert_one_error_line(&missing, "neither a model folder nor a Hub id");
 }
