@@ -1,4 +1,4 @@
-//! Throughput of the packed bf16 CPU kernel on the llm-jp-3.1-1.8b shapes, against burn-flex's
+//! Throughput of the bf16 CPU kernels on the llm-jp-3.1-1.8b shapes, against burn-flex's
 //! f32 matmul measured in the same run. `cargo bench -p llmjp-model --bench kernels`.
 
 use std::time::Instant;
@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use half::bf16;
 use llmjp_model::backend::Cpu;
-use llmjp_model::packed::PackedLinear;
+use llmjp_model::cpu_bf16::Bf16Matrix;
 
 fn time<F: FnMut()>(mut f: F) -> f64 {
     f();
@@ -22,7 +22,7 @@ fn main() {
     let shapes = [(2048, 2048), (7168, 2048), (2048, 7168)];
     println!(
         "{:>6} {:>6} {:>6} | {:>12} {:>12} | {:>12} {:>12} | ratio",
-        "rows", "out", "in", "packed ms", "GFLOP/s", "flex f32 ms", "GFLOP/s"
+        "rows", "out", "in", "bf16 ms", "GFLOP/s", "flex f32 ms", "GFLOP/s"
     );
     for rows in [1usize, 128] {
         for &(n, k) in &shapes {
@@ -32,9 +32,9 @@ fn main() {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| ((i * 104729) % 1000) as f32 * 1e-3)
                 .collect();
-            let packed = PackedLinear::pack(&w, n, k);
+            let matrix = Bf16Matrix::from_vec(w.clone(), n, k);
             let ours = time(|| {
-                std::hint::black_box(packed.matmul(&x, rows));
+                std::hint::black_box(matrix.matmul(&x, rows));
             });
             let device = Default::default();
             let wt: Vec<f32> = (0..k * n)

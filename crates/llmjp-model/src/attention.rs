@@ -7,27 +7,52 @@ use burn::tensor::Tensor;
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use burn::tensor::{DType, TensorData};
 
+use crate::cpu_bf16::Bf16Matrix;
 use crate::layers::{to_f32_vec, Linear, Loader, Rope};
-use crate::packed::PackedLinear;
 use crate::{ComputeDtype, Result};
 
-/// One layer's keys and values, `[1, kv_heads, capacity, head_dim]`, written in place.
+/// One layer's keys and values, written in place: `[1, kv_heads, capacity, head_dim]`
+/// tensors, or f32 on the host for the CPU kernels' path.
 #[derive(Debug, Clone)]
-pub struct LayerCache<B: Backend> {
-    keys: Option<Tensor<B, 4>>,
-    values: Option<Tensor<B, 4>>,
+pub enum LayerCache<B: Backend> {
+    Device {
+        keys: Option<Tensor<B, 4>>,
+        values: Option<Tensor<B, 4>>,
+    },
+    Host(HostCache),
+}
+
+/// Keys and values on the host, `[kv_heads, capacity, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct HostCache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    capacity: usize,
 }
 
 impl<B: Backend> LayerCache<B> {
     /// Zeros of `shape` = `[1, kv_heads, capacity, head_dim]`.
     pub(crate) fn new(shape: [usize; 4], dtype: ComputeDtype, device: &B::Device) -> Self {
         let zeros = || Some(Tensor::zeros(shape, (device, dtype.dtype())));
-        Self {
+        Self::Device {
             keys: zeros(),
             values: zeros(),
         }
+    }
+
+    /// A host cache of `shape` = `[1, kv_heads, capacity, head_dim]`; its pages are
+    /// allocated as positions are written.
+    pub(crate) fn new_host(shape: [usize; 4]) -> Self {
+        let [_, kv_heads, capacity, dim] = shape;
+        Self::Host(HostCache {
+            keys: vec![0.0; kv_heads * capacity * dim],
+            values: vec![0.0; kv_heads * capacity * dim],
+            capacity,
+        })
     }
 
     /// Writes `k`/`v` at positions `start..` and returns the keys and values of all
@@ -38,6 +63,9 @@ impl<B: Backend> LayerCache<B> {
         v: Tensor<B, 4>,
         start: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let Self::Device { keys, values } = self else {
+            unreachable!("host caches are paired with host weights");
+        };
         let end = start + k.dims()[2];
         let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {
             // Taking the tensor out leaves it uniquely owned, so the backend can write in
@@ -49,7 +77,7 @@ impl<B: Backend> LayerCache<B> {
             *slot = Some(cache);
             visible
         };
-        (write(&mut self.keys, k), write(&mut self.values, v))
+        (write(keys, k), write(values, v))
     }
 }
 
@@ -102,7 +130,7 @@ impl<B: Backend> Attention<B> {
         start: usize,
     ) -> Result<Tensor<B, 2>> {
         let seq = x.dims()[0];
-        if let (Linear::Packed(q), Linear::Packed(k), Linear::Packed(v), Linear::Packed(o)) =
+        if let (Linear::Host(q), Linear::Host(k), Linear::Host(v), Linear::Host(o)) =
             (&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj)
         {
             return self.forward_host([q, k, v, o], x, rope, cache, start);
@@ -120,45 +148,106 @@ impl<B: Backend> Attention<B> {
         self.o_proj.forward(out)
     }
 
-    /// The CPU kernels' path: projections, RoPE and the head layout on the host; burn only
-    /// for the cache and the attention itself.
+    /// The CPU kernels' path: projections, RoPE, the cache and attention on the host, f32
+    /// throughout.
     fn forward_host(
         &self,
-        [q_w, k_w, v_w, o_w]: [&Arc<PackedLinear>; 4],
+        [q_w, k_w, v_w, o_w]: [&Arc<Bf16Matrix>; 4],
         x: Tensor<B, 2>,
         rope: &Rope<B>,
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Result<Tensor<B, 2>> {
+        let LayerCache::Host(cache) = cache else {
+            unreachable!("host weights are paired with a host cache");
+        };
         let seq = x.dims()[0];
         let device = x.device();
         let input = to_f32_vec(x)?;
         let d = self.head_dim;
-        let heads = |values: Vec<f32>, n: usize, rotate: bool| {
-            let data = TensorData::new(
-                rope.to_heads(&values, seq, n, start, rotate),
-                [1, n, seq, d],
-            );
-            Tensor::<B, 4>::from_data(data, (&device, DType::F32))
-        };
-        let q = heads(q_w.matmul(&input, seq), self.heads, true);
-        let k = heads(k_w.matmul(&input, seq), self.kv_heads, true);
-        let v = heads(v_w.matmul(&input, seq), self.kv_heads, false);
-        let out = self.attend(q, k, v, cache, start, seq);
-        // [1, heads, seq, d] → [seq, heads * d] on the host.
-        let out = to_f32_vec(out)?;
-        let mut rows = vec![0f32; out.len()];
-        for h in 0..self.heads {
-            for t in 0..seq {
-                rows[t * self.heads * d + h * d..][..d]
-                    .copy_from_slice(&out[(h * seq + t) * d..][..d]);
+        let mut q = q_w.matmul(&input, seq);
+        let mut k = k_w.matmul(&input, seq);
+        let v = v_w.matmul(&input, seq);
+        rope.rotate_rows(&mut q, self.heads, start);
+        rope.rotate_rows(&mut k, self.kv_heads, start);
+        // [seq, kv_heads * d] rows into [kv_heads, capacity, d] at positions start...
+        for t in 0..seq {
+            for h in 0..self.kv_heads {
+                let at = (h * cache.capacity + start + t) * d;
+                let from = (t * self.kv_heads + h) * d;
+                cache.keys[at..at + d].copy_from_slice(&k[from..from + d]);
+                cache.values[at..at + d].copy_from_slice(&v[from..from + d]);
             }
         }
-        let projected = o_w.matmul(&rows, seq);
+        let out = self.attend_host(&q, cache, start, seq);
+        let projected = o_w.matmul(&out, seq);
         Ok(Tensor::from_data(
-            TensorData::new(projected, [seq, o_w.out_features()]),
+            TensorData::new(projected, [seq, o_w.rows()]),
             (&device, DType::F32),
         ))
+    }
+
+    /// Causal attention of `q` (`[seq, heads * d]`, positions `start..`) over the cached
+    /// positions `..start + seq`; returns `[seq, heads * d]`. Softmax in f32, as
+    /// transformers computes it.
+    fn attend_host(&self, q: &[f32], cache: &HostCache, start: usize, seq: usize) -> Vec<f32> {
+        // Queries per task: each key and value is read once for a block of queries.
+        const BLOCK: usize = 16;
+        let (d, heads) = (self.head_dim, self.heads);
+        let group = heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let blocks = seq.div_ceil(BLOCK);
+        let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
+            .into_par_iter()
+            .map(|task| {
+                let (h, block) = (task / blocks, task % blocks);
+                let queries = block * BLOCK..((block + 1) * BLOCK).min(seq);
+                let kv = h / group;
+                let keys = &cache.keys[kv * cache.capacity * d..];
+                let values = &cache.values[kv * cache.capacity * d..];
+                // Query t sees positions ..start + t + 1.
+                let len = |t: usize| start + t + 1;
+                let longest = len(queries.end - 1);
+                let mut scores = vec![0f32; queries.len() * longest];
+                for (j, key) in keys[..longest * d].chunks_exact(d).enumerate() {
+                    for (i, t) in queries.clone().enumerate() {
+                        if j < len(t) {
+                            let query = &q[(t * heads + h) * d..][..d];
+                            scores[i * longest + j] = dot(query, key) * scale;
+                        }
+                    }
+                }
+                for (i, t) in queries.clone().enumerate() {
+                    let row = &mut scores[i * longest..][..len(t)];
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for s in row.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    row.iter_mut().for_each(|s| *s /= sum);
+                }
+                let mut out = vec![0f32; queries.len() * d];
+                for (j, value) in values[..longest * d].chunks_exact(d).enumerate() {
+                    for (i, t) in queries.clone().enumerate() {
+                        if j < len(t) {
+                            let p = scores[i * longest + j];
+                            for (o, v) in out[i * d..(i + 1) * d].iter_mut().zip(value) {
+                                *o += p * v;
+                            }
+                        }
+                    }
+                }
+                (h, queries.start, out)
+            })
+            .collect();
+        let mut out = vec![0f32; seq * heads * d];
+        for (h, first, values) in results {
+            for (i, row) in values.chunks_exact(d).enumerate() {
+                out[((first + i) * heads + h) * d..][..d].copy_from_slice(row);
+            }
+        }
+        out
     }
 
     /// Appends `k`/`v` to the cache and attends over everything cached.
@@ -194,4 +283,22 @@ impl<B: Backend> Attention<B> {
             .expand([1, kv_heads, groups, len, dim])
             .reshape([1, kv_heads * groups, len, dim])
     }
+}
+
+/// `a · b` in 16 lanes (vectorised by the compiler), then summed.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }

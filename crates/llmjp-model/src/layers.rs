@@ -5,19 +5,20 @@ use std::sync::Arc;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
-use llmjp_weights::{bf16, f16, Checkpoint, Layout, MappedBf16};
+use llmjp_weights::{bf16, f16, Checkpoint, Layout};
 
-use crate::packed::PackedLinear;
+use crate::cpu_bf16::Bf16Matrix;
 use crate::{ComputeDtype, ModelError, Result};
 
 /// Reads checkpoint tensors straight into device tensors of the compute dtype, or, with
-/// `packed`, into bf16 host weights for the CPU kernels (activations then stay f32).
+/// `host_bf16`, keeps matrices as bf16 on the host for the CPU kernels (activations then
+/// stay f32).
 pub(crate) struct Loader<'a, B: Backend> {
     pub checkpoint: &'a Checkpoint,
     pub device: &'a B::Device,
     /// The dtype of activations and of the weights kept as burn tensors.
     pub dtype: ComputeDtype,
-    pub packed: bool,
+    pub host_bf16: bool,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -46,41 +47,43 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Tensor::from_data(data, (self.device, self.dtype.dtype())))
     }
 
-    /// A `[out, in]` linear weight: transposed for `x @ w`, or packed bf16.
+    /// A `[out, in]` linear weight: transposed for `x @ w`, or bf16 on the host.
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear<B>> {
-        if self.packed {
-            let stored = self.checkpoint.matrix(name, out_features, in_features)?;
-            let packed = PackedLinear::pack_rows(out_features, in_features, |r, row| {
-                stored.row_into(r, row)
-            });
-            return Ok(Linear::Packed(Arc::new(packed)));
+        if self.host_bf16 {
+            let weight = self.host_matrix(name, out_features, in_features)?;
+            weight.populate();
+            return Ok(Linear::Host(Arc::new(weight)));
         }
         let weight = self.tensor(name, [out_features, in_features], Layout::Transposed)?;
         Ok(Linear::Dense(weight))
     }
 
-    /// The `[vocab, hidden]` embedding table (bf16 rows on the host when packed).
+    /// The `[vocab, hidden]` embedding table (bf16 on the host with `host_bf16`).
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
-        if self.packed {
-            // A prompt touches a few rows: bf16 tables stay in the mapped file.
-            let rows = match self.checkpoint.mapped_bf16(name, vocab, hidden)? {
-                Some(mapped) => HostRows::Mapped(mapped),
-                None => HostRows::Owned(self.checkpoint.read::<bf16>(
-                    name,
-                    &[vocab, hidden],
-                    Layout::AsStored,
-                )?),
-            };
-            return Ok(Embedding::Host {
-                rows: Arc::new(rows),
-                hidden,
-            });
+        if self.host_bf16 {
+            // A prompt touches a few rows: a mapped table is read as they are needed.
+            let table = self.host_matrix(name, vocab, hidden)?;
+            return Ok(Embedding::Host(Arc::new(table)));
         }
         Ok(Embedding::Dense(self.tensor(
             name,
             [vocab, hidden],
             Layout::AsStored,
         )?))
+    }
+
+    /// A bf16 matrix used in place in the mapped file, or converted to bf16 when the
+    /// checkpoint stores another dtype.
+    fn host_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix> {
+        Ok(match self.checkpoint.mapped_bf16(name, rows, cols)? {
+            Some(mapped) => Bf16Matrix::mapped(mapped, rows, cols),
+            None => Bf16Matrix::from_vec(
+                self.checkpoint
+                    .read::<bf16>(name, &[rows, cols], Layout::AsStored)?,
+                rows,
+                cols,
+            ),
+        })
     }
 
     pub fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm<B>> {
@@ -94,20 +97,20 @@ impl<B: Backend> Loader<'_, B> {
 pub enum Linear<B: Backend> {
     /// A `[in, out]` tensor: `x @ w`.
     Dense(Tensor<B, 2>),
-    /// bf16 weights run by the CPU kernels on f32 activations.
-    Packed(Arc<PackedLinear>),
+    /// bf16 weights on the host, run by the CPU kernels on f32 activations.
+    Host(Arc<Bf16Matrix>),
 }
 
 impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         match self {
             Self::Dense(weight) => Ok(x.matmul(weight.clone())),
-            Self::Packed(weight) => {
+            Self::Host(weight) => {
                 let [rows, _] = x.dims();
                 let device = x.device();
                 let input = to_f32_vec(x)?;
                 let out = weight.matmul(&input, rows);
-                let data = TensorData::new(out, [rows, weight.out_features()]);
+                let data = TensorData::new(out, [rows, weight.rows()]);
                 Ok(Tensor::from_data(data, (&device, DType::F32)))
             }
         }
@@ -151,7 +154,7 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        if let (Linear::Packed(gate), Linear::Packed(up), Linear::Packed(down)) =
+        if let (Linear::Host(gate), Linear::Host(up), Linear::Host(down)) =
             (&self.gate, &self.up, &self.down)
         {
             // The CPU kernels' path: silu(gate) * up fused on the host, no tensor round trips.
@@ -165,7 +168,7 @@ impl<B: Backend> Mlp<B> {
             }
             let out = down.matmul(&hidden, rows);
             return Ok(Tensor::from_data(
-                TensorData::new(out, [rows, down.out_features()]),
+                TensorData::new(out, [rows, down.rows()]),
                 (&device, DType::F32),
             ));
         }
@@ -227,38 +230,23 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// Host version for the CPU kernels: `x` is `[seq, heads * head_dim]` at positions
-    /// `start..`; returns it rotated (unless `rotate` is false) and laid out
-    /// `[heads, seq, head_dim]`, ready for attention.
-    pub fn to_heads(
-        &self,
-        x: &[f32],
-        seq: usize,
-        heads: usize,
-        start: usize,
-        rotate: bool,
-    ) -> Vec<f32> {
+    /// Rotates, in place, rows `x` = `[seq, heads * head_dim]` at positions `start..`.
+    pub fn rotate_rows(&self, x: &mut [f32], heads: usize, start: usize) {
         let d = self.head_dim;
         let half = d / 2;
-        let mut out = vec![0f32; x.len()];
-        for h in 0..heads {
-            for t in 0..seq {
-                let src = &x[t * heads * d + h * d..][..d];
-                let dst = &mut out[(h * seq + t) * d..][..d];
-                if !rotate {
-                    dst.copy_from_slice(src);
-                    continue;
-                }
-                let cos = &self.cos_host[(start + t) * d..][..d];
-                let sin = &self.sin_host[(start + t) * d..][..d];
+        for (t, row) in x.chunks_exact_mut(heads * d).enumerate() {
+            let cos = &self.cos_host[(start + t) * d..][..d];
+            let sin = &self.sin_host[(start + t) * d..][..d];
+            for head in row.chunks_exact_mut(d) {
+                let (x1, x2) = head.split_at_mut(half);
                 for i in 0..half {
                     // rotate_half(x) = cat(-x2, x1)
-                    dst[i] = src[i] * cos[i] - src[i + half] * sin[i];
-                    dst[i + half] = src[i + half] * cos[i + half] + src[i] * sin[i + half];
+                    let (a, b) = (x1[i], x2[i]);
+                    x1[i] = a * cos[i] - b * sin[i];
+                    x2[i] = b * cos[i + half] + a * sin[i + half];
                 }
             }
         }
-        out
     }
 
     /// Rotates `x` (`[1, heads, seq, head_dim]`) for positions `start..start + seq`.
@@ -287,50 +275,7 @@ impl<B: Backend> Rope<B> {
 pub enum Embedding<B: Backend> {
     Dense(Tensor<B, 2>),
     /// bf16 rows on the host, looked up into f32 activations.
-    Host {
-        rows: Arc<HostRows>,
-        hidden: usize,
-    },
-}
-
-/// A bf16 table on the host: in the memory-mapped checkpoint, or converted from another dtype.
-#[derive(Debug)]
-pub enum HostRows {
-    Mapped(MappedBf16),
-    Owned(Vec<bf16>),
-}
-
-impl HostRows {
-    /// Row `r` of a table `out.len()` wide, widened to f32.
-    fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let width = out.len();
-        match self {
-            Self::Mapped(mapped) => {
-                let bytes = &mapped.bytes()[r * width * 2..(r + 1) * width * 2];
-                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *dst = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }
-            Self::Owned(values) => {
-                for (dst, w) in out.iter_mut().zip(&values[r * width..(r + 1) * width]) {
-                    *dst = w.to_f32();
-                }
-            }
-        }
-    }
-
-    fn row_bf16(&self, r: usize, out: &mut [bf16]) {
-        let width = out.len();
-        match self {
-            Self::Mapped(mapped) => {
-                let bytes = &mapped.bytes()[r * width * 2..(r + 1) * width * 2];
-                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *dst = bf16::from_le_bytes([b[0], b[1]]);
-                }
-            }
-            Self::Owned(values) => out.copy_from_slice(&values[r * width..(r + 1) * width]),
-        }
-    }
+    Host(Arc<Bf16Matrix>),
 }
 
 impl<B: Backend> Embedding<B> {
@@ -342,12 +287,13 @@ impl<B: Backend> Embedding<B> {
                 let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
                 weight.clone().select(0, ids)
             }
-            Self::Host { rows, hidden } => {
+            Self::Host(table) => {
+                let hidden = table.cols();
                 let mut values = vec![0f32; ids.len() * hidden];
-                for (dst, &id) in values.chunks_mut(*hidden).zip(ids) {
-                    rows.row_f32(id as usize, dst);
+                for (dst, &id) in values.chunks_mut(hidden).zip(ids) {
+                    table.row_f32(id as usize, dst);
                 }
-                let data = TensorData::new(values, [ids.len(), *hidden]);
+                let data = TensorData::new(values, [ids.len(), hidden]);
                 Tensor::from_data(data, (device, DType::F32))
             }
         }
@@ -357,14 +303,9 @@ impl<B: Backend> Embedding<B> {
     pub fn as_tied_head(&self) -> Linear<B> {
         match self {
             Self::Dense(weight) => Linear::Dense(weight.clone().transpose()),
-            Self::Host { rows, hidden } => {
-                let vocab = match rows.as_ref() {
-                    HostRows::Mapped(mapped) => mapped.bytes().len() / 2 / hidden,
-                    HostRows::Owned(values) => values.len() / hidden,
-                };
-                let packed =
-                    PackedLinear::pack_rows(vocab, *hidden, |r, row| rows.row_bf16(r, row));
-                Linear::Packed(Arc::new(packed))
+            Self::Host(table) => {
+                table.populate();
+                Linear::Host(table.clone())
             }
         }
     }

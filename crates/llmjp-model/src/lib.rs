@@ -26,13 +26,13 @@
 
 mod attention;
 pub mod backend;
+pub mod cpu_bf16;
 mod dtype;
 mod error;
 mod layers;
 mod llama;
 mod mixtral;
 mod model;
-pub mod packed;
 
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};

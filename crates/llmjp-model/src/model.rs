@@ -119,6 +119,8 @@ pub struct CausalLm<B: Backend> {
     dtype: ComputeDtype,
     /// The dtype of activations and the KV cache.
     activations: ComputeDtype,
+    /// Weights, cache and attention on the host (the CPU kernels' path).
+    host_bf16: bool,
     device: B::Device,
     embed_tokens: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
@@ -161,15 +163,15 @@ impl<B: Backend> CausalLm<B> {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let total = config.num_hidden_layers + 2;
-        // On the CPU, bf16 means bf16 weights run by the packed kernels on f32 activations:
+        // On the CPU, bf16 means bf16 weights run by the host kernels on f32 activations:
         // burn-flex's own bf16 matmul widens both operands on every call.
-        let packed = dtype == ComputeDtype::BF16 && TypeId::of::<B>() == TypeId::of::<Cpu>();
-        let activations = if packed { ComputeDtype::F32 } else { dtype };
+        let host_bf16 = dtype == ComputeDtype::BF16 && TypeId::of::<B>() == TypeId::of::<Cpu>();
+        let activations = if host_bf16 { ComputeDtype::F32 } else { dtype };
         let loader = Loader {
             checkpoint,
             device,
             dtype: activations,
-            packed,
+            host_bf16,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = loader.embedding("model.embed_tokens.weight", vocab, hidden)?;
@@ -198,6 +200,7 @@ impl<B: Backend> CausalLm<B> {
         Ok(Self {
             dtype,
             activations,
+            host_bf16,
             device: device.clone(),
             embed_tokens,
             layers,
@@ -227,7 +230,13 @@ impl<B: Backend> CausalLm<B> {
         let shape = [1, kv_heads, capacity, self.config.head_dim];
         KvCache {
             layers: (0..self.layers.len())
-                .map(|_| LayerCache::new(shape, self.activations, &self.device))
+                .map(|_| {
+                    if self.host_bf16 {
+                        LayerCache::new_host(shape)
+                    } else {
+                        LayerCache::new(shape, self.activations, &self.device)
+                    }
+                })
                 .collect(),
             len: 0,
             capacity,

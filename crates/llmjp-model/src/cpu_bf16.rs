@@ -1,0 +1,547 @@
+//! bf16 weights with f32 activations on the CPU. Weights stay as the checkpoint stores them,
+//! bf16 `[out, in]` row-major, and when the file holds bf16 they are used in place from the
+//! memory-mapped file: loading copies nothing (it costs one read of the files), and decoding
+//! reads half the bytes of f32, which is what its speed is bound by.
+//!
+//! - Few rows (decode, short prompts): AVX-512. Each 32 bf16 of a weight row widen to f32 in
+//!   registers; up to 4 activation rows × 4 weight rows accumulate in f32, so a call reads
+//!   each weight row from memory once; weights are prefetched ahead.
+//! - 32 rows or more (prefills): AMX. Each task copies 32 weight rows (one contiguous range
+//!   of the file) into a cache-sized panel laid out as `tdpbf16ps` A tiles; the activations,
+//!   rounded to bf16 as transformers' bf16 models compute, are the B tiles; products
+//!   accumulate in f32.
+//! - Elsewhere: portable code.
+//!
+//! ```
+//! use half::bf16;
+//! use llmjp_model::cpu_bf16::Bf16Matrix;
+//!
+//! // w = [[1, 2], [3, 4], [5, 6]]: 3 outputs, 2 inputs.
+//! let w: Vec<bf16> = [1., 2., 3., 4., 5., 6.].map(bf16::from_f32).to_vec();
+//! let w = Bf16Matrix::from_vec(w, 3, 2);
+//! assert_eq!(w.matmul(&[1.0, 10.0], 1), [21.0, 43.0, 65.0]); // x @ w.T
+//! ```
+
+use half::bf16;
+use llmjp_weights::MappedBf16;
+use rayon::prelude::*;
+
+/// A `[rows, cols]` bf16 matrix on the host, row-major: a linear layer's `[out, in]` weight
+/// or an embedding table.
+#[derive(Debug)]
+pub struct Bf16Matrix {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+#[derive(Debug)]
+enum Storage {
+    /// In the memory-mapped checkpoint (little-endian, not necessarily 2-byte aligned).
+    Mapped(MappedBf16),
+    /// Converted from an f16 or f32 checkpoint, as little-endian bit patterns.
+    Owned(Vec<u16>),
+}
+
+impl Bf16Matrix {
+    /// Uses a bf16 tensor in place in its memory-mapped file.
+    pub fn mapped(weight: MappedBf16, rows: usize, cols: usize) -> Self {
+        assert_eq!(weight.bytes().len(), rows * cols * 2, "{rows}x{cols} bf16");
+        Self {
+            rows,
+            cols,
+            storage: Storage::Mapped(weight),
+        }
+    }
+
+    /// Owns a row-major `[rows, cols]` matrix.
+    pub fn from_vec(values: Vec<bf16>, rows: usize, cols: usize) -> Self {
+        assert_eq!(values.len(), rows * cols, "{rows}x{cols} bf16");
+        let bits = values.into_iter().map(|v| v.to_bits().to_le()).collect();
+        Self {
+            rows,
+            cols,
+            storage: Storage::Owned(bits),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Reads a mapped matrix into memory now (one read of its part of the file), so that
+    /// the first forward pass does not wait on page faults.
+    pub fn populate(&self) {
+        if let Storage::Mapped(mapped) = &self.storage {
+            mapped.populate();
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped(mapped) => mapped.bytes(),
+            // SAFETY: any u16 is two initialised bytes; the length is the same memory.
+            Storage::Owned(bits) => unsafe {
+                std::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), bits.len() * 2)
+            },
+        }
+    }
+
+    fn value(bytes: &[u8], i: usize) -> f32 {
+        f32::from_bits((u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]) as u32) << 16)
+    }
+
+    /// Row `r` widened to f32 into `out` (`cols` values).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let row = &self.bytes()[r * self.cols * 2..(r + 1) * self.cols * 2];
+        for (i, dst) in out.iter_mut().enumerate() {
+            *dst = Self::value(row, i);
+        }
+    }
+
+    /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`.
+    pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
+        #[cfg(target_arch = "x86_64")]
+        if rows >= amx::MIN_ROWS && amx::fits(k, n) && amx::available() {
+            return amx::matmul(self, x, rows);
+        }
+        let mut out = vec![0f32; rows * n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        // Tasks of weight rows; each reads its rows once for all activation rows.
+        let task_rows = if rows == 1 { 256 } else { 64 };
+        (0..n.div_ceil(task_rows)).into_par_iter().for_each(|task| {
+            let first = task * task_rows;
+            let count = task_rows.min(n - first);
+            // SAFETY: each task writes only output columns first..first + count.
+            unsafe { self.columns(x, rows, first, count, out_ptr) };
+        });
+        out
+    }
+
+    /// Output columns `first..first + count` for every activation row.
+    ///
+    /// # Safety
+    /// `out` points to a `[rows, self.rows]` buffer nobody else writes in these columns.
+    unsafe fn columns(&self, x: &[f32], rows: usize, first: usize, count: usize, out: SendPtr) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the rest is forwarded.
+            unsafe { avx512::columns(self, x, rows, first, count, out.0) };
+            return;
+        }
+        let k = self.cols;
+        for c in first..first + count {
+            for r in 0..rows {
+                let value = self.dot(&x[r * k..(r + 1) * k], c, 0);
+                // SAFETY: in bounds; this column belongs to this task.
+                unsafe { *out.0.add(r * self.rows + c) = value };
+            }
+        }
+    }
+
+    /// `sum(x[i] * w[c][i])` over `i >= from`, in order, with fused multiply-adds.
+    fn dot(&self, x: &[f32], c: usize, from: usize) -> f32 {
+        let k = self.cols;
+        let row = &self.bytes()[c * k * 2..(c + 1) * k * 2];
+        (from..k).fold(0f32, |acc, i| x[i].mul_add(Self::value(row, i), acc))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint parts of an output buffer to worker threads.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Bf16Matrix;
+
+    /// k values per step: 32 bf16, one 64-byte cache line of a weight row.
+    const K_STEP: usize = 32;
+    /// How far ahead the decode kernel prefetches weights.
+    const PREFETCH_BYTES: usize = 1024;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn columns(
+        w: &Bf16Matrix,
+        x: &[f32],
+        rows: usize,
+        first: usize,
+        count: usize,
+        out: *mut f32,
+    ) {
+        if rows == 1 {
+            // Decode is bound by memory: four sequential streams, each through a quarter of
+            // the rows, keep the hardware prefetchers busy on four fronts.
+            const STREAMS: usize = 4;
+            let part = count / STREAMS;
+            for c in first..first + part {
+                let streams: [usize; STREAMS] = std::array::from_fn(|s| c + s * part);
+                // SAFETY: forwarded; every row named is in bounds.
+                unsafe { tile::<1, STREAMS>(w, x, 0, streams, out) };
+            }
+            for c in first + STREAMS * part..first + count {
+                // SAFETY: as above.
+                unsafe { tile::<1, 1>(w, x, 0, [c], out) };
+            }
+            return;
+        }
+        let mut c = first;
+        while c < first + count {
+            let nr = if first + count - c >= 2 { 2 } else { 1 };
+            let mut r = 0;
+            while r < rows {
+                let mr = (rows - r).min(4);
+                let (two, one) = ([c, c + 1], [c]);
+                // SAFETY: forwarded; rows r..r + mr and columns c..c + nr are in bounds.
+                unsafe {
+                    match (mr, nr) {
+                        (4, 2) => tile::<4, 2>(w, x, r, two, out),
+                        (3, 2) => tile::<3, 2>(w, x, r, two, out),
+                        (2, 2) => tile::<2, 2>(w, x, r, two, out),
+                        (1, 2) => tile::<1, 2>(w, x, r, two, out),
+                        (4, _) => tile::<4, 1>(w, x, r, one, out),
+                        (3, _) => tile::<3, 1>(w, x, r, one, out),
+                        (2, _) => tile::<2, 1>(w, x, r, one, out),
+                        _ => tile::<1, 1>(w, x, r, one, out),
+                    }
+                }
+                r += mr;
+            }
+            c += nr;
+        }
+    }
+
+    /// Activation rows `row..row + MR` times weight rows `cols`. Each output
+    /// accumulates the two halves of a step in two chains, in the same order whatever the
+    /// tile, so one row at a time gives the same numbers as many.
+    // Indexing the register tile by row and column reads clearer than iterators here.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        w: &Bf16Matrix,
+        x: &[f32],
+        row: usize,
+        cols: [usize; NR],
+        out: *mut f32,
+    ) {
+        let (n, k) = (w.rows, w.cols);
+        let vector_k = k / K_STEP * K_STEP;
+        let weights = w.bytes().as_ptr();
+        let xs = x.as_ptr();
+        let mut acc_lo = [[_mm512_setzero_ps(); NR]; MR];
+        let mut acc_hi = [[_mm512_setzero_ps(); NR]; MR];
+        let mut i = 0;
+        while i < vector_k {
+            let mut lo = [_mm512_setzero_ps(); NR];
+            let mut hi = [_mm512_setzero_ps(); NR];
+            for c in 0..NR {
+                let p = weights.add((cols[c] * k + i) * 2);
+                if MR == 1 {
+                    // Decode is bound by memory: ask for the weights a few steps ahead.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                }
+                let a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+                let b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(32) as *const __m256i));
+                lo[c] = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+                hi[c] = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+            }
+            for r in 0..MR {
+                let x0 = _mm512_loadu_ps(xs.add((row + r) * k + i));
+                let x1 = _mm512_loadu_ps(xs.add((row + r) * k + i + 16));
+                for c in 0..NR {
+                    acc_lo[r][c] = _mm512_fmadd_ps(x0, lo[c], acc_lo[r][c]);
+                    acc_hi[r][c] = _mm512_fmadd_ps(x1, hi[c], acc_hi[r][c]);
+                }
+            }
+            i += K_STEP;
+        }
+        for r in 0..MR {
+            let xr = &x[(row + r) * k..(row + r + 1) * k];
+            for c in 0..NR {
+                let tail = w.dot(xr, cols[c], vector_k);
+                let sum = _mm512_add_ps(acc_lo[r][c], acc_hi[r][c]);
+                *out.add((row + r) * n + cols[c]) = _mm512_reduce_add_ps(sum) + tail;
+            }
+        }
+    }
+}
+
+/// Intel AMX (the bf16 tile unit of Sapphire Rapids and later), written with `asm!`, which
+/// stable Rust assembles. The process asks Linux for the tile state once and falls back to
+/// AVX-512 when the CPU or the kernel refuses.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use half::bf16;
+    use rayon::prelude::*;
+
+    use super::{Bf16Matrix, SendPtr};
+
+    /// Below this many rows the AVX-512 kernel keeps up and keeps f32 activations.
+    pub const MIN_ROWS: usize = 32;
+    /// k values per tile step: 32 bf16, 64 bytes per tile row.
+    const K_STEP: usize = 32;
+    /// Rows (and columns) of a tile.
+    const TILE: usize = 16;
+    /// Weight rows per task: two A tiles.
+    const PANEL_ROWS: usize = 2 * TILE;
+
+    /// Shapes the kernel takes: whole k steps and whole panels of weight rows.
+    pub fn fits(k: usize, n: usize) -> bool {
+        k.is_multiple_of(K_STEP) && n.is_multiple_of(PANEL_ROWS)
+    }
+
+    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile registers.
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && request_tile_permission()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn request_tile_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with integer arguments only.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_permission() -> bool {
+        false
+    }
+
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// `x @ w.T` for `rows >= MIN_ROWS` and shapes that [`fits`].
+    pub fn matmul(w: &Bf16Matrix, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (w.rows, w.cols);
+        let blocks = rows.div_ceil(PANEL_ROWS) * 2;
+        let pairs = k / 2;
+        // B tiles: per block of 16 tokens, [pair][token][2] in bf16 (zeros past `rows`), so
+        // that each tile is 1 KB of contiguous memory.
+        let mut activations = vec![bf16::ZERO; blocks * pairs * 2 * TILE];
+        activations
+            .par_chunks_mut(pairs * 2 * TILE)
+            .enumerate()
+            .for_each(|(block, dst)| {
+                for t in 0..TILE.min(rows.saturating_sub(block * TILE)) {
+                    let src = &x[(block * TILE + t) * k..][..k];
+                    for p in 0..pairs {
+                        dst[p * 2 * TILE + 2 * t] = bf16::from_f32(src[2 * p]);
+                        dst[p * 2 * TILE + 2 * t + 1] = bf16::from_f32(src[2 * p + 1]);
+                    }
+                }
+            });
+        let mut out = vec![0f32; rows * n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..n / PANEL_ROWS).into_par_iter().for_each_init(
+            || vec![0u8; PANEL_ROWS * k * 2],
+            |panel, task| {
+                // SAFETY: AMX is available (checked by the caller); each task writes only
+                // its own 32 output columns.
+                unsafe { panel_rows(w, panel, &activations, rows, task * PANEL_ROWS, out_ptr) };
+            },
+        );
+        out
+    }
+
+    /// Output columns `first..first + 32` for every token.
+    unsafe fn panel_rows(
+        w: &Bf16Matrix,
+        panel: &mut [u8],
+        activations: &[bf16],
+        rows: usize,
+        first: usize,
+        out: SendPtr,
+    ) {
+        let (n, k) = (w.rows, w.cols);
+        let steps = k / K_STEP;
+        // The 32 rows are one contiguous range: read it once, sequentially, into
+        // [step][row][32 bf16], where each A tile is 1 KB of contiguous memory.
+        let source = &w.bytes()[first * k * 2..(first + PANEL_ROWS) * k * 2];
+        for (r, row) in source.chunks_exact(k * 2).enumerate() {
+            for (step, chunk) in row.chunks_exact(K_STEP * 2).enumerate() {
+                let at = (step * PANEL_ROWS + r) * K_STEP * 2;
+                panel[at..at + K_STEP * 2].copy_from_slice(chunk);
+            }
+        }
+        let mut config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            config.bytes_per_row[t] = 64;
+            config.rows[t] = TILE as u8;
+        }
+        // C tiles are [weight row][token]; each is stored here and written out transposed.
+        let mut c = [[0f32; TILE]; 4 * TILE];
+        let block_len = k * TILE;
+        // SAFETY: AMX is enabled for this process; every tile stays inside `panel`,
+        // `activations` (whole blocks of 16 tokens) or `c`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack));
+            for t0 in (0..rows).step_by(2 * TILE) {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack)
+                );
+                let b_base = activations.as_ptr().add(t0 / TILE * block_len);
+                for step in 0..steps {
+                    let a0 = panel.as_ptr().add(step * PANEL_ROWS * K_STEP * 2);
+                    let a1 = a0.add(TILE * K_STEP * 2);
+                    let b0 = b_base.add(step * TILE * 2 * TILE);
+                    let b1 = b0.add(block_len);
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tileloadd tmm7, [{b1} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                        s = in(reg) 64usize,
+                        options(nostack),
+                    );
+                }
+                // c rows: [0, 16) weight rows 0..16 × tokens t0..t0+16, [16, 32) the same
+                // rows × the next 16 tokens, then weight rows 16..32 likewise.
+                let c0 = c.as_mut_ptr().cast::<f32>();
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) c0, c1 = in(reg) c0.add(TILE * TILE),
+                    c2 = in(reg) c0.add(2 * TILE * TILE), c3 = in(reg) c0.add(3 * TILE * TILE),
+                    s = in(reg) 64usize,
+                    options(nostack),
+                );
+                for (tile, values) in c.chunks_exact(TILE).enumerate() {
+                    let (row_half, token_half) = (tile / 2, tile % 2);
+                    for t in 0..TILE {
+                        let token = t0 + token_half * TILE + t;
+                        if token >= rows {
+                            break;
+                        }
+                        let dst = out.0.add(token * n + first + row_half * TILE);
+                        for (i, row) in values.iter().enumerate() {
+                            *dst.add(i) = row[t];
+                        }
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[bf16], x: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let mut acc = 0f64;
+                for i in 0..k {
+                    acc += x[r * k + i] as f64 * w[c * k + i].to_f64();
+                }
+                out[r * n + c] = acc as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_plain_matmul_on_every_shape() {
+        let mut seed = 1u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let shapes = [
+            (1, 16, 2),
+            (1, 100, 37),
+            (3, 33, 64),
+            (9, 70, 130),
+            (17, 5, 8),
+            (1, 300, 512),
+            (32, 64, 96),
+            (40, 64, 96),
+            (77, 96, 256),
+        ];
+        for (rows, n, k) in shapes {
+            let w: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(next())).collect();
+            let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let matrix = Bf16Matrix::from_vec(w.clone(), n, k);
+            let ours = matrix.matmul(&x, rows);
+            let expected = reference(&w, &x, rows, n, k);
+            // From 32 rows on, AMX rounds activations to bf16 (8 significant bits).
+            let tolerance = if rows >= 32 { 1e-2 } else { 1e-5 } * (k as f32).sqrt();
+            for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= tolerance,
+                    "{rows}x{n}x{k} [{i}]: {a} vs {b}"
+                );
+            }
+            // Below the AMX threshold: the same numbers one row at a time (decode) as all
+            // rows at once (prefill).
+            if rows < 32 {
+                for r in 0..rows {
+                    let single = matrix.matmul(&x[r * k..(r + 1) * k], 1);
+                    assert_eq!(single, ours[r * n..(r + 1) * n], "{rows}x{n}x{k} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_widen_to_f32() {
+        let w: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32 - 2.5)).collect();
+        let matrix = Bf16Matrix::from_vec(w, 2, 3);
+        let mut row = [0f32; 3];
+        matrix.row_f32(1, &mut row);
+        assert_eq!(row, [0.5, 1.5, 2.5]);
+    }
+}
