@@ -90,8 +90,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ]);
         c
     };
-    let (mut ours, mut hf) = (Vec::new(), Vec::new());
+    let (mut ours, mut hf, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=options.rounds {
+        reads.push(read_files_once(&model)?);
         eprintln!("round {round}/{}: llmjp", options.rounds);
         ours.push(last_json(&output(&mut ours_cmd(&options))?)?);
         eprintln!("round {round}/{}: transformers", options.rounds);
@@ -116,7 +117,29 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let rss = median(&ours, "peak_rss_mb")?;
     println!("llmjp peak RSS / weights size: {:.2}", rss / weights_mb);
+    reads.sort_by(f64::total_cmp);
+    let read = reads[reads.len() / 2];
+    let load = median(&ours, "load_s")?;
+    println!(
+        "reading the checkpoint files once: {read:.2} s; llmjp load / that: {:.2}",
+        load / read
+    );
     Ok(())
+}
+
+/// Seconds to read every safetensors file of `dir` once, start to end (as `cat` would).
+fn read_files_once(dir: &std::path::Path) -> Result<f64, String> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    let mut buffer = vec![0u8; 8 << 20];
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            while file.read(&mut buffer).map_err(|e| e.to_string())? > 0 {}
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn last_json(text: &str) -> Result<Value, String> {

@@ -389,6 +389,7 @@ mod amx {
         // The 32 rows are one contiguous range: read it once, sequentially, into
         // [step][row][32 bf16], where each A tile is 1 KB of contiguous memory.
         let source = &w.bytes()[first * k * 2..(first + PANEL_ROWS) * k * 2];
+        let next_panel = source.as_ptr_range().end;
         for (r, row) in source.chunks_exact(k * 2).enumerate() {
             for (step, chunk) in row.chunks_exact(K_STEP * 2).enumerate() {
                 let at = (step * PANEL_ROWS + r) * K_STEP * 2;
@@ -423,6 +424,16 @@ mod amx {
                 );
                 let b_base = activations.as_ptr().add(t0 / TILE * block_len);
                 for step in 0..steps {
+                    if t0 == 0 {
+                        // While this panel computes, bring the next one (most often this
+                        // thread's next task) into L2: 2 KB of it per step covers it all.
+                        let next = next_panel.wrapping_add(step * PANEL_ROWS * K_STEP * 2);
+                        for line in (0..PANEL_ROWS * K_STEP * 2).step_by(64) {
+                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                                next.wrapping_add(line).cast(),
+                            );
+                        }
+                    }
                     let a0 = panel.as_ptr().add(step * PANEL_ROWS * K_STEP * 2);
                     let a1 = a0.add(TILE * K_STEP * 2);
                     let b0 = b_base.add(step * TILE * 2 * TILE);
