@@ -8,14 +8,16 @@ use half::bf16;
 use llmjp_model::backend::Cpu;
 use llmjp_model::cpu_bf16::Bf16Matrix;
 
+/// The fastest of 10 runs after a warm-up, in seconds.
 fn time<F: FnMut()>(mut f: F) -> f64 {
     f();
-    let runs = 5;
-    let start = Instant::now();
-    for _ in 0..runs {
-        f();
-    }
-    start.elapsed().as_secs_f64() / runs as f64
+    (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {

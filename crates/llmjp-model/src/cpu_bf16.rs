@@ -364,15 +364,20 @@ mod amx {
             });
         let mut out = vec![0f32; rows * n];
         let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..n / PANEL_ROWS).into_par_iter().for_each_init(
-            || vec![0u8; PANEL_ROWS * k * 2],
-            |panel, task| {
+        (0..n / PANEL_ROWS).into_par_iter().for_each(|task| {
+            PANEL.with_borrow_mut(|panel| {
+                panel.resize(PANEL_ROWS * k * 2, 0);
                 // SAFETY: AMX is available (checked by the caller); each task writes only
                 // its own 32 output columns.
                 unsafe { panel_rows(w, panel, &activations, rows, task * PANEL_ROWS, out_ptr) };
-            },
-        );
+            })
+        });
         out
+    }
+
+    thread_local! {
+        /// Each worker's panel buffer, kept between calls (no page faults per call).
+        static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Output columns `first..first + 32` for every token.
@@ -438,6 +443,16 @@ mod amx {
                     let a1 = a0.add(TILE * K_STEP * 2);
                     let b0 = b_base.add(step * TILE * 2 * TILE);
                     let b1 = b0.add(block_len);
+                    // The activations come from L2: ask for the next steps' tiles into L1.
+                    for line in (0..TILE * 2 * TILE * 2).step_by(64) {
+                        let ahead = 2 * TILE * 2 * TILE * 2 + line;
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            b0.cast::<u8>().wrapping_add(ahead).cast(),
+                        );
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            b1.cast::<u8>().wrapping_add(ahead).cast(),
+                        );
+                    }
                     asm!(
                         "tileloadd tmm4, [{a0} + {s}*1]",
                         "tileloadd tmm5, [{a1} + {s}*1]",
