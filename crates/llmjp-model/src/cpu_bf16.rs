@@ -285,7 +285,6 @@ mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
 
-    use half::bf16;
     use rayon::prelude::*;
 
     use super::{Bf16Matrix, SendPtr};
@@ -342,23 +341,36 @@ mod amx {
         rows: [u8; 16],
     }
 
+    /// `x` rounded to bf16 (to nearest even, as `half` and torch round), as bits.
+    fn bf16_bits(x: f32) -> u32 {
+        let bits = x.to_bits();
+        if x.is_nan() {
+            (bits >> 16) | 0x40
+        } else {
+            (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        }
+    }
+
     /// `x @ w.T` for `rows >= MIN_ROWS` and shapes that [`fits`].
     pub fn matmul(w: &Bf16Matrix, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (w.rows, w.cols);
         let blocks = rows.div_ceil(PANEL_ROWS) * 2;
         let pairs = k / 2;
-        // B tiles: per block of 16 tokens, [pair][token][2] in bf16 (zeros past `rows`), so
+        // B tiles: per block of 16 tokens, [pair][token] bf16 pairs (zeros past `rows`), so
         // that each tile is 1 KB of contiguous memory.
-        let mut activations = vec![bf16::ZERO; blocks * pairs * 2 * TILE];
+        let mut activations = vec![0u32; blocks * pairs * TILE];
         activations
-            .par_chunks_mut(pairs * 2 * TILE)
+            .par_chunks_mut(pairs * TILE)
             .enumerate()
             .for_each(|(block, dst)| {
+                let mut row = vec![0u32; pairs];
                 for t in 0..TILE.min(rows.saturating_sub(block * TILE)) {
                     let src = &x[(block * TILE + t) * k..][..k];
-                    for p in 0..pairs {
-                        dst[p * 2 * TILE + 2 * t] = bf16::from_f32(src[2 * p]);
-                        dst[p * 2 * TILE + 2 * t + 1] = bf16::from_f32(src[2 * p + 1]);
+                    for (pair, values) in row.iter_mut().zip(src.chunks_exact(2)) {
+                        *pair = bf16_bits(values[0]) | (bf16_bits(values[1]) << 16);
+                    }
+                    for (p, &pair) in row.iter().enumerate() {
+                        dst[p * TILE + t] = pair;
                     }
                 }
             });
@@ -380,11 +392,94 @@ mod amx {
         static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
+    /// `source` (32 rows of `k` bf16) into `panel` as [step][row][32 bf16], one cache line
+    /// at a time, the panel written in order.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn copy_panel(source: &[u8], panel: &mut [u8], k: usize) {
+        use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_storeu_si512};
+        assert!(source.len() == PANEL_ROWS * k * 2 && panel.len() >= source.len());
+        let (src, dst) = (source.as_ptr(), panel.as_mut_ptr());
+        for step in 0..k / K_STEP {
+            for r in 0..PANEL_ROWS {
+                let from = (r * k + step * K_STEP) * 2;
+                let to = (step * PANEL_ROWS + r) * K_STEP * 2;
+                // SAFETY: both 64-byte ranges are inside the asserted lengths.
+                unsafe {
+                    let line = _mm512_loadu_si512(src.add(from) as *const __m512i);
+                    _mm512_storeu_si512(dst.add(to) as *mut __m512i, line);
+                }
+            }
+        }
+    }
+
+    /// Writes the transpose of a 16×16 tile: row `t` of the result (column `t` of `tile`)
+    /// goes to `dst + t * stride`, for the first `count` rows.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `dst` has `count` rows of 16 at `stride` to write.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_tile(
+        tile: &[[f32; TILE]],
+        dst: *mut f32,
+        stride: usize,
+        count: usize,
+    ) {
+        use std::arch::x86_64::*;
+        assert_eq!(tile.len(), TILE);
+        // Four rounds of shuffles: 32-bit, 64-bit, then 128-bit lanes twice.
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(tile[i].as_ptr()));
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // Groups of four: t[4g..4g + 4] → 64-bit interleave of (t0, t2) and (t1, t3).
+        let r: [__m512; 16] = std::array::from_fn(|i| {
+            let g = i / 4 * 4;
+            let (a, b) = match i % 4 {
+                0 | 1 => (t[g], t[g + 2]),
+                _ => (t[g + 1], t[g + 3]),
+            };
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_castpd_ps(if i % 2 == 0 {
+                _mm512_unpacklo_pd(a, b)
+            } else {
+                _mm512_unpackhi_pd(a, b)
+            })
+        });
+        // Pairs of 128-bit lanes between row groups 8 apart (within each half).
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let half = i / 8 * 8;
+            let j = i % 8;
+            let (a, b) = (r[half + j % 4], r[half + j % 4 + 4]);
+            if j < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        });
+        let r: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (t[i % 8], t[i % 8 + 8]);
+            if i < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        });
+        for (i, row) in r.iter().enumerate().take(count) {
+            // SAFETY: the caller guarantees `count` rows of 16 at `stride`.
+            unsafe { _mm512_storeu_ps(dst.add(i * stride), *row) };
+        }
+    }
+
     /// Output columns `first..first + 32` for every token.
     unsafe fn panel_rows(
         w: &Bf16Matrix,
         panel: &mut [u8],
-        activations: &[bf16],
+        activations: &[u32],
         rows: usize,
         first: usize,
         out: SendPtr,
@@ -395,12 +490,8 @@ mod amx {
         // [step][row][32 bf16], where each A tile is 1 KB of contiguous memory.
         let source = &w.bytes()[first * k * 2..(first + PANEL_ROWS) * k * 2];
         let next_panel = source.as_ptr_range().end;
-        for (r, row) in source.chunks_exact(k * 2).enumerate() {
-            for (step, chunk) in row.chunks_exact(K_STEP * 2).enumerate() {
-                let at = (step * PANEL_ROWS + r) * K_STEP * 2;
-                panel[at..at + K_STEP * 2].copy_from_slice(chunk);
-            }
-        }
+        // SAFETY: AMX implies AVX-512F; both ranges are whole panels.
+        unsafe { copy_panel(source, panel, k) };
         let mut config = TileConfig {
             palette: 1,
             start_row: 0,
@@ -414,7 +505,7 @@ mod amx {
         }
         // C tiles are [weight row][token]; each is stored here and written out transposed.
         let mut c = [[0f32; TILE]; 4 * TILE];
-        let block_len = k * TILE;
+        let block_len = k / 2 * TILE;
         // SAFETY: AMX is enabled for this process; every tile stays inside `panel`,
         // `activations` (whole blocks of 16 tokens) or `c`.
         unsafe {
@@ -441,7 +532,7 @@ mod amx {
                     }
                     let a0 = panel.as_ptr().add(step * PANEL_ROWS * K_STEP * 2);
                     let a1 = a0.add(TILE * K_STEP * 2);
-                    let b0 = b_base.add(step * TILE * 2 * TILE);
+                    let b0 = b_base.add(step * TILE * TILE);
                     let b1 = b0.add(block_len);
                     // The activations come from L2: ask for the next steps' tiles into L1.
                     for line in (0..TILE * 2 * TILE * 2).step_by(64) {
@@ -482,16 +573,12 @@ mod amx {
                 );
                 for (tile, values) in c.chunks_exact(TILE).enumerate() {
                     let (row_half, token_half) = (tile / 2, tile % 2);
-                    for t in 0..TILE {
-                        let token = t0 + token_half * TILE + t;
-                        if token >= rows {
-                            break;
-                        }
-                        let dst = out.0.add(token * n + first + row_half * TILE);
-                        for (i, row) in values.iter().enumerate() {
-                            *dst.add(i) = row[t];
-                        }
+                    let token = t0 + token_half * TILE;
+                    if token >= rows {
+                        continue;
                     }
+                    let dst = out.0.add(token * n + first + row_half * TILE);
+                    transpose_tile(values, dst, n, (rows - token).min(TILE));
                 }
             }
             asm!("tilerelease", options(nostack));
@@ -558,6 +645,26 @@ mod tests {
                     let single = matrix.matmul(&x[r * k..(r + 1) * k], 1);
                     assert_eq!(single, ours[r * n..(r + 1) * n], "{rows}x{n}x{k} row {r}");
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tiles_transpose() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let tile: Vec<[f32; 16]> = (0..16)
+            .map(|i| std::array::from_fn(|j| (i * 16 + j) as f32))
+            .collect();
+        let mut out = vec![-1f32; 16 * 20];
+        // SAFETY: AVX-512F is present; 15 rows of 16 at stride 20 fit in `out`.
+        unsafe { amx::transpose_tile(&tile, out.as_mut_ptr(), 20, 15) };
+        for t in 0..16 {
+            for i in 0..16 {
+                let expected = if t < 15 { (i * 16 + t) as f32 } else { -1.0 };
+                assert_eq!(out[t * 20 + i], expected, "row {t} column {i}");
             }
         }
     }
