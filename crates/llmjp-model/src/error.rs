@@ -23,6 +23,9 @@ pub enum ModelError {
     /// The requested device cannot be used.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
+    /// A KV cache made by a model of another shape, dtype or path was passed in.
+    #[error("this KV cache was made for another model ({0}); make one with new_cache")]
+    CacheMismatch(String),
     /// Reading a result back from the device failed.
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),

@@ -86,6 +86,8 @@ pub struct KvCache<B: Backend> {
     layers: Vec<LayerCache<B>>,
     len: usize,
     capacity: usize,
+    /// What the cache was made for: `[kv_heads, head_dim]`, the dtype, host or device.
+    made_for: (usize, usize, ComputeDtype, bool),
 }
 
 impl<B: Backend> KvCache<B> {
@@ -240,7 +242,18 @@ impl<B: Backend> CausalLm<B> {
                 .collect(),
             len: 0,
             capacity,
+            made_for: self.cache_kind(),
         }
+    }
+
+    fn cache_kind(&self) -> (usize, usize, ComputeDtype, bool) {
+        let c = &self.config;
+        (
+            c.num_key_value_heads,
+            c.head_dim,
+            self.activations,
+            self.host_bf16,
+        )
     }
 
     /// Runs `ids` after the cached positions and returns the logits of every position,
@@ -273,6 +286,14 @@ impl<B: Backend> CausalLm<B> {
         let vocab_size = self.config.vocab_size;
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(ModelError::InvalidToken { id, vocab_size });
+        }
+        if cache.layers.len() != self.layers.len() || cache.made_for != self.cache_kind() {
+            let (kv_heads, head_dim, dtype, host) = cache.made_for;
+            return Err(ModelError::CacheMismatch(format!(
+                "{} layers of {kv_heads} kv heads x {head_dim}, {dtype:?}{}",
+                cache.layers.len(),
+                if host { " on the host" } else { "" }
+            )));
         }
         let start = cache.len;
         let needed = start + ids.len();

@@ -171,3 +171,21 @@ fn dtype_names_parse() {
         Err(ModelError::UnknownDtype(_))
     ));
 }
+
+#[test]
+fn a_cache_from_another_model_is_refused() {
+    let f32_model = model("llama-mha-bf16");
+    let dir = llmjp_testdata::fixture_dir("llama-mha-bf16");
+    let bf16_model =
+        CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::BF16, &Default::default()).unwrap();
+    let gqa_model = model("llama-gqa-f32-sharded");
+    for (model, mut cache) in [
+        (&f32_model, bf16_model.new_cache(8)),
+        (&bf16_model, f32_model.new_cache(8)),
+        (&f32_model, gqa_model.new_cache(8)),
+    ] {
+        let err = model.forward_last(&[1, 2], &mut cache).unwrap_err();
+        assert!(matches!(err, ModelError::CacheMismatch(_)), "{err}");
+        assert!(err.to_string().contains("new_cache"), "{err}");
+    }
+}
