@@ -191,54 +191,27 @@ impl<B: Backend> Attention<B> {
     /// positions `..start + seq`; returns `[seq, heads * d]`. Softmax in f32, as
     /// transformers computes it.
     fn attend_host(&self, q: &[f32], cache: &HostCache, start: usize, seq: usize) -> Vec<f32> {
-        // Queries per task: each key and value is read once for a block of queries.
-        const BLOCK: usize = 16;
         let (d, heads) = (self.head_dim, self.heads);
         let group = heads / self.kv_heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        let blocks = seq.div_ceil(BLOCK);
+        let blocks = seq.div_ceil(QUERY_BLOCK);
         let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
             .into_par_iter()
             .map(|task| {
                 let (h, block) = (task / blocks, task % blocks);
-                let queries = block * BLOCK..((block + 1) * BLOCK).min(seq);
+                let first = block * QUERY_BLOCK;
+                let count = QUERY_BLOCK.min(seq - first);
                 let kv = h / group;
-                let keys = &cache.keys[kv * cache.capacity * d..];
-                let values = &cache.values[kv * cache.capacity * d..];
-                // Query t sees positions ..start + t + 1.
-                let len = |t: usize| start + t + 1;
-                let longest = len(queries.end - 1);
-                let mut scores = vec![0f32; queries.len() * longest];
-                for (j, key) in keys[..longest * d].chunks_exact(d).enumerate() {
-                    for (i, t) in queries.clone().enumerate() {
-                        if j < len(t) {
-                            let query = &q[(t * heads + h) * d..][..d];
-                            scores[i * longest + j] = dot(query, key) * scale;
-                        }
-                    }
-                }
-                for (i, t) in queries.clone().enumerate() {
-                    let row = &mut scores[i * longest..][..len(t)];
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for s in row.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    row.iter_mut().for_each(|s| *s /= sum);
-                }
-                let mut out = vec![0f32; queries.len() * d];
-                for (j, value) in values[..longest * d].chunks_exact(d).enumerate() {
-                    for (i, t) in queries.clone().enumerate() {
-                        if j < len(t) {
-                            let p = scores[i * longest + j];
-                            for (o, v) in out[i * d..(i + 1) * d].iter_mut().zip(value) {
-                                *o += p * v;
-                            }
-                        }
-                    }
-                }
-                (h, queries.start, out)
+                let queries: Vec<&[f32]> = (first..first + count)
+                    .map(|t| &q[(t * heads + h) * d..][..d])
+                    .collect();
+                let out = attend_block(&HeadBlock {
+                    queries: &queries,
+                    keys: &cache.keys[kv * cache.capacity * d..],
+                    values: &cache.values[kv * cache.capacity * d..],
+                    head_dim: d,
+                    visible: start + first + 1,
+                });
+                (h, first, out)
             })
             .collect();
         let mut out = vec![0f32; seq * heads * d];
@@ -285,20 +258,89 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// `a · b` in 16 lanes (vectorised by the compiler), then summed.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a16
-        .remainder()
-        .iter()
-        .zip(b16.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            lanes[i] += x[i] * y[i];
+/// Queries per attention task: each key and value is read once for a block of queries.
+const QUERY_BLOCK: usize = 16;
+
+/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys and values
+/// (`[positions, head_dim]`); query `i` sees the first `visible + i` positions.
+struct HeadBlock<'a> {
+    queries: &'a [&'a [f32]],
+    keys: &'a [f32],
+    values: &'a [f32],
+    head_dim: usize,
+    visible: usize,
+}
+
+/// The block's outputs, `[queries, head_dim]`, compiled for AVX-512 where the CPU has it.
+fn attend_block(block: &HeadBlock) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { attend_block_avx512(block) };
+    }
+    attend_block_any(block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_block_avx512(block: &HeadBlock) -> Vec<f32> {
+    attend_block_any(block)
+}
+
+/// Scores for all queries of the block are computed together, one key at a time (the
+/// queries transposed, so the 16 of them fill a vector); each query's arithmetic is the
+/// same whatever block it is in, so a prefill gives what single steps give.
+#[inline(always)]
+fn attend_block_any(block: &HeadBlock) -> Vec<f32> {
+    const L: usize = QUERY_BLOCK;
+    let (d, count) = (block.head_dim, block.queries.len());
+    let scale = 1.0 / (d as f32).sqrt();
+    let visible = |i: usize| block.visible + i;
+    let longest = visible(count - 1);
+    let mut transposed = vec![0f32; d * L];
+    for (i, query) in block.queries.iter().enumerate() {
+        for (c, &x) in query.iter().enumerate() {
+            transposed[c * L + i] = x;
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    // scores[j][i]: query i against position j.
+    let mut scores = vec![[0f32; L]; longest];
+    for (j, key) in block.keys[..longest * d].chunks_exact(d).enumerate() {
+        let mut s = [0f32; L];
+        for (c, &k) in key.iter().enumerate() {
+            let column = &transposed[c * L..(c + 1) * L];
+            for i in 0..L {
+                s[i] += column[i] * k;
+            }
+        }
+        for i in 0..L {
+            scores[j][i] = s[i] * scale;
+        }
+    }
+    for i in 0..count {
+        let n = visible(i);
+        let max = (0..n)
+            .map(|j| scores[j][i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for row in &mut scores[..n] {
+            row[i] = (row[i] - max).exp();
+            sum += row[i];
+        }
+        for row in &mut scores[..n] {
+            row[i] /= sum;
+        }
+    }
+    let mut out = vec![0f32; count * d];
+    for (j, value) in block.values[..longest * d].chunks_exact(d).enumerate() {
+        for i in 0..count {
+            if j < visible(i) {
+                let p = scores[j][i];
+                for (o, v) in out[i * d..(i + 1) * d].iter_mut().zip(value) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+    out
 }
