@@ -5,14 +5,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use std::sync::Arc;
-
 use rayon::prelude::*;
 
-use burn::tensor::{DType, TensorData};
-
-use crate::cpu_bf16::Bf16Matrix;
-use crate::layers::{to_f32_vec, Linear, Loader, Rope};
+use crate::layers::{Linear, Loader, Rope};
 use crate::{ComputeDtype, Result};
 
 /// One layer's keys and values, written in place: `[1, kv_heads, capacity, head_dim]`
@@ -130,11 +125,6 @@ impl<B: Backend> Attention<B> {
         start: usize,
     ) -> Result<Tensor<B, 2>> {
         let seq = x.dims()[0];
-        if let (Linear::Host(q), Linear::Host(k), Linear::Host(v), Linear::Host(o)) =
-            (&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj)
-        {
-            return self.forward_host([q, k, v, o], x, rope, cache, start);
-        }
         let split = |t: Tensor<B, 2>, heads: usize| {
             t.reshape([1, seq, heads, self.head_dim]).swap_dims(1, 2)
         };
@@ -148,26 +138,23 @@ impl<B: Backend> Attention<B> {
         self.o_proj.forward(out)
     }
 
-    /// The CPU kernels' path: projections, RoPE, the cache and attention on the host, f32
-    /// throughout.
-    fn forward_host(
+    /// The CPU kernels' path: rows `x` = `[seq, hidden]` at positions `start..`; the
+    /// projections, RoPE, the cache and attention on the host, in f32.
+    pub(crate) fn forward_host(
         &self,
-        [q_w, k_w, v_w, o_w]: [&Arc<Bf16Matrix>; 4],
-        x: Tensor<B, 2>,
+        x: &[f32],
+        seq: usize,
         rope: &Rope<B>,
         cache: &mut LayerCache<B>,
         start: usize,
-    ) -> Result<Tensor<B, 2>> {
+    ) -> Vec<f32> {
         let LayerCache::Host(cache) = cache else {
             unreachable!("host weights are paired with a host cache");
         };
-        let seq = x.dims()[0];
-        let device = x.device();
-        let input = to_f32_vec(x)?;
         let d = self.head_dim;
-        let mut q = q_w.matmul(&input, seq);
-        let mut k = k_w.matmul(&input, seq);
-        let v = v_w.matmul(&input, seq);
+        let mut q = self.q_proj.host().matmul(x, seq);
+        let mut k = self.k_proj.host().matmul(x, seq);
+        let v = self.v_proj.host().matmul(x, seq);
         rope.rotate_rows(&mut q, self.heads, start);
         rope.rotate_rows(&mut k, self.kv_heads, start);
         // [seq, kv_heads * d] rows into [kv_heads, capacity, d] at positions start...
@@ -180,11 +167,7 @@ impl<B: Backend> Attention<B> {
             }
         }
         let out = self.attend_host(&q, cache, start, seq);
-        let projected = o_w.matmul(&out, seq);
-        Ok(Tensor::from_data(
-            TensorData::new(projected, [seq, o_w.rows()]),
-            (&device, DType::F32),
-        ))
+        self.o_proj.host().matmul(&out, seq)
     }
 
     /// Causal attention of `q` (`[seq, heads * d]`, positions `start..`) over the cached

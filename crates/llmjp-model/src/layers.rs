@@ -87,8 +87,12 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     pub fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm<B>> {
-        let weight = self.tensor(name, [size], Layout::AsStored)?;
-        Ok(RmsNorm { weight, eps })
+        let host = self
+            .checkpoint
+            .read::<f32>(name, &[size], Layout::AsStored)?;
+        let data = TensorData::new(host.clone(), [size]);
+        let weight = Tensor::from_data(data, (self.device, self.dtype.dtype()));
+        Ok(RmsNorm { weight, host, eps })
     }
 }
 
@@ -102,6 +106,14 @@ pub enum Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
+    /// The host weights of a model loaded for the CPU kernels' path.
+    pub fn host(&self) -> &Bf16Matrix {
+        match self {
+            Self::Host(weight) => weight,
+            Self::Dense(_) => unreachable!("the host path runs only on host weights"),
+        }
+    }
+
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         match self {
             Self::Dense(weight) => Ok(x.matmul(weight.clone())),
@@ -131,10 +143,26 @@ pub(crate) fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Result<Vec
 #[derive(Debug, Clone)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Tensor<B, 1>,
+    /// The weight in f32 on the host, for the CPU kernels' path.
+    pub host: Vec<f32>,
     pub eps: f64,
 }
 
 impl<B: Backend> RmsNorm<B> {
+    /// Rows `x` = `[rows, size]` on the host, in f32.
+    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
+        let size = self.host.len();
+        let mut out = vec![0f32; x.len()];
+        for (row, dst) in x.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
+            let variance = row.iter().map(|v| v * v).sum::<f32>() / size as f32;
+            let scale = 1.0 / (variance + self.eps as f32).sqrt();
+            for ((d, v), w) in dst.iter_mut().zip(row).zip(&self.host) {
+                *d = w * (v * scale);
+            }
+        }
+        out
+    }
+
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
@@ -154,26 +182,20 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        if let (Linear::Host(gate), Linear::Host(up), Linear::Host(down)) =
-            (&self.gate, &self.up, &self.down)
-        {
-            // The CPU kernels' path: silu(gate) * up fused on the host, no tensor round trips.
-            let [rows, _] = x.dims();
-            let device = x.device();
-            let input = to_f32_vec(x)?;
-            let mut hidden = gate.matmul(&input, rows);
-            let up = up.matmul(&input, rows);
-            for (g, u) in hidden.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            let out = down.matmul(&hidden, rows);
-            return Ok(Tensor::from_data(
-                TensorData::new(out, [rows, down.rows()]),
-                (&device, DType::F32),
-            ));
-        }
         let hidden = silu(self.gate.forward(x.clone())?) * self.up.forward(x)?;
         self.down.forward(hidden)
+    }
+
+    /// The CPU kernels' path: rows `x` = `[rows, hidden]` on the host, silu(gate) * up
+    /// fused, in f32.
+    pub fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (gate, up, down) = (self.gate.host(), self.up.host(), self.down.host());
+        let mut hidden = gate.matmul(x, rows);
+        let up = up.matmul(x, rows);
+        for (g, u) in hidden.iter_mut().zip(&up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        down.matmul(&hidden, rows)
     }
 }
 
@@ -279,6 +301,19 @@ pub enum Embedding<B: Backend> {
 }
 
 impl<B: Backend> Embedding<B> {
+    /// Rows of `ids` on the host, in f32 (the CPU kernels' path).
+    pub fn forward_host(&self, ids: &[u32]) -> Vec<f32> {
+        let Self::Host(table) = self else {
+            unreachable!("the host path runs only on host weights");
+        };
+        let hidden = table.cols();
+        let mut values = vec![0f32; ids.len() * hidden];
+        for (dst, &id) in values.chunks_mut(hidden).zip(ids) {
+            table.row_f32(id as usize, dst);
+        }
+        values
+    }
+
     pub fn forward(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(weight) => {

@@ -80,4 +80,46 @@ impl<B: Backend> SparseMoe<B> {
         }
         Ok(out)
     }
+
+    /// The CPU kernels' path: rows `x` = `[seq, hidden]` on the host, the same routing in
+    /// f32, each token's expert outputs summed in expert order.
+    pub fn forward_host(&self, x: &[f32], seq: usize) -> Vec<f32> {
+        let hidden = x.len() / seq;
+        let experts = self.experts.len();
+        let logits = self.router.host().matmul(x, seq);
+        let mut routes: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); experts];
+        for (token, logits) in logits.chunks_exact(experts).enumerate() {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+            // The top k, highest first; ties to the lower expert index.
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let chosen = &order[..self.top_k];
+            let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
+            for &e in chosen {
+                routes[e].0.push(token);
+                routes[e].1.push(probs[e] / total);
+            }
+        }
+        let mut out = vec![0f32; seq * hidden];
+        for (expert, (tokens, scales)) in self.experts.iter().zip(routes) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let rows: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&t| &x[t * hidden..(t + 1) * hidden])
+                .copied()
+                .collect();
+            let y = expert.forward_host(&rows, tokens.len());
+            for ((&t, scale), y) in tokens.iter().zip(scales).zip(y.chunks_exact(hidden)) {
+                for (o, v) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
+                    *o += v * scale;
+                }
+            }
+        }
+        out
+    }
 }

@@ -4,7 +4,7 @@ use std::any::TypeId;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use llmjp_weights::{Architecture, Checkpoint, ModelConfig};
 
 use crate::attention::{Attention, LayerCache};
@@ -76,6 +76,28 @@ impl<B: Backend> DecoderLayer<B> {
             FeedForward::Sparse(moe) => moe.forward(normed)?,
         };
         Ok(x + ff)
+    }
+
+    /// The CPU kernels' path: rows `x` = `[seq, hidden]` on the host, updated in place.
+    fn forward_host(
+        &self,
+        x: &mut [f32],
+        seq: usize,
+        rope: &Rope<B>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) {
+        let normed = self.input_layernorm.forward_host(x);
+        let attn = self
+            .self_attn
+            .forward_host(&normed, seq, rope, cache, start);
+        x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
+        let normed = self.post_attention_layernorm.forward_host(x);
+        let ff = match &self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.forward_host(&normed, seq),
+            FeedForward::Sparse(moe) => moe.forward_host(&normed, seq),
+        };
+        x.iter_mut().zip(&ff).for_each(|(x, f)| *x += f);
     }
 }
 
@@ -259,27 +281,53 @@ impl<B: Backend> CausalLm<B> {
     /// Runs `ids` after the cached positions and returns the logits of every position,
     /// `[ids.len(), vocab]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
-        let hidden = self.hidden_states(ids, cache)?;
-        Ok(self
-            .lm_head
-            .forward(self.norm.forward(hidden))?
-            .cast(FloatDType::F32))
+        let seq = ids.len();
+        match self.hidden_states(ids, cache)? {
+            Hidden::Device(hidden) => Ok(self
+                .lm_head
+                .forward(self.norm.forward(hidden))?
+                .cast(FloatDType::F32)),
+            Hidden::Host(hidden) => {
+                let logits = self.head_host(&hidden, seq);
+                let data = TensorData::new(logits, [seq, self.config.vocab_size]);
+                Ok(Tensor::from_data(data, (&self.device, DType::F32)))
+            }
+        }
     }
 
     /// Runs `ids` after the cached positions and returns the logits of the last one,
     /// `[vocab]` in f32: a prefill when the cache is empty, a decode step for one id.
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 1>> {
-        let hidden = self.hidden_states(ids, cache)?;
-        let [seq, size] = hidden.dims();
-        let last = hidden.slice([seq - 1..seq, 0..size]);
-        let logits = self
-            .lm_head
-            .forward(self.norm.forward(last))?
-            .cast(FloatDType::F32);
-        Ok(logits.reshape([self.config.vocab_size]))
+        let vocab = self.config.vocab_size;
+        match self.hidden_states(ids, cache)? {
+            Hidden::Device(hidden) => {
+                let [seq, size] = hidden.dims();
+                let last = hidden.slice([seq - 1..seq, 0..size]);
+                let logits = self
+                    .lm_head
+                    .forward(self.norm.forward(last))?
+                    .cast(FloatDType::F32);
+                Ok(logits.reshape([vocab]))
+            }
+            Hidden::Host(hidden) => {
+                let size = self.config.hidden_size;
+                let logits = self.head_host(&hidden[hidden.len() - size..], 1);
+                Ok(Tensor::from_data(
+                    TensorData::new(logits, [vocab]),
+                    (&self.device, DType::F32),
+                ))
+            }
+        }
     }
 
-    fn hidden_states(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
+    /// Final norm and LM head of rows on the host.
+    fn head_host(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
+        self.lm_head
+            .host()
+            .matmul(&self.norm.forward_host(hidden), rows)
+    }
+
+    fn hidden_states(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Hidden<B>> {
         if ids.is_empty() {
             return Err(ModelError::EmptyInput);
         }
@@ -312,11 +360,27 @@ impl<B: Backend> CausalLm<B> {
                 reason: "KV cache capacity",
             });
         }
-        let mut x = self.embed_tokens.forward(ids, &self.device);
-        for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
-            x = layer.forward(x, &self.rope, layer_cache, start)?;
-        }
+        let hidden = if self.host_bf16 {
+            // The CPU kernels' path: host rows from the embedding to the last layer.
+            let mut x = self.embed_tokens.forward_host(ids);
+            for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
+                layer.forward_host(&mut x, ids.len(), &self.rope, layer_cache, start);
+            }
+            Hidden::Host(x)
+        } else {
+            let mut x = self.embed_tokens.forward(ids, &self.device);
+            for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
+                x = layer.forward(x, &self.rope, layer_cache, start)?;
+            }
+            Hidden::Device(x)
+        };
         cache.len = needed;
-        Ok(x)
+        Ok(hidden)
     }
+}
+
+/// The last layer's output: a device tensor, or rows on the host (the CPU kernels' path).
+enum Hidden<B: Backend> {
+    Device(Tensor<B, 2>),
+    Host(Vec<f32>),
 }
