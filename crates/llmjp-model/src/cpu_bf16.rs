@@ -376,14 +376,22 @@ mod amx {
             });
         let mut out = vec![0f32; rows * n];
         let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..n / PANEL_ROWS).into_par_iter().for_each(|task| {
-            PANEL.with_borrow_mut(|panel| {
-                panel.resize(PANEL_ROWS * k * 2, 0);
-                // SAFETY: AMX is available (checked by the caller); each task writes only
-                // its own 32 output columns.
-                unsafe { panel_rows(w, panel, &activations, rows, task * PANEL_ROWS, out_ptr) };
-            })
-        });
+        // Each task takes as many panels as fit about 1 MB (most of an L2 next to the
+        // activation tiles), so that the activations are streamed once per task.
+        let panels = n / PANEL_ROWS;
+        let per_task = ((1 << 20) / (PANEL_ROWS * k * 2)).clamp(1, 4);
+        (0..panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let first = task * per_task;
+                let count = per_task.min(panels - first);
+                PANEL.with_borrow_mut(|panel| {
+                    panel.resize(count * PANEL_ROWS * k * 2, 0);
+                    // SAFETY: AMX is available (checked by the caller); each task writes only
+                    // the output columns of its own panels.
+                    unsafe { panel_rows(w, panel, &activations, rows, first, count, out_ptr) };
+                })
+            });
         out
     }
 
@@ -475,23 +483,31 @@ mod amx {
         }
     }
 
-    /// Output columns `first..first + 32` for every token.
+    /// Output columns of panels `first..first + count` (32 weight rows each) for every
+    /// token.
     unsafe fn panel_rows(
         w: &Bf16Matrix,
         panel: &mut [u8],
         activations: &[u32],
         rows: usize,
         first: usize,
+        count: usize,
         out: SendPtr,
     ) {
         let (n, k) = (w.rows, w.cols);
         let steps = k / K_STEP;
-        // The 32 rows are one contiguous range: read it once, sequentially, into
-        // [step][row][32 bf16], where each A tile is 1 KB of contiguous memory.
-        let source = &w.bytes()[first * k * 2..(first + PANEL_ROWS) * k * 2];
-        let next_panel = source.as_ptr_range().end;
-        // SAFETY: AMX implies AVX-512F; both ranges are whole panels.
-        unsafe { copy_panel(source, panel, k) };
+        let panel_len = PANEL_ROWS * k * 2;
+        // The panels' rows are one contiguous range: read it once, sequentially, into
+        // [panel][step][row][32 bf16], where each A tile is 1 KB of contiguous memory.
+        let source = &w.bytes()[first * panel_len..(first + count) * panel_len];
+        let next_task = source.as_ptr_range().end;
+        for (from, to) in source
+            .chunks_exact(panel_len)
+            .zip(panel.chunks_exact_mut(panel_len))
+        {
+            // SAFETY: AMX implies AVX-512F; both ranges are whole panels.
+            unsafe { copy_panel(from, to, k) };
+        }
         let mut config = TileConfig {
             palette: 1,
             start_row: 0,
@@ -511,74 +527,79 @@ mod amx {
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack));
             for t0 in (0..rows).step_by(2 * TILE) {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack)
-                );
                 let b_base = activations.as_ptr().add(t0 / TILE * block_len);
-                for step in 0..steps {
-                    if t0 == 0 {
-                        // While this panel computes, bring the next one (most often this
-                        // thread's next task) into L2: 2 KB of it per step covers it all.
-                        let next = next_panel.wrapping_add(step * PANEL_ROWS * K_STEP * 2);
-                        for line in (0..PANEL_ROWS * K_STEP * 2).step_by(64) {
-                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                                next.wrapping_add(line).cast(),
+                for p in 0..count {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack)
+                    );
+                    for step in 0..steps {
+                        if t0 == 0 {
+                            // While these panels compute, bring the next task's (most often
+                            // this thread's next) into L2: 2 KB per step covers them.
+                            let at = (p * steps + step) * PANEL_ROWS * K_STEP * 2;
+                            for line in (0..PANEL_ROWS * K_STEP * 2).step_by(64) {
+                                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                                    next_task.wrapping_add(at + line).cast(),
+                                );
+                            }
+                        }
+                        let a0 = panel
+                            .as_ptr()
+                            .add(p * panel_len + step * PANEL_ROWS * K_STEP * 2);
+                        let a1 = a0.add(TILE * K_STEP * 2);
+                        let b0 = b_base.add(step * TILE * TILE);
+                        let b1 = b0.add(block_len);
+                        // The activations come from L2: ask for the next steps' tiles in L1.
+                        for line in (0..TILE * 2 * TILE * 2).step_by(64) {
+                            let ahead = 2 * TILE * 2 * TILE * 2 + line;
+                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                                b0.cast::<u8>().wrapping_add(ahead).cast(),
+                            );
+                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                                b1.cast::<u8>().wrapping_add(ahead).cast(),
                             );
                         }
-                    }
-                    let a0 = panel.as_ptr().add(step * PANEL_ROWS * K_STEP * 2);
-                    let a1 = a0.add(TILE * K_STEP * 2);
-                    let b0 = b_base.add(step * TILE * TILE);
-                    let b1 = b0.add(block_len);
-                    // The activations come from L2: ask for the next steps' tiles into L1.
-                    for line in (0..TILE * 2 * TILE * 2).step_by(64) {
-                        let ahead = 2 * TILE * 2 * TILE * 2 + line;
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            b0.cast::<u8>().wrapping_add(ahead).cast(),
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {s}*1]",
+                            "tileloadd tmm5, [{a1} + {s}*1]",
+                            "tileloadd tmm6, [{b0} + {s}*1]",
+                            "tileloadd tmm7, [{b1} + {s}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                            s = in(reg) 64usize,
+                            options(nostack),
                         );
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            b1.cast::<u8>().wrapping_add(ahead).cast(),
-                        );
                     }
+                    // c rows: [0, 16) weight rows 0..16 × tokens t0..t0+16, [16, 32) the
+                    // same rows × the next 16 tokens, then weight rows 16..32 likewise.
+                    let c0 = c.as_mut_ptr().cast::<f32>();
                     asm!(
-                        "tileloadd tmm4, [{a0} + {s}*1]",
-                        "tileloadd tmm5, [{a1} + {s}*1]",
-                        "tileloadd tmm6, [{b0} + {s}*1]",
-                        "tileloadd tmm7, [{b1} + {s}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        "tilestored [{c2} + {s}*1], tmm2",
+                        "tilestored [{c3} + {s}*1], tmm3",
+                        c0 = in(reg) c0, c1 = in(reg) c0.add(TILE * TILE),
+                        c2 = in(reg) c0.add(2 * TILE * TILE), c3 = in(reg) c0.add(3 * TILE * TILE),
                         s = in(reg) 64usize,
                         options(nostack),
                     );
-                }
-                // c rows: [0, 16) weight rows 0..16 × tokens t0..t0+16, [16, 32) the same
-                // rows × the next 16 tokens, then weight rows 16..32 likewise.
-                let c0 = c.as_mut_ptr().cast::<f32>();
-                asm!(
-                    "tilestored [{c0} + {s}*1], tmm0",
-                    "tilestored [{c1} + {s}*1], tmm1",
-                    "tilestored [{c2} + {s}*1], tmm2",
-                    "tilestored [{c3} + {s}*1], tmm3",
-                    c0 = in(reg) c0, c1 = in(reg) c0.add(TILE * TILE),
-                    c2 = in(reg) c0.add(2 * TILE * TILE), c3 = in(reg) c0.add(3 * TILE * TILE),
-                    s = in(reg) 64usize,
-                    options(nostack),
-                );
-                for (tile, values) in c.chunks_exact(TILE).enumerate() {
-                    let (row_half, token_half) = (tile / 2, tile % 2);
-                    let token = t0 + token_half * TILE;
-                    if token >= rows {
-                        continue;
+                    let column = (first + p) * PANEL_ROWS;
+                    for (tile, values) in c.chunks_exact(TILE).enumerate() {
+                        let (row_half, token_half) = (tile / 2, tile % 2);
+                        let token = t0 + token_half * TILE;
+                        if token >= rows {
+                            continue;
+                        }
+                        let dst = out.0.add(token * n + column + row_half * TILE);
+                        transpose_tile(values, dst, n, (rows - token).min(TILE));
                     }
-                    let dst = out.0.add(token * n + first + row_half * TILE);
-                    transpose_tile(values, dst, n, (rows - token).min(TILE));
                 }
             }
             asm!("tilerelease", options(nostack));
@@ -623,6 +644,7 @@ mod tests {
             (32, 64, 96),
             (40, 64, 96),
             (77, 96, 256),
+            (33, 288, 2048),
         ];
         for (rows, n, k) in shapes {
             let w: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(next())).collect();
