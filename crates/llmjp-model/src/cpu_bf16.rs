@@ -6,10 +6,11 @@
 //! - Few rows (decode, short prompts): AVX-512. Each 32 bf16 of a weight row widen to f32 in
 //!   registers; up to 4 activation rows × 4 weight rows accumulate in f32, so a call reads
 //!   each weight row from memory once; weights are prefetched ahead.
-//! - 32 rows or more (prefills): AMX. Each task copies 32 weight rows (one contiguous range
-//!   of the file) into a cache-sized panel laid out as `tdpbf16ps` A tiles; the activations,
-//!   rounded to bf16 as transformers' bf16 models compute, are the B tiles; products
-//!   accumulate in f32.
+//! - 32 rows or more (prefills): AMX. Each task copies up to 4 panels of 32 weight rows (one
+//!   contiguous range of the file, about 1 MB) into a buffer laid out as `tdpbf16ps` A
+//!   tiles, prefetching the next task's rows meanwhile; the activations, rounded to bf16 as
+//!   transformers' bf16 models compute, are the B tiles; products accumulate in f32 and
+//!   each 16×16 result tile is transposed in registers on its way out.
 //! - Elsewhere: portable code.
 //!
 //! ```
