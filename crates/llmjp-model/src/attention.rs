@@ -294,7 +294,41 @@ fn softmax_columns(scores: &mut [[f32; QUERY_BLOCK]], count: usize, visible: usi
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{softmax_columns, HeadBlock, QUERY_BLOCK as L};
+    use super::{HeadBlock, QUERY_BLOCK as L};
+    use crate::cpu_bf16::avx512::exp;
+
+    /// [`super::softmax_columns`] with the 16 queries in the lanes of a vector.
+    #[target_feature(enable = "avx512f")]
+    fn softmax(scores: &mut [[f32; L]], count: usize, visible: usize) {
+        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let used: __mmask16 = if count == L { 0xFFFF } else { (1 << count) - 1 };
+        // Lane i sees position j when j < visible + i.
+        let sees = |j: usize| {
+            let first_lane = _mm512_set1_epi32(j as i32 + 1 - visible as i32);
+            _mm512_cmpge_epi32_mask(lanes, first_lane) & used
+        };
+        let load = |row: &[f32; L]| {
+            // SAFETY: a row of 16 floats.
+            unsafe { _mm512_loadu_ps(row.as_ptr()) }
+        };
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (j, row) in scores.iter().enumerate() {
+            max = _mm512_mask_max_ps(max, sees(j), max, load(row));
+        }
+        let mut sum = _mm512_setzero_ps();
+        for (j, row) in scores.iter_mut().enumerate() {
+            let e = _mm512_maskz_mov_ps(sees(j), exp(_mm512_sub_ps(load(row), max)));
+            sum = _mm512_add_ps(sum, e);
+            // SAFETY: a row of 16 floats.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), e) };
+        }
+        // Unused lanes divide by one rather than by zero.
+        let sum = _mm512_mask_mov_ps(_mm512_set1_ps(1.0), used, sum);
+        for row in scores.iter_mut() {
+            // SAFETY: a row of 16 floats.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), _mm512_div_ps(load(row), sum)) };
+        }
+    }
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn attend_block(block: &HeadBlock) -> Vec<f32> {
@@ -321,7 +355,7 @@ mod avx512 {
                 }
             }
         }
-        softmax_columns(&mut scores, count, block.visible);
+        softmax(&mut scores, count, block.visible);
         let mut out = vec![0f32; count * d];
         let values = &block.values[..longest * d];
         for (p, v) in scores.chunks(4).zip(values.chunks(4 * d)) {

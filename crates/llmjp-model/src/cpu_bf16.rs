@@ -154,6 +154,20 @@ impl Bf16Matrix {
     }
 }
 
+/// SwiGLU's activation in place: `gate[i] = silu(gate[i]) * up[i]`, in f32.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { avx512::silu_mul(gate, up) };
+        return;
+    }
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint parts of an output buffer to worker threads.
@@ -161,10 +175,63 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Bf16Matrix;
+
+    /// `e^x` in 16 lanes, within 2 ulp of the correctly rounded value (range reduction by
+    /// ln 2, Cephes' degree-6 polynomial, `scalef` for the power of two).
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-104.0)),
+            _mm512_set1_ps(88.72),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(p, n)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let one = _mm512_set1_ps(1.0);
+        for (g, u) in gate.chunks_mut(16).zip(up.chunks(16)) {
+            let mask: __mmask16 = if g.len() == 16 {
+                0xFFFF
+            } else {
+                (1 << g.len()) - 1
+            };
+            // SAFETY: masked to the chunk's length.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(mask, g.as_ptr());
+                let y = _mm512_maskz_loadu_ps(mask, u.as_ptr());
+                let sig = _mm512_div_ps(
+                    x,
+                    _mm512_add_ps(one, exp(_mm512_sub_ps(_mm512_setzero_ps(), x))),
+                );
+                _mm512_mask_storeu_ps(g.as_mut_ptr(), mask, _mm512_mul_ps(sig, y));
+            }
+        }
+    }
 
     /// k values per step: 32 bf16, one 64-byte cache line of a weight row.
     const K_STEP: usize = 32;
@@ -688,6 +755,51 @@ mod tests {
             for i in 0..16 {
                 let expected = if t < 15 { (i * 16 + t) as f32 } else { -1.0 };
                 assert_eq!(out[t * 20 + i], expected, "row {t} column {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn silu_matches_its_definition() {
+        let mut gate: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.7).collect();
+        gate.extend([-120.0, -87.0, 0.0, 90.0, 1e-30]);
+        let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let expected: Vec<f64> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+            .collect();
+        silu_mul(&mut gate, &up);
+        for (i, (a, b)) in gate.iter().zip(&expected).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-6 * b.abs().max(1e-30),
+                "[{i}] {a} vs {b}"
+            );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let inputs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.0437).collect();
+        for chunk in inputs.chunks_exact(16) {
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512F is present; 16 floats in and out.
+            unsafe {
+                let x = _mm512_loadu_ps(chunk.as_ptr());
+                _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp(x));
+            }
+            for (&x, &y) in chunk.iter().zip(&out) {
+                let exact = (x as f64).exp();
+                let ulp = (exact as f32).abs() * f32::EPSILON;
+                assert!(
+                    (y as f64 - exact).abs() <= 2.0 * ulp as f64,
+                    "exp({x}) = {y}, not {exact}"
+                );
             }
         }
     }

@@ -192,9 +192,7 @@ impl<B: Backend> Mlp<B> {
         let (gate, up, down) = (self.gate.host(), self.up.host(), self.down.host());
         let mut hidden = gate.matmul(x, rows);
         let up = up.matmul(x, rows);
-        for (g, u) in hidden.iter_mut().zip(&up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        crate::cpu_bf16::silu_mul(&mut hidden, &up);
         down.matmul(&hidden, rows)
     }
 }
