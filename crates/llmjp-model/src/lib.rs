@@ -5,6 +5,10 @@
 //! the chosen [`ComputeDtype`] and runs prefill and single-token decode steps against a
 //! preallocated [`KvCache`], returning f32 logits that match transformers'.
 //!
+//! On the CPU, [`ComputeDtype::BF16`] takes a faster path: bf16 weights are used in place
+//! from the memory-mapped files and run by the AVX-512 / AMX kernels of [`cpu_bf16`] on f32
+//! activations, with the cache and attention on the host.
+//!
 //! ```
 //! use llmjp_model::{backend::Cpu, CausalLm, ComputeDtype};
 //!
