@@ -21,12 +21,21 @@ pub enum LayerCache<B: Backend> {
     Host(HostCache),
 }
 
-/// Keys and values on the host, `[kv_heads, capacity, head_dim]` each.
+/// Keys and values on the host, in f32.
 #[derive(Debug, Clone)]
 pub struct HostCache {
+    /// `[kv_heads, blocks, head_dim, 16]`: each block of 16 positions transposed, so that
+    /// one query's scores against 16 positions are one vector per dimension.
     keys: Vec<f32>,
+    /// `[kv_heads, capacity, head_dim]`.
     values: Vec<f32>,
     capacity: usize,
+}
+
+impl HostCache {
+    fn blocks(&self) -> usize {
+        self.capacity.div_ceil(POSITION_BLOCK)
+    }
 }
 
 impl<B: Backend> LayerCache<B> {
@@ -43,8 +52,9 @@ impl<B: Backend> LayerCache<B> {
     /// allocated as positions are written.
     pub(crate) fn new_host(shape: [usize; 4]) -> Self {
         let [_, kv_heads, capacity, dim] = shape;
+        let blocks = capacity.div_ceil(POSITION_BLOCK);
         Self::Host(HostCache {
-            keys: vec![0.0; kv_heads * capacity * dim],
+            keys: vec![0.0; kv_heads * blocks * POSITION_BLOCK * dim],
             values: vec![0.0; kv_heads * capacity * dim],
             capacity,
         })
@@ -157,12 +167,17 @@ impl<B: Backend> Attention<B> {
         let v = self.v_proj.host().matmul(x, seq);
         rope.rotate_rows(&mut q, self.heads, start);
         rope.rotate_rows(&mut k, self.kv_heads, start);
-        // [seq, kv_heads * d] rows into [kv_heads, capacity, d] at positions start...
+        // [seq, kv_heads * d] rows into the cache at positions start...
+        let blocks = cache.blocks();
         for t in 0..seq {
+            let (block, lane) = ((start + t) / POSITION_BLOCK, (start + t) % POSITION_BLOCK);
             for h in 0..self.kv_heads {
-                let at = (h * cache.capacity + start + t) * d;
                 let from = (t * self.kv_heads + h) * d;
-                cache.keys[at..at + d].copy_from_slice(&k[from..from + d]);
+                let keys = &mut cache.keys[(h * blocks + block) * d * POSITION_BLOCK..];
+                for (c, &x) in k[from..from + d].iter().enumerate() {
+                    keys[c * POSITION_BLOCK + lane] = x;
+                }
+                let at = (h * cache.capacity + start + t) * d;
                 cache.values[at..at + d].copy_from_slice(&v[from..from + d]);
             }
         }
@@ -189,7 +204,7 @@ impl<B: Backend> Attention<B> {
                     .collect();
                 let out = attend_block(&HeadBlock {
                     queries: &queries,
-                    keys: &cache.keys[kv * cache.capacity * d..],
+                    keys: &cache.keys[kv * cache.blocks() * d * POSITION_BLOCK..],
                     values: &cache.values[kv * cache.capacity * d..],
                     head_dim: d,
                     visible: start + first + 1,
@@ -243,9 +258,12 @@ impl<B: Backend> Attention<B> {
 
 /// Queries per attention task: each key and value is read once for a block of queries.
 const QUERY_BLOCK: usize = 16;
+/// Positions per transposed key block (one AVX-512 vector of f32).
+const POSITION_BLOCK: usize = 16;
 
-/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys and values
-/// (`[positions, head_dim]`); query `i` sees the first `visible + i` positions.
+/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys
+/// (`[blocks, head_dim, 16]`) and values (`[positions, head_dim]`); query `i` sees the
+/// first `visible + i` positions.
 struct HeadBlock<'a> {
     queries: &'a [&'a [f32]],
     keys: &'a [f32],
@@ -254,7 +272,22 @@ struct HeadBlock<'a> {
     visible: usize,
 }
 
-/// The block's outputs, `[queries, head_dim]`: AVX-512 where the CPU has it.
+impl HeadBlock<'_> {
+    /// Positions query `i` sees.
+    fn seen(&self, i: usize) -> usize {
+        self.visible + i
+    }
+
+    /// Scores are kept for this many positions per query (whole key blocks).
+    fn width(&self) -> usize {
+        self.seen(self.queries.len() - 1).div_ceil(POSITION_BLOCK) * POSITION_BLOCK
+    }
+}
+
+/// The block's outputs, `[queries, head_dim]`: AVX-512 where the CPU has it. Every
+/// query's arithmetic is the same whatever block it is in (sums run in order of the head
+/// dimension, of positions, or of the lanes of one vector), so a prefill gives exactly the
+/// numbers of single steps.
 fn attend_block(block: &HeadBlock) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if block.head_dim.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
@@ -264,109 +297,59 @@ fn attend_block(block: &HeadBlock) -> Vec<f32> {
     attend_block_any(block)
 }
 
-/// Each query's softmax over the positions it sees, in place in `scores` (`[positions]
-/// [QUERY_BLOCK]`); the positions it does not see get exactly zero.
-fn softmax_columns(scores: &mut [[f32; QUERY_BLOCK]], count: usize, visible: usize) {
-    for i in 0..count {
-        let n = visible + i;
-        let max = scores[..n]
-            .iter()
-            .map(|row| row[i])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for row in &mut scores[..n] {
-            row[i] = (row[i] - max).exp();
-            sum += row[i];
-        }
-        for row in &mut scores[..n] {
-            row[i] /= sum;
-        }
-        for row in &mut scores[n..] {
-            row[i] = 0.0;
-        }
-    }
-}
-
-/// The block with AVX-512: scores for 8 positions at a time (8 independent accumulators of
-/// 16 queries), then the weighted values 4 positions per pass over the outputs; each
-/// query's sums run in order of the head dimension and of positions whatever the block.
+/// With AVX-512: one query's scores against 16 positions are one vector (4 key blocks per
+/// pass, each block reused by all the queries); the softmax runs on vectors of positions
+/// with a vector `exp`; values are weighted 4 positions per pass over the outputs.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{HeadBlock, QUERY_BLOCK as L};
+    use super::{HeadBlock, POSITION_BLOCK as P};
     use crate::cpu_bf16::avx512::exp;
-
-    /// [`super::softmax_columns`] with the 16 queries in the lanes of a vector.
-    #[target_feature(enable = "avx512f")]
-    fn softmax(scores: &mut [[f32; L]], count: usize, visible: usize) {
-        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        let used: __mmask16 = if count == L { 0xFFFF } else { (1 << count) - 1 };
-        // Lane i sees position j when j < visible + i.
-        let sees = |j: usize| {
-            let first_lane = _mm512_set1_epi32(j as i32 + 1 - visible as i32);
-            _mm512_cmpge_epi32_mask(lanes, first_lane) & used
-        };
-        let load = |row: &[f32; L]| {
-            // SAFETY: a row of 16 floats.
-            unsafe { _mm512_loadu_ps(row.as_ptr()) }
-        };
-        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-        for (j, row) in scores.iter().enumerate() {
-            max = _mm512_mask_max_ps(max, sees(j), max, load(row));
-        }
-        let mut sum = _mm512_setzero_ps();
-        for (j, row) in scores.iter_mut().enumerate() {
-            let e = _mm512_maskz_mov_ps(sees(j), exp(_mm512_sub_ps(load(row), max)));
-            sum = _mm512_add_ps(sum, e);
-            // SAFETY: a row of 16 floats.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), e) };
-        }
-        // Unused lanes divide by one rather than by zero.
-        let sum = _mm512_mask_mov_ps(_mm512_set1_ps(1.0), used, sum);
-        for row in scores.iter_mut() {
-            // SAFETY: a row of 16 floats.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr(), _mm512_div_ps(load(row), sum)) };
-        }
-    }
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn attend_block(block: &HeadBlock) -> Vec<f32> {
-        let (d, count) = (block.head_dim, block.queries.len());
-        let longest = block.visible + count - 1;
-        let mut transposed = vec![0f32; d * L];
-        for (i, query) in block.queries.iter().enumerate() {
-            for (c, &x) in query.iter().enumerate() {
-                transposed[c * L + i] = x;
-            }
-        }
-        let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
-        let mut scores = vec![[0f32; L]; longest];
-        let mut j = 0;
-        while j < longest {
-            // SAFETY: positions j.. are inside `keys` (the cache holds `longest`).
-            unsafe {
-                if longest - j >= 8 {
-                    score::<8>(&transposed, block.keys, d, j, scale, &mut scores);
-                    j += 8;
-                } else {
-                    score::<1>(&transposed, block.keys, d, j, scale, &mut scores);
-                    j += 1;
+        let (d, count, width) = (block.head_dim, block.queries.len(), block.width());
+        let mut scores = vec![0f32; count * width];
+        let key_blocks: Vec<&[f32]> = block.keys.chunks_exact(d * P).take(width / P).collect();
+        for (group, keys) in key_blocks.chunks(4).enumerate() {
+            for (i, query) in block.queries.iter().enumerate() {
+                let first = group * 4 * P;
+                if block.seen(i) <= first {
+                    continue;
+                }
+                let row = &mut scores[i * width + first..][..keys.len() * P];
+                match keys {
+                    [a, b, c, e] => score::<4>([a, b, c, e], query, row),
+                    [a, b, c] => score::<3>([a, b, c], query, row),
+                    [a, b] => score::<2>([a, b], query, row),
+                    [a] => score::<1>([a], query, row),
+                    _ => unreachable!("chunks of 1 to 4"),
                 }
             }
         }
-        softmax(&mut scores, count, block.visible);
+        for (i, row) in scores.chunks_exact_mut(width).enumerate() {
+            softmax(row, block.seen(i));
+        }
         let mut out = vec![0f32; count * d];
-        let values = &block.values[..longest * d];
-        for (p, v) in scores.chunks(4).zip(values.chunks(4 * d)) {
-            for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                for c in (0..d).step_by(L) {
+        let values = &block.values[..block.seen(count - 1) * d];
+        for (group, v) in values.chunks(4 * d).enumerate() {
+            let first = group * 4;
+            for (i, (o, p)) in out
+                .chunks_exact_mut(d)
+                .zip(scores.chunks_exact(width))
+                .enumerate()
+            {
+                if block.seen(i) <= first {
+                    continue;
+                }
+                for c in (0..d).step_by(16) {
                     // SAFETY: `o` and each value row hold d floats, c + 16 <= d.
                     unsafe {
                         let mut acc = _mm512_loadu_ps(o.as_ptr().add(c));
-                        for (m, row) in p.iter().enumerate() {
-                            let value = _mm512_loadu_ps(v.as_ptr().add(m * d + c));
-                            acc = _mm512_fmadd_ps(_mm512_set1_ps(row[i]), value, acc);
+                        for (m, value) in v.chunks_exact(d).enumerate() {
+                            let value = _mm512_loadu_ps(value.as_ptr().add(c));
+                            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[first + m]), value, acc);
                         }
                         _mm512_storeu_ps(o.as_mut_ptr().add(c), acc);
                     }
@@ -376,65 +359,95 @@ mod avx512 {
         out
     }
 
-    /// Scores of positions `j..j + N` for all 16 queries.
+    /// One query's scores against `N` key blocks (16 positions each), scaled.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn score<const N: usize>(
-        transposed: &[f32],
-        keys: &[f32],
-        d: usize,
-        j: usize,
-        scale: __m512,
-        scores: &mut [[f32; L]],
-    ) {
-        let keys = &keys[j * d..(j + N) * d];
+    fn score<const N: usize>(keys: [&&[f32]; N], query: &[f32], row: &mut [f32]) {
         let mut acc = [_mm512_setzero_ps(); N];
-        for c in 0..d {
-            // SAFETY: `transposed` holds d rows of 16.
-            let column = unsafe { _mm512_loadu_ps(transposed.as_ptr().add(c * L)) };
-            for (m, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(column, _mm512_set1_ps(keys[m * d + c]), *acc);
+        for (c, &q) in query.iter().enumerate() {
+            let q = _mm512_set1_ps(q);
+            for (acc, keys) in acc.iter_mut().zip(keys) {
+                // SAFETY: a key block holds head_dim rows of 16.
+                let k = unsafe { _mm512_loadu_ps(keys.as_ptr().add(c * P)) };
+                *acc = _mm512_fmadd_ps(q, k, *acc);
             }
         }
-        for (m, acc) in acc.iter().enumerate() {
-            // SAFETY: a row of 16 floats.
-            unsafe { _mm512_storeu_ps(scores[j + m].as_mut_ptr(), _mm512_mul_ps(*acc, scale)) };
+        let scale = _mm512_set1_ps(1.0 / (query.len() as f32).sqrt());
+        for (acc, dst) in acc.iter().zip(row.chunks_exact_mut(P)) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_mul_ps(*acc, scale)) };
+        }
+    }
+
+    /// Softmax of the first `seen` scores of `row`; the rest become exactly zero.
+    #[target_feature(enable = "avx512f")]
+    fn softmax(row: &mut [f32], seen: usize) {
+        let mask = |chunk: usize| -> __mmask16 {
+            let left = seen.saturating_sub(chunk * P);
+            if left >= P {
+                0xFFFF
+            } else {
+                (1u16 << left) - 1
+            }
+        };
+        let load = |chunk: &[f32]| {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_loadu_ps(chunk.as_ptr()) }
+        };
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (n, chunk) in row.chunks_exact(P).enumerate() {
+            max = _mm512_mask_max_ps(max, mask(n), max, load(chunk));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let mut sum = _mm512_setzero_ps();
+        for (n, chunk) in row.chunks_exact_mut(P).enumerate() {
+            let e = _mm512_maskz_mov_ps(mask(n), exp(_mm512_sub_ps(load(chunk), max)));
+            sum = _mm512_add_ps(sum, e);
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), e) };
+        }
+        let sum = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
+        for chunk in row.chunks_exact_mut(P) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), _mm512_div_ps(load(chunk), sum)) };
         }
     }
 }
 
-/// The block in portable code: the same sums in the same order, with separate multiplies
-/// and adds.
+/// The block in portable code: sums in order of the head dimension and of positions, with
+/// separate multiplies and adds.
 fn attend_block_any(block: &HeadBlock) -> Vec<f32> {
-    const L: usize = QUERY_BLOCK;
-    let (d, count) = (block.head_dim, block.queries.len());
+    let (d, count, width) = (block.head_dim, block.queries.len(), block.width());
     let scale = 1.0 / (d as f32).sqrt();
-    let longest = block.visible + count - 1;
-    let mut transposed = vec![0f32; d * L];
-    for (i, query) in block.queries.iter().enumerate() {
-        for (c, &x) in query.iter().enumerate() {
-            transposed[c * L + i] = x;
-        }
-    }
-    // scores[j][i]: query i against position j.
-    let mut scores = vec![[0f32; L]; longest];
-    for (key, row) in block.keys.chunks_exact(d).zip(&mut scores) {
-        let mut s = [0f32; L];
-        for (c, &k) in key.iter().enumerate() {
-            for (s, q) in s.iter_mut().zip(&transposed[c * L..(c + 1) * L]) {
-                *s += q * k;
-            }
-        }
-        for (r, s) in row.iter_mut().zip(s) {
-            *r = s * scale;
-        }
-    }
-    softmax_columns(&mut scores, count, block.visible);
     let mut out = vec![0f32; count * d];
-    for (p, value) in scores.iter().zip(block.values.chunks_exact(d)) {
-        for (i, o) in out.chunks_exact_mut(d).enumerate() {
+    let mut scores = vec![0f32; width];
+    for (i, (query, o)) in block
+        .queries
+        .iter()
+        .zip(out.chunks_exact_mut(d))
+        .enumerate()
+    {
+        let seen = block.seen(i);
+        for (j, s) in scores[..seen].iter_mut().enumerate() {
+            let keys = &block.keys[(j / POSITION_BLOCK) * d * POSITION_BLOCK..];
+            let lane = j % POSITION_BLOCK;
+            let dot = (0..d).fold(0f32, |acc, c| {
+                acc + query[c] * keys[c * POSITION_BLOCK + lane]
+            });
+            *s = dot * scale;
+        }
+        let max = scores[..seen]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in &mut scores[..seen] {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (p, value) in scores[..seen].iter().zip(block.values.chunks_exact(d)) {
             for (o, v) in o.iter_mut().zip(value) {
-                *o += p[i] * v;
+                *o += p / sum * v;
             }
         }
     }
@@ -480,15 +493,32 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        for (d, visible, count) in [(32, 1, 16), (32, 21, 11), (8, 5, 16), (128, 40, 3)] {
+        let cases = [
+            (32, 1, 16),
+            (32, 21, 11),
+            (8, 5, 16),
+            (128, 40, 3),
+            (64, 70, 16),
+            (16, 200, 1),
+        ];
+        for (d, visible, count) in cases {
             let positions = visible + count - 1;
             let keys: Vec<f32> = (0..positions * d).map(|_| next()).collect();
             let values: Vec<f32> = (0..positions * d).map(|_| next()).collect();
             let q: Vec<f32> = (0..count * d).map(|_| 4.0 * next()).collect();
             let queries: Vec<&[f32]> = q.chunks_exact(d).collect();
+            // The cache's layout: blocks of 16 positions, transposed.
+            let blocks = positions.div_ceil(POSITION_BLOCK);
+            let mut transposed = vec![0f32; blocks * d * POSITION_BLOCK];
+            for (j, key) in keys.chunks_exact(d).enumerate() {
+                let (b, lane) = (j / POSITION_BLOCK, j % POSITION_BLOCK);
+                for (c, &x) in key.iter().enumerate() {
+                    transposed[(b * d + c) * POSITION_BLOCK + lane] = x;
+                }
+            }
             let block = HeadBlock {
                 queries: &queries,
-                keys: &keys,
+                keys: &transposed,
                 values: &values,
                 head_dim: d,
                 visible,
