@@ -16,7 +16,7 @@
 //! Run: `cargo run --release --example generate [-- MODEL]` (MODEL: a folder or Hub id;
 //! default llm-jp/llm-jp-3.1-1.8b-instruct4).
 
-use llmjp::{ComputeDtype, Device, GenerateOptions, Llm, LoadOptions, Message};
+use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message};
 
 fn main() {
     if let Err(e) = run() {
@@ -29,17 +29,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let model = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "llm-jp/llm-jp-3.1-1.8b-instruct4".into());
-    let device = Device::auto();
-    let dtype = if device == Device::Cpu {
-        ComputeDtype::F32
-    } else {
-        ComputeDtype::BF16
-    };
-    let options = LoadOptions {
-        dtype,
-        ..LoadOptions::default()
-    };
-    let llm = Llm::load(&model, device, &options, &mut |_, _| {})?;
+    // torch_dtype=torch.bfloat16 (the default; on the CPU: bf16 weights, f32 arithmetic).
+    let llm = Llm::load(
+        &model,
+        Device::auto(),
+        &LoadOptions::default(),
+        &mut |_, _| {},
+    )?;
 
     let chat = [
         Message::system("以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"),

@@ -311,20 +311,19 @@ mod avx512 {
     pub(super) unsafe fn attend_block(block: &HeadBlock) -> Vec<f32> {
         let (d, count, width) = (block.head_dim, block.queries.len(), block.width());
         let mut scores = vec![0f32; count * width];
-        let key_blocks: Vec<&[f32]> = block.keys.chunks_exact(d * P).take(width / P).collect();
-        for (group, keys) in key_blocks.chunks(4).enumerate() {
+        let block_len = d * P;
+        for (group, keys) in block.keys[..width * d].chunks(4 * block_len).enumerate() {
             for (i, query) in block.queries.iter().enumerate() {
                 let first = group * 4 * P;
                 if block.seen(i) <= first {
                     continue;
                 }
-                let row = &mut scores[i * width + first..][..keys.len() * P];
-                match keys {
-                    [a, b, c, e] => score::<4>([a, b, c, e], query, row),
-                    [a, b, c] => score::<3>([a, b, c], query, row),
-                    [a, b] => score::<2>([a, b], query, row),
-                    [a] => score::<1>([a], query, row),
-                    _ => unreachable!("chunks of 1 to 4"),
+                let row = &mut scores[i * width + first..][..keys.len() / d];
+                match keys.len() / block_len {
+                    4 => score::<4>(keys, query, row),
+                    3 => score::<3>(keys, query, row),
+                    2 => score::<2>(keys, query, row),
+                    _ => score::<1>(keys, query, row),
                 }
             }
         }
@@ -359,20 +358,22 @@ mod avx512 {
         out
     }
 
-    /// One query's scores against `N` key blocks (16 positions each), scaled.
+    /// One query's scores against the `N` key blocks in `keys` (16 positions each), scaled.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn score<const N: usize>(keys: [&&[f32]; N], query: &[f32], row: &mut [f32]) {
+    fn score<const N: usize>(keys: &[f32], query: &[f32], row: &mut [f32]) {
+        let d = query.len();
+        assert_eq!(keys.len(), N * d * P);
         let mut acc = [_mm512_setzero_ps(); N];
         for (c, &q) in query.iter().enumerate() {
             let q = _mm512_set1_ps(q);
-            for (acc, keys) in acc.iter_mut().zip(keys) {
-                // SAFETY: a key block holds head_dim rows of 16.
-                let k = unsafe { _mm512_loadu_ps(keys.as_ptr().add(c * P)) };
+            for (m, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: block m holds d rows of 16, inside the asserted length.
+                let k = unsafe { _mm512_loadu_ps(keys.as_ptr().add((m * d + c) * P)) };
                 *acc = _mm512_fmadd_ps(q, k, *acc);
             }
         }
-        let scale = _mm512_set1_ps(1.0 / (query.len() as f32).sqrt());
+        let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
         for (acc, dst) in acc.iter().zip(row.chunks_exact_mut(P)) {
             // SAFETY: 16 floats.
             unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_mul_ps(*acc, scale)) };
@@ -486,13 +487,7 @@ mod tests {
 
     #[test]
     fn blocks_match_a_reference_and_single_queries_exactly() {
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut next = crate::testing::uniform(7);
         let cases = [
             (32, 1, 16),
             (32, 21, 11),

@@ -695,13 +695,7 @@ mod tests {
 
     #[test]
     fn matches_a_plain_matmul_on_every_shape() {
-        let mut seed = 1u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut next = crate::testing::uniform(1);
         let shapes = [
             (1, 16, 2),
             (1, 100, 37),

@@ -321,12 +321,7 @@ impl<B: Backend> Embedding<B> {
                 weight.clone().select(0, ids)
             }
             Self::Host(table) => {
-                let hidden = table.cols();
-                let mut values = vec![0f32; ids.len() * hidden];
-                for (dst, &id) in values.chunks_mut(hidden).zip(ids) {
-                    table.row_f32(id as usize, dst);
-                }
-                let data = TensorData::new(values, [ids.len(), hidden]);
+                let data = TensorData::new(self.forward_host(ids), [ids.len(), table.cols()]);
                 Tensor::from_data(data, (device, DType::F32))
             }
         }

@@ -37,6 +37,8 @@ mod layers;
 mod llama;
 mod mixtral;
 mod model;
+#[cfg(test)]
+mod testing;
 
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};

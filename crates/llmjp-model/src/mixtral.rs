@@ -53,17 +53,8 @@ impl<B: Backend> SparseMoe<B> {
         let weights = weights.clone() / weights.sum_dim(1);
         let weights = host_vec::<f32>(weights.into_data())?;
         let chosen = host_vec::<i64>(chosen.into_data().convert::<i64>())?;
-
-        // Which tokens (and with which weight) each expert serves, in token order.
-        let mut routes: Vec<(Vec<i64>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
-        for token in 0..seq {
-            for slot in 0..self.top_k {
-                let i = token * self.top_k + slot;
-                let (tokens, scales) = &mut routes[chosen[i] as usize];
-                tokens.push(token as i64);
-                scales.push(weights[i]);
-            }
-        }
+        let chosen: Vec<usize> = chosen.into_iter().map(|e| e as usize).collect();
+        let routes = self.routes(&chosen, &weights);
         let device = x.device();
         let mut out = Tensor::<B, 2>::zeros([seq, hidden], (&device, dtype));
         for (expert, (tokens, scales)) in self.experts.iter().zip(routes) {
@@ -71,6 +62,7 @@ impl<B: Backend> SparseMoe<B> {
                 continue;
             }
             let n = tokens.len();
+            let tokens: Vec<i64> = tokens.into_iter().map(|t| t as i64).collect();
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [n]), &device);
             let rows = expert.forward(x.clone().select(0, index.clone()))?;
             let scales =
@@ -81,14 +73,25 @@ impl<B: Backend> SparseMoe<B> {
         Ok(out)
     }
 
+    /// Which tokens (and with which weight) each expert serves, in token order, from each
+    /// token's `top_k` chosen experts and their weights.
+    fn routes(&self, chosen: &[usize], weights: &[f32]) -> Vec<(Vec<usize>, Vec<f32>)> {
+        let mut routes: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
+        for (i, (&expert, &weight)) in chosen.iter().zip(weights).enumerate() {
+            routes[expert].0.push(i / self.top_k);
+            routes[expert].1.push(weight);
+        }
+        routes
+    }
+
     /// The CPU kernels' path: rows `x` = `[seq, hidden]` on the host, the same routing in
     /// f32, each token's expert outputs summed in expert order.
     pub fn forward_host(&self, x: &[f32], seq: usize) -> Vec<f32> {
         let hidden = x.len() / seq;
         let experts = self.experts.len();
         let logits = self.router.host().matmul(x, seq);
-        let mut routes: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); experts];
-        for (token, logits) in logits.chunks_exact(experts).enumerate() {
+        let (mut chosen, mut weights) = (Vec::new(), Vec::new());
+        for logits in logits.chunks_exact(experts) {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
             let sum: f32 = exp.iter().sum();
@@ -96,13 +99,12 @@ impl<B: Backend> SparseMoe<B> {
             // The top k, highest first; ties to the lower expert index.
             let mut order: Vec<usize> = (0..experts).collect();
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let chosen = &order[..self.top_k];
-            let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
-            for &e in chosen {
-                routes[e].0.push(token);
-                routes[e].1.push(probs[e] / total);
-            }
+            let top = &order[..self.top_k];
+            let total: f32 = top.iter().map(|&e| probs[e]).sum();
+            chosen.extend(top);
+            weights.extend(top.iter().map(|&e| probs[e] / total));
         }
+        let routes = self.routes(&chosen, &weights);
         let mut out = vec![0f32; seq * hidden];
         for (expert, (tokens, scales)) in self.experts.iter().zip(routes) {
             if tokens.is_empty() {

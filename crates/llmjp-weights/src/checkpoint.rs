@@ -267,19 +267,6 @@ impl Checkpoint {
         }))
     }
 
-    /// A `[rows, cols]` tensor to read row by row (see [`StoredMatrix`]), after checking its
-    /// shape and dtype.
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<StoredMatrix<'_>> {
-        let (shard, info) = self.checked(name, &[rows, cols])?;
-        Ok(StoredMatrix {
-            shard,
-            info,
-            bytes: shard.bytes(info),
-            rows,
-            cols,
-        })
-    }
-
     fn checked(&self, name: &str, expected: &[usize]) -> Result<(&Shard, &TensorInfo)> {
         let (shard, info) = self.locate(name)?;
         if info.shape != expected {
@@ -364,50 +351,6 @@ impl std::fmt::Debug for MappedBf16 {
         f.debug_struct("MappedBf16")
             .field("len", &self.len)
             .finish()
-    }
-}
-
-/// A stored 2-D tensor read row by row without copying it whole; its pages are released
-/// when it is dropped. Shareable between threads.
-pub struct StoredMatrix<'a> {
-    shard: &'a Shard,
-    info: &'a TensorInfo,
-    bytes: &'a [u8],
-    rows: usize,
-    cols: usize,
-}
-
-impl StoredMatrix<'_> {
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Converts row `r` into `out` (`cols` elements).
-    pub fn row_into<T: Element>(&self, r: usize, out: &mut [T]) {
-        let n = self.cols;
-        let width = self.info.dtype.bitsize() / 8;
-        let row = &self.bytes[r * n * width..(r + 1) * n * width];
-        match self.info.dtype {
-            Dtype::BF16 => convert_into(row, out, |b| T::from_bf16(bf16::from_le_bytes(b))),
-            Dtype::F16 => convert_into(row, out, |b| T::from_f16(f16::from_le_bytes(b))),
-            _ => convert_into(row, out, |b| T::from_f32(f32::from_le_bytes(b))),
-        }
-    }
-}
-
-fn convert_into<T, const N: usize>(bytes: &[u8], out: &mut [T], convert: impl Fn([u8; N]) -> T) {
-    for (dst, chunk) in out.iter_mut().zip(bytes.chunks_exact(N)) {
-        *dst = convert(chunk.try_into().expect("chunks_exact yields N bytes"));
-    }
-}
-
-impl Drop for StoredMatrix<'_> {
-    fn drop(&mut self) {
-        self.shard.release(self.info);
     }
 }
 

@@ -49,7 +49,7 @@ mod hub;
 
 use std::path::Path;
 
-pub use checkpoint::{Checkpoint, Element, Layout, MappedBf16, StoredMatrix, TensorMeta};
+pub use checkpoint::{Checkpoint, Element, Layout, MappedBf16, TensorMeta};
 pub use config::{Architecture, GenerationConfig, ModelConfig};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
