@@ -67,10 +67,7 @@ fn greedy_on_ids(folder: &std::path::Path) -> Result<(), Box<dyn std::error::Err
     let mut cache = model.new_cache(ids.len() + 16);
     let mut logits = model.forward_last(&ids, &mut cache)?;
     for _ in 0..16 {
-        let values = logits
-            .into_data()
-            .into_vec::<f32>()
-            .map_err(|e| format!("{e:?}"))?;
+        let values = llmjp::crates::model::read_f32(logits)?;
         let next = sampler.sample(&values, &ids);
         ids.push(next);
         logits = model.forward_last(&[next], &mut cache)?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use half::bf16;
 use llmjp_model::backend::Cpu;
-use llmjp_model::cpu_bf16::Bf16Matrix;
+use llmjp_model::kernels::{Bf16Matrix, Isa};
 
 /// The fastest of 10 runs after a warm-up, in seconds.
 fn time<F: FnMut()>(mut f: F) -> f64 {
@@ -21,6 +21,8 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
 }
 
 fn main() {
+    let isa = Isa::selected().unwrap_or_else(|e| panic!("{e}"));
+    println!("kernels: {isa}");
     let shapes = [(2048, 2048), (7168, 2048), (2048, 7168)];
     println!(
         "{:>6} {:>6} {:>6} | {:>12} {:>12} | {:>12} {:>12} | ratio",
@@ -36,7 +38,7 @@ fn main() {
                 .collect();
             let matrix = Bf16Matrix::from_vec(w.clone(), n, k);
             let ours = time(|| {
-                std::hint::black_box(matrix.matmul(&x, rows));
+                std::hint::black_box(matrix.matmul(isa, &x, rows));
             });
             let device = Default::default();
             let wt: Vec<f32> = (0..k * n)

@@ -1,4 +1,11 @@
-//! The backends the models run on.
+//! The backends the models run on, and which [`DecoderOps`] each runs by default.
+
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+
+use crate::ops::{CpuKernels, DecoderOps, Reference};
+use crate::{ComputeDtype, Result};
 
 /// The CPU backend (burn-flex: pure Rust, SIMD, multi-threaded).
 pub type Cpu = burn_flex::Flex;
@@ -6,6 +13,34 @@ pub type Cpu = burn_flex::Flex;
 /// The CUDA backend (burn-cuda), with the `cuda` feature.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn_cuda::Cuda;
+
+/// A backend the models know: the [`DecoderOps`] a model loaded on it runs unless told
+/// otherwise ([`CausalLm::load_with_ops`](crate::CausalLm::load_with_ops) takes any, on any
+/// backend). The extension point of burn's own custom-kernel example, implemented per
+/// backend.
+pub trait DecoderBackend: Backend {
+    /// The ops for weights of `dtype`.
+    fn default_ops(dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>>;
+}
+
+/// bf16 runs on the CPU kernels (bf16 weights in place, f32 activations); f32 and f16 on
+/// the reference (burn-flex's own ops), as transformers computes them.
+impl DecoderBackend for Cpu {
+    fn default_ops(dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>> {
+        Ok(match dtype {
+            ComputeDtype::BF16 => Arc::new(CpuKernels::new()?),
+            ComputeDtype::F32 | ComputeDtype::F16 => Arc::new(Reference),
+        })
+    }
+}
+
+/// The reference on burn-cuda's ops, until CUDA kernels of our own land.
+#[cfg(feature = "cuda")]
+impl DecoderBackend for Cuda {
+    fn default_ops(_dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>> {
+        Ok(Arc::new(Reference))
+    }
+}
 
 /// Whether a CUDA driver can be loaded. Creating a CUDA device succeeds without one, but the
 /// first tensor operation then panics inside a device thread: probe before using it.

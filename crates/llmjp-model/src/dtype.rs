@@ -53,3 +53,13 @@ impl fmt::Display for ComputeDtype {
         })
     }
 }
+
+/// The float dtype of a float tensor's `DType` (f32 for anything else).
+pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}

@@ -26,6 +26,12 @@ pub enum ModelError {
     /// A KV cache made by a model of another shape, dtype or path was passed in.
     #[error("this KV cache was made for another model ({0}); make one with new_cache")]
     CacheMismatch(String),
+    /// The CPU instruction set asked for (`LLMJP_CPU_ISA`) is unknown or not on this CPU.
+    #[error("{0}")]
+    InvalidIsa(String),
+    /// A weight format these ops cannot run on this backend.
+    #[error("the {ops} ops cannot run weights stored as {format}")]
+    UnsupportedWeight { ops: &'static str, format: String },
     /// Reading a result back from the device failed.
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),

@@ -1,211 +1,50 @@
-//! The building blocks shared by the Llama and Mixtral decoders.
+//! The pieces every decoder here is built from, one forward each, written over
+//! [`DecoderOps`]: RMSNorm, rotary tables, attention, the SwiGLU MLP, and the decoder
+//! layer that joins them around a feed-forward block of the architecture's choosing.
 
-use std::sync::Arc;
+use std::fmt;
 
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
-use llmjp_weights::{bf16, f16, Checkpoint, Layout};
+use burn::tensor::{Tensor, TensorData};
+use llmjp_weights::{Layout, ModelConfig};
 
-use crate::cpu_bf16::Bf16Matrix;
-use crate::{ComputeDtype, ModelError, Result};
+use crate::linear::{Linear, Loader};
+use crate::ops::{DecoderOps, Heads, LayerSeq, SeqSpan};
+use crate::{ComputeDtype, Result};
 
-/// Reads checkpoint tensors straight into device tensors of the compute dtype, or, with
-/// `host_bf16`, keeps matrices as bf16 on the host for the CPU kernels (activations then
-/// stay f32).
-pub(crate) struct Loader<'a, B: Backend> {
-    pub checkpoint: &'a Checkpoint,
-    pub device: &'a B::Device,
-    /// The dtype of activations and of the weights kept as burn tensors.
-    pub dtype: ComputeDtype,
-    pub host_bf16: bool,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-        layout: Layout,
-    ) -> Result<Tensor<B, D>> {
-        let mut out_shape = shape;
-        if layout == Layout::Transposed {
-            out_shape.reverse();
-        }
-        let ckpt = self.checkpoint;
-        let data = match self.dtype {
-            ComputeDtype::F32 => {
-                TensorData::new(ckpt.read::<f32>(name, &shape, layout)?, out_shape)
-            }
-            ComputeDtype::F16 => {
-                TensorData::new(ckpt.read::<f16>(name, &shape, layout)?, out_shape)
-            }
-            ComputeDtype::BF16 => {
-                TensorData::new(ckpt.read::<bf16>(name, &shape, layout)?, out_shape)
-            }
-        };
-        Ok(Tensor::from_data(data, (self.device, self.dtype.dtype())))
-    }
-
-    /// A `[out, in]` linear weight: transposed for `x @ w`, or bf16 on the host.
-    pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear<B>> {
-        if self.host_bf16 {
-            let weight = self.host_matrix(name, out_features, in_features)?;
-            weight.populate();
-            return Ok(Linear::Host(Arc::new(weight)));
-        }
-        let weight = self.tensor(name, [out_features, in_features], Layout::Transposed)?;
-        Ok(Linear::Dense(weight))
-    }
-
-    /// The `[vocab, hidden]` embedding table (bf16 on the host with `host_bf16`).
-    pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
-        if self.host_bf16 {
-            // A prompt touches a few rows: a mapped table is read as they are needed.
-            let table = self.host_matrix(name, vocab, hidden)?;
-            return Ok(Embedding::Host(Arc::new(table)));
-        }
-        Ok(Embedding::Dense(self.tensor(
-            name,
-            [vocab, hidden],
-            Layout::AsStored,
-        )?))
-    }
-
-    /// A bf16 matrix used in place in the mapped file, or converted to bf16 when the
-    /// checkpoint stores another dtype.
-    fn host_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix> {
-        Ok(match self.checkpoint.mapped_bf16(name, rows, cols)? {
-            Some(mapped) => Bf16Matrix::mapped(mapped, rows, cols),
-            None => Bf16Matrix::from_vec(
-                self.checkpoint
-                    .read::<bf16>(name, &[rows, cols], Layout::AsStored)?,
-                rows,
-                cols,
-            ),
-        })
-    }
-
-    pub fn rms_norm(&self, name: &str, size: usize, eps: f64) -> Result<RmsNorm<B>> {
-        let host = self
-            .checkpoint
-            .read::<f32>(name, &[size], Layout::AsStored)?;
-        let data = TensorData::new(host.clone(), [size]);
-        let weight = Tensor::from_data(data, (self.device, self.dtype.dtype()));
-        Ok(RmsNorm { weight, host, eps })
-    }
-}
-
-/// A bias-free linear layer.
-#[derive(Debug, Clone)]
-pub enum Linear<B: Backend> {
-    /// A `[in, out]` tensor: `x @ w`.
-    Dense(Tensor<B, 2>),
-    /// bf16 weights on the host, run by the CPU kernels on f32 activations.
-    Host(Arc<Bf16Matrix>),
-}
-
-impl<B: Backend> Linear<B> {
-    /// The host weights of a model loaded for the CPU kernels' path.
-    pub fn host(&self) -> &Bf16Matrix {
-        match self {
-            Self::Host(weight) => weight,
-            Self::Dense(_) => unreachable!("the host path runs only on host weights"),
-        }
-    }
-
-    pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        match self {
-            Self::Dense(weight) => Ok(x.matmul(weight.clone())),
-            Self::Host(weight) => {
-                let [rows, _] = x.dims();
-                let device = x.device();
-                let input = to_f32_vec(x)?;
-                let out = weight.matmul(&input, rows);
-                let data = TensorData::new(out, [rows, weight.rows()]);
-                Ok(Tensor::from_data(data, (&device, DType::F32)))
-            }
-        }
-    }
-}
-
-pub(crate) fn to_f32_vec<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Vec<f32>> {
-    host_vec(x.into_data().convert::<f32>())
-}
-
-/// The values of data read back from a device.
-pub(crate) fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Result<Vec<T>> {
-    data.into_vec::<T>()
-        .map_err(|e| ModelError::Readback(format!("{e:?}")))
-}
-
-/// RMSNorm as in transformers: normalise in f32, cast back, then scale.
+/// RMSNorm's weight and epsilon (the norm itself is [`DecoderOps::rms_norm`]).
 #[derive(Debug, Clone)]
 pub struct RmsNorm<B: Backend> {
+    /// In the activation dtype, on the device.
     pub weight: Tensor<B, 1>,
-    /// The weight in f32 on the host, for the CPU kernels' path.
+    /// In f32, on the host.
     pub host: Vec<f32>,
     pub eps: f64,
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// Rows `x` = `[rows, size]` on the host, in f32.
-    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
-        let size = self.host.len();
-        let mut out = vec![0f32; x.len()];
-        for (row, dst) in x.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
-            let variance = row.iter().map(|v| v * v).sum::<f32>() / size as f32;
-            let scale = 1.0 / (variance + self.eps as f32).sqrt();
-            for ((d, v), w) in dst.iter_mut().zip(row).zip(&self.host) {
-                *d = w * (v * scale);
-            }
-        }
-        out
+    pub(crate) fn load(loader: &Loader<'_, B>, name: &str, size: usize, eps: f64) -> Result<Self> {
+        let host = loader
+            .checkpoint
+            .read::<f32>(name, &[size], Layout::AsStored)?;
+        let data = TensorData::new(host.clone(), [size]);
+        let weight = Tensor::from_data(data, (loader.device, loader.activations.dtype()));
+        Ok(Self { weight, host, eps })
     }
 
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let dtype = x.dtype();
-        let x = x.cast(FloatDType::F32);
-        let variance = x.clone().powi_scalar(2).mean_dim(1);
-        let normed = x * (variance + self.eps).sqrt().recip();
-        normed.cast(dtype) * self.weight.clone().unsqueeze_dim::<2>(0)
+    pub fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        ops.rms_norm(x, self)
     }
 }
 
-/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))` (Mixtral's `w2(silu(w1 x) * w3 x)`).
-#[derive(Debug, Clone)]
-pub struct Mlp<B: Backend> {
-    pub gate: Linear<B>,
-    pub up: Linear<B>,
-    pub down: Linear<B>,
-}
-
-impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        let hidden = silu(self.gate.forward(x.clone())?) * self.up.forward(x)?;
-        self.down.forward(hidden)
-    }
-
-    /// The CPU kernels' path: rows `x` = `[rows, hidden]` on the host, silu(gate) * up
-    /// fused, in f32.
-    pub fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (gate, up, down) = (self.gate.host(), self.up.host(), self.down.host());
-        let mut hidden = gate.matmul(x, rows);
-        let up = up.matmul(x, rows);
-        crate::cpu_bf16::silu_mul(&mut hidden, &up);
-        down.matmul(&hidden, rows)
-    }
-}
-
-/// Rotary position embedding in transformers' rotate-half layout, with cos/sin tables for
-/// every position computed once in f32.
+/// Rotary position embedding in transformers' rotate-half layout: cos/sin tables for every
+/// position, computed once in f32 (on the host, and on the device in the activation dtype).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
-    /// The same tables on the host, for the CPU kernels' path.
-    cos_host: Arc<Vec<f32>>,
-    sin_host: Arc<Vec<f32>>,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
     head_dim: usize,
 }
 
@@ -244,97 +83,182 @@ impl<B: Backend> Rope<B> {
         Self {
             cos: table(&cos),
             sin: table(&sin),
-            cos_host: Arc::new(cos),
-            sin_host: Arc::new(sin),
+            cos_host: cos,
+            sin_host: sin,
             head_dim,
         }
     }
 
-    /// Rotates, in place, rows `x` = `[seq, heads * head_dim]` at positions `start..`.
-    pub fn rotate_rows(&self, x: &mut [f32], heads: usize, start: usize) {
+    /// The `[positions, head_dim]` cos and sin tables on the device.
+    pub fn tables(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (self.cos.clone(), self.sin.clone())
+    }
+
+    /// Rotates, in place, one row of `heads` heads at `position`, in f32 on the host.
+    pub fn rotate_row(&self, row: &mut [f32], heads: usize, position: usize) {
         let d = self.head_dim;
         let half = d / 2;
-        for (t, row) in x.chunks_exact_mut(heads * d).enumerate() {
-            let cos = &self.cos_host[(start + t) * d..][..d];
-            let sin = &self.sin_host[(start + t) * d..][..d];
-            for head in row.chunks_exact_mut(d) {
-                let (x1, x2) = head.split_at_mut(half);
-                for i in 0..half {
-                    // rotate_half(x) = cat(-x2, x1)
-                    let (a, b) = (x1[i], x2[i]);
-                    x1[i] = a * cos[i] - b * sin[i];
-                    x2[i] = b * cos[i + half] + a * sin[i + half];
-                }
+        let cos = &self.cos_host[position * d..][..d];
+        let sin = &self.sin_host[position * d..][..d];
+        for head in row[..heads * d].chunks_exact_mut(d) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                // rotate_half(x) = cat(-x2, x1)
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * cos[i] - b * sin[i];
+                x2[i] = b * cos[i + half] + a * sin[i + half];
             }
         }
     }
-
-    /// Rotates `x` (`[1, heads, seq, head_dim]`) for positions `start..start + seq`.
-    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let seq = x.dims()[2];
-        let d = self.head_dim;
-        let cos = self
-            .cos
-            .clone()
-            .narrow(0, start, seq)
-            .reshape([1, 1, seq, d]);
-        let sin = self
-            .sin
-            .clone()
-            .narrow(0, start, seq)
-            .reshape([1, 1, seq, d]);
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
-    }
 }
 
-/// The token embedding table, `[vocab, hidden]`.
+/// Self-attention: projections, RoPE, the cache and causal attention (GQA where the
+/// config has fewer key/value heads).
 #[derive(Debug, Clone)]
-pub enum Embedding<B: Backend> {
-    Dense(Tensor<B, 2>),
-    /// bf16 rows on the host, looked up into f32 activations.
-    Host(Arc<Bf16Matrix>),
+pub struct Attention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    heads: Heads,
 }
 
-impl<B: Backend> Embedding<B> {
-    /// Rows of `ids` on the host, in f32 (the CPU kernels' path).
-    pub fn forward_host(&self, ids: &[u32]) -> Vec<f32> {
-        let Self::Host(table) = self else {
-            unreachable!("the host path runs only on host weights");
+impl<B: Backend> Attention<B> {
+    /// Loads `{prefix}.q_proj` … `{prefix}.o_proj`.
+    pub(crate) fn load(
+        ops: &dyn DecoderOps<B>,
+        loader: &Loader<'_, B>,
+        prefix: &str,
+        config: &ModelConfig,
+    ) -> Result<Self> {
+        let heads = heads(config);
+        let hidden = config.hidden_size;
+        let (q, kv) = (
+            heads.heads * heads.head_dim,
+            heads.kv_heads * heads.head_dim,
+        );
+        let linear = |name: &str, out, inputs| {
+            ops.load_linear(loader, &format!("{prefix}.{name}.weight"), out, inputs)
         };
-        let hidden = table.cols();
-        let mut values = vec![0f32; ids.len() * hidden];
-        for (dst, &id) in values.chunks_mut(hidden).zip(ids) {
-            table.row_f32(id as usize, dst);
-        }
-        values
+        Ok(Self {
+            q_proj: linear("q_proj", q, hidden)?,
+            k_proj: linear("k_proj", kv, hidden)?,
+            v_proj: linear("v_proj", kv, hidden)?,
+            o_proj: linear("o_proj", hidden, q)?,
+            heads,
+        })
     }
 
-    pub fn forward(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
-        match self {
-            Self::Dense(weight) => {
-                let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-                let n = ids.len();
-                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
-                weight.clone().select(0, ids)
-            }
-            Self::Host(table) => {
-                let data = TensorData::new(self.forward_host(ids), [ids.len(), table.cols()]);
-                Tensor::from_data(data, (device, DType::F32))
-            }
-        }
+    /// `x` is the packed rows of `batch`.
+    pub fn forward(
+        &self,
+        ops: &dyn DecoderOps<B>,
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        batch: &mut [LayerSeq<'_, B>],
+    ) -> Result<Tensor<B, 2>> {
+        let spans: Vec<SeqSpan> = batch.iter().map(|s| s.span.clone()).collect();
+        let q = ops.rope(
+            ops.linear(x.clone(), &self.q_proj)?,
+            self.heads.heads,
+            rope,
+            &spans,
+        )?;
+        let k = ops.rope(
+            ops.linear(x.clone(), &self.k_proj)?,
+            self.heads.kv_heads,
+            rope,
+            &spans,
+        )?;
+        let v = ops.linear(x, &self.v_proj)?;
+        let out = ops.attention(q, k, v, self.heads, batch)?;
+        ops.linear(out, &self.o_proj)
+    }
+}
+
+/// The attention heads a config describes.
+pub(crate) fn heads(config: &ModelConfig) -> Heads {
+    Heads {
+        heads: config.num_attention_heads,
+        kv_heads: config.num_key_value_heads,
+        head_dim: config.head_dim,
+    }
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))` (Mixtral's `w2(silu(w1 x) * w3 x)`).
+#[derive(Debug, Clone)]
+pub struct Mlp<B: Backend> {
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        let gate = ops.linear(x.clone(), &self.gate)?;
+        let up = ops.linear(x, &self.up)?;
+        ops.linear(ops.swiglu(gate, up)?, &self.down)
+    }
+}
+
+/// The feed-forward half of a decoder layer: what an architecture chooses.
+pub(crate) trait FeedForward<B: Backend>: fmt::Debug + Send + Sync {
+    fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>>;
+}
+
+impl<B: Backend> FeedForward<B> for Mlp<B> {
+    fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        Mlp::forward(self, ops, x)
+    }
+}
+
+/// RMSNorm → attention → residual, RMSNorm → feed-forward → residual.
+#[derive(Debug)]
+pub(crate) struct DecoderLayer<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    self_attn: Attention<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    feed_forward: Box<dyn FeedForward<B>>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// Layer `layer`'s norms and attention as every architecture here names them
+    /// (`model.layers.N.{input_layernorm,self_attn,post_attention_layernorm}`), around the
+    /// architecture's `feed_forward`.
+    pub fn load(
+        ops: &dyn DecoderOps<B>,
+        loader: &Loader<'_, B>,
+        config: &ModelConfig,
+        layer: usize,
+        feed_forward: Box<dyn FeedForward<B>>,
+    ) -> Result<Self> {
+        let prefix = format!("model.layers.{layer}");
+        let norm = |name: &str| {
+            RmsNorm::load(
+                loader,
+                &format!("{prefix}.{name}.weight"),
+                config.hidden_size,
+                config.rms_norm_eps,
+            )
+        };
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention::load(ops, loader, &format!("{prefix}.self_attn"), config)?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            feed_forward,
+        })
     }
 
-    /// The table as the head of a tied model: `[vocab, hidden]` is the head's `[out, in]`.
-    pub fn as_tied_head(&self) -> Linear<B> {
-        match self {
-            Self::Dense(weight) => Linear::Dense(weight.clone().transpose()),
-            Self::Host(table) => {
-                table.populate();
-                Linear::Host(table.clone())
-            }
-        }
+    pub fn forward(
+        &self,
+        ops: &dyn DecoderOps<B>,
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        batch: &mut [LayerSeq<'_, B>],
+    ) -> Result<Tensor<B, 2>> {
+        let normed = self.input_layernorm.forward(ops, x.clone())?;
+        let x = x + self.self_attn.forward(ops, normed, rope, batch)?;
+        let normed = self.post_attention_layernorm.forward(ops, x.clone())?;
+        Ok(x + self.feed_forward.forward(ops, normed)?)
     }
 }

@@ -1,16 +1,22 @@
 //! The llm-jp models on burn: Llama (llm-jp-3.1 1.8b, 13b) and Mixtral (8x13b) decoders,
-//! generic over burn's `Backend`.
+//! written once over an op layer that each backend implements.
 //!
-//! [`CausalLm`] loads a Hugging Face checkpoint folder (see `llmjp-weights`) into tensors of
-//! the chosen [`ComputeDtype`] and runs prefill and single-token decode steps against a
-//! preallocated [`KvCache`], returning f32 logits that match transformers'.
-//!
-//! On the CPU, [`ComputeDtype::BF16`] takes a faster path: bf16 weights are used in place
-//! from the memory-mapped files and run by the AVX-512 / AMX kernels of [`cpu_bf16`] on f32
-//! activations, with the cache and attention on the host.
+//! - [`CausalLm`] loads a Hugging Face checkpoint folder (see `llmjp-weights`) and runs
+//!   prefill and decode steps for one or more sequences, each against its own preallocated
+//!   [`KvCache`], returning f32 logits that match transformers'.
+//! - [`ops`]: the operations the decoder calls ([`ops::DecoderOps`]): the
+//!   [`Reference`](ops::Reference) on burn tensor ops for every backend, and
+//!   [`CpuKernels`](ops::CpuKernels) on burn-flex. [`backend::DecoderBackend`] says which a
+//!   backend runs by default: on the CPU, [`ComputeDtype::BF16`] runs the CPU kernels
+//!   (bf16 weights in place from the mapped files, f32 activations, AVX-512 / AMX),
+//!   f32 and f16 the reference.
+//! - [`linear`]: weights behind one interface ([`linear::Weight`]): dense tensors, bf16 in
+//!   place.
+//! - [`kernels`]: the CPU kernels, per instruction set, chosen once (`LLMJP_CPU_ISA`).
+//! - `models/`: one file per architecture.
 //!
 //! ```
-//! use llmjp_model::{backend::Cpu, CausalLm, ComputeDtype};
+//! use llmjp_model::{backend::Cpu, CausalLm, ComputeDtype, Sequence};
 //!
 //! # fn main() -> Result<(), llmjp_model::ModelError> {
 //! let dir = llmjp_testdata::fixture_dir("llama-mha-bf16");
@@ -24,23 +30,49 @@
 //! let logits = model.forward_last(&[next], &mut cache)?; // one decode step
 //! assert_eq!(cache.len(), 5);
 //! assert_eq!(logits.dims(), [model.config().vocab_size]);
+//!
+//! // Two sequences of different lengths and positions in one pass.
+//! let mut other = model.new_cache(64);
+//! let logits = model.forward_batch(&mut [
+//!     Sequence { ids: &[7], cache: &mut cache },
+//!     Sequence { ids: &[1, 5, 9], cache: &mut other },
+//! ])?;
+//! assert_eq!(logits.dims(), [2, model.config().vocab_size]);
+//! assert_eq!((cache.len(), other.len()), (6, 3));
+//! let values: Vec<f32> = llmjp_model::read_f32(logits)?;
+//! assert!(values.iter().all(|v| v.is_finite()));
 //! # Ok(())
 //! # }
 //! ```
 
-mod attention;
 pub mod backend;
-pub mod cpu_bf16;
+pub mod cache;
 mod dtype;
 mod error;
-mod layers;
-mod llama;
-mod mixtral;
+pub mod kernels;
+pub mod layers;
+pub mod linear;
 mod model;
+mod models;
+pub mod ops;
 #[cfg(test)]
 mod testing;
 
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+pub use cache::KvCache;
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};
 pub use llmjp_weights::{Architecture, ModelConfig};
-pub use model::{CausalLm, KvCache};
+pub use model::{CausalLm, Sequence};
+
+/// A tensor's values read back to the host as f32 (converted from its dtype): the one
+/// read-back the generation loop and the tests use.
+pub fn read_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| ModelError::Readback(format!("{e:?}")))
+}

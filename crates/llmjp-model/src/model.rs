@@ -1,160 +1,51 @@
-//! [`CausalLm`]: the decoder stack shared by Llama and Mixtral, loading and forward passes.
+//! [`CausalLm`]: the decoder stack shared by every architecture, loading and forward
+//! passes over a batch of sequences.
 
-use std::any::TypeId;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, Tensor, TensorData};
-use llmjp_weights::{Architecture, Checkpoint, ModelConfig};
+use burn::tensor::{Int, Tensor, TensorData};
+use llmjp_weights::{Checkpoint, ModelConfig};
 
-use crate::attention::{Attention, LayerCache};
-use crate::backend::Cpu;
-use crate::layers::{Embedding, Linear, Loader, Mlp, RmsNorm, Rope};
-use crate::mixtral::SparseMoe;
-use crate::{llama, ComputeDtype, ModelError, Result};
+use crate::backend::DecoderBackend;
+use crate::cache::{CacheKind, KvCache};
+use crate::layers::{heads, DecoderLayer, RmsNorm, Rope};
+use crate::linear::{Linear, Loader};
+use crate::ops::{DecoderOps, LayerSeq, SeqSpan};
+use crate::{models, ComputeDtype, ModelError, Result};
 
-/// The feed-forward half of a decoder layer.
-#[derive(Debug, Clone)]
-enum FeedForward<B: Backend> {
-    Dense(Mlp<B>),
-    Sparse(SparseMoe<B>),
+/// One sequence of a batch: the ids to run after what its cache holds.
+#[derive(Debug)]
+pub struct Sequence<'a, B: Backend> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache<B>,
 }
 
-#[derive(Debug, Clone)]
-struct DecoderLayer<B: Backend> {
-    input_layernorm: RmsNorm<B>,
-    self_attn: Attention<B>,
-    post_attention_layernorm: RmsNorm<B>,
-    feed_forward: FeedForward<B>,
-}
-
-impl<B: Backend> DecoderLayer<B> {
-    fn load(loader: &Loader<'_, B>, config: &ModelConfig, layer: usize) -> Result<Self> {
-        let prefix = format!("model.layers.{layer}");
-        let (hidden, eps) = (config.hidden_size, config.rms_norm_eps);
-        let feed_forward = match config.architecture {
-            Architecture::Llama => FeedForward::Dense(llama::load_mlp(loader, config, layer)?),
-            Architecture::Mixtral => FeedForward::Sparse(SparseMoe::load(loader, config, layer)?),
-        };
-        Ok(Self {
-            input_layernorm: loader.rms_norm(
-                &format!("{prefix}.input_layernorm.weight"),
-                hidden,
-                eps,
-            )?,
-            self_attn: Attention::load(
-                loader,
-                &format!("{prefix}.self_attn"),
-                hidden,
-                config.num_attention_heads,
-                config.num_key_value_heads,
-                config.head_dim,
-            )?,
-            post_attention_layernorm: loader.rms_norm(
-                &format!("{prefix}.post_attention_layernorm.weight"),
-                hidden,
-                eps,
-            )?,
-            feed_forward,
-        })
-    }
-
-    fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        rope: &Rope<B>,
-        cache: &mut LayerCache<B>,
-        start: usize,
-    ) -> Result<Tensor<B, 2>> {
-        let attn =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start)?;
-        let x = x + attn;
-        let normed = self.post_attention_layernorm.forward(x.clone());
-        let ff = match &self.feed_forward {
-            FeedForward::Dense(mlp) => mlp.forward(normed)?,
-            FeedForward::Sparse(moe) => moe.forward(normed)?,
-        };
-        Ok(x + ff)
-    }
-
-    /// The CPU kernels' path: rows `x` = `[seq, hidden]` on the host, updated in place.
-    fn forward_host(
-        &self,
-        x: &mut [f32],
-        seq: usize,
-        rope: &Rope<B>,
-        cache: &mut LayerCache<B>,
-        start: usize,
-    ) {
-        let normed = self.input_layernorm.forward_host(x);
-        let attn = self
-            .self_attn
-            .forward_host(&normed, seq, rope, cache, start);
-        x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
-        let normed = self.post_attention_layernorm.forward_host(x);
-        let ff = match &self.feed_forward {
-            FeedForward::Dense(mlp) => mlp.forward_host(&normed, seq),
-            FeedForward::Sparse(moe) => moe.forward_host(&normed, seq),
-        };
-        x.iter_mut().zip(&ff).for_each(|(x, f)| *x += f);
-    }
-}
-
-/// The keys and values of every layer for one sequence, preallocated for `capacity`
-/// positions, and how many positions are filled.
-#[derive(Debug, Clone)]
-pub struct KvCache<B: Backend> {
-    layers: Vec<LayerCache<B>>,
-    len: usize,
-    capacity: usize,
-    /// What the cache was made for: `[kv_heads, head_dim]`, the dtype, host or device.
-    made_for: (usize, usize, ComputeDtype, bool),
-}
-
-impl<B: Backend> KvCache<B> {
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Positions the cache can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forgets the sequence; the memory is kept for the next one.
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-}
-
-/// A Llama or Mixtral causal language model with its weights on a device.
+/// A Llama or Mixtral causal language model with its weights on a device, run by a
+/// [`DecoderOps`].
 ///
-/// Batch size is one: a forward pass takes the ids of one sequence, appends their keys and
-/// values to a [`KvCache`], and returns f32 logits.
-#[derive(Debug, Clone)]
+/// A forward pass takes one or more sequences, each with its own ids and [`KvCache`]
+/// (ragged lengths, any positions), appends their keys and values to the caches, and
+/// returns f32 logits.
+#[derive(Debug)]
 pub struct CausalLm<B: Backend> {
     config: ModelConfig,
     dtype: ComputeDtype,
     /// The dtype of activations and the KV cache.
     activations: ComputeDtype,
-    /// Weights, cache and attention on the host (the CPU kernels' path).
-    host_bf16: bool,
+    ops: Arc<dyn DecoderOps<B>>,
     device: B::Device,
-    embed_tokens: Embedding<B>,
+    embed_tokens: Linear<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     lm_head: Linear<B>,
     rope: Rope<B>,
 }
 
-impl<B: Backend> CausalLm<B> {
-    /// Loads `config.json` and the safetensors weights of a model folder.
+impl<B: DecoderBackend> CausalLm<B> {
+    /// Loads `config.json` and the safetensors weights of a model folder, on the backend's
+    /// default ops for `dtype`.
     pub fn from_dir(
         dir: impl AsRef<Path>,
         dtype: ComputeDtype,
@@ -166,8 +57,8 @@ impl<B: Backend> CausalLm<B> {
         Self::load(config, &checkpoint, dtype, device)
     }
 
-    /// Builds the model from a parsed config and an opened checkpoint, converting every
-    /// weight to `dtype` on `device`.
+    /// Builds the model from a parsed config and an opened checkpoint, with weights in
+    /// `dtype` on `device`, on the backend's default ops for `dtype`.
     pub fn load(
         config: ModelConfig,
         checkpoint: &Checkpoint,
@@ -178,7 +69,7 @@ impl<B: Backend> CausalLm<B> {
     }
 
     /// [`load`](Self::load), calling `on_progress(done, total)` as the embeddings, each
-    /// layer and the head reach the device.
+    /// layer and the head are loaded.
     pub fn load_with_progress(
         config: ModelConfig,
         checkpoint: &Checkpoint,
@@ -186,32 +77,52 @@ impl<B: Backend> CausalLm<B> {
         device: &B::Device,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::load_with_ops(
+            config,
+            checkpoint,
+            dtype,
+            device,
+            B::default_ops(dtype)?,
+            on_progress,
+        )
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Loads the model to run on `ops` (any [`DecoderOps`] for this backend, e.g.
+    /// [`Reference`](crate::ops::Reference) on every backend).
+    pub fn load_with_ops(
+        config: ModelConfig,
+        checkpoint: &Checkpoint,
+        dtype: ComputeDtype,
+        device: &B::Device,
+        ops: Arc<dyn DecoderOps<B>>,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let total = config.num_hidden_layers + 2;
-        // On the CPU, bf16 means bf16 weights run by the host kernels on f32 activations:
-        // burn-flex's own bf16 matmul widens both operands on every call.
-        let host_bf16 = dtype == ComputeDtype::BF16 && TypeId::of::<B>() == TypeId::of::<Cpu>();
-        let activations = if host_bf16 { ComputeDtype::F32 } else { dtype };
+        let activations = ops.activation_dtype(dtype);
         let loader = Loader {
             checkpoint,
             device,
-            dtype: activations,
-            host_bf16,
+            weights: dtype,
+            activations,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = loader.embedding("model.embed_tokens.weight", vocab, hidden)?;
+        let embed_tokens =
+            ops.load_embedding(&loader, "model.embed_tokens.weight", vocab, hidden)?;
         on_progress(1, total);
         let layers = (0..config.num_hidden_layers)
             .map(|layer| {
-                let loaded = DecoderLayer::load(&loader, &config, layer);
+                let loaded = models::load_layer(ops.as_ref(), &loader, &config, layer);
                 on_progress(layer + 2, total);
                 loaded
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = loader.rms_norm("model.norm.weight", hidden, config.rms_norm_eps)?;
+        let norm = RmsNorm::load(&loader, "model.norm.weight", hidden, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings && !checkpoint.contains("lm_head.weight") {
-            embed_tokens.as_tied_head()
+            embed_tokens.clone()
         } else {
-            loader.linear("lm_head.weight", hidden, vocab)?
+            ops.load_linear(&loader, "lm_head.weight", vocab, hidden)?
         };
         on_progress(total, total);
         let rope = Rope::new(
@@ -224,7 +135,7 @@ impl<B: Backend> CausalLm<B> {
         Ok(Self {
             dtype,
             activations,
-            host_bf16,
+            ops,
             device: device.clone(),
             embed_tokens,
             layers,
@@ -239,6 +150,7 @@ impl<B: Backend> CausalLm<B> {
         &self.config
     }
 
+    /// The dtype the weights were asked in.
     pub fn dtype(&self) -> ComputeDtype {
         self.dtype
     }
@@ -247,19 +159,20 @@ impl<B: Backend> CausalLm<B> {
         &self.device
     }
 
+    /// The ops the model runs on.
+    pub fn ops(&self) -> &dyn DecoderOps<B> {
+        self.ops.as_ref()
+    }
+
     /// A cache for sequences of up to `capacity` positions (at most the model's context).
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
         let capacity = capacity.min(self.config.max_position_embeddings);
-        let kv_heads = self.config.num_key_value_heads;
-        let shape = [1, kv_heads, capacity, self.config.head_dim];
+        let heads = heads(&self.config);
         KvCache {
             layers: (0..self.layers.len())
                 .map(|_| {
-                    if self.host_bf16 {
-                        LayerCache::new_host(shape)
-                    } else {
-                        LayerCache::new(shape, self.activations, &self.device)
-                    }
+                    self.ops
+                        .new_layer_cache(heads, capacity, self.activations, &self.device)
                 })
                 .collect(),
             len: 0,
@@ -268,83 +181,87 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
-    fn cache_kind(&self) -> (usize, usize, ComputeDtype, bool) {
-        let c = &self.config;
-        (
-            c.num_key_value_heads,
-            c.head_dim,
-            self.activations,
-            self.host_bf16,
-        )
+    fn cache_kind(&self) -> CacheKind {
+        CacheKind {
+            ops: self.ops.name(),
+            layers: self.layers.len(),
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            dtype: self.activations,
+        }
     }
 
     /// Runs `ids` after the cached positions and returns the logits of every position,
     /// `[ids.len(), vocab]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
-        let seq = ids.len();
-        match self.hidden_states(ids, cache)? {
-            Hidden::Device(hidden) => Ok(self
-                .lm_head
-                .forward(self.norm.forward(hidden))?
-                .cast(FloatDType::F32)),
-            Hidden::Host(hidden) => {
-                let logits = self.head_host(&hidden, seq);
-                let data = TensorData::new(logits, [seq, self.config.vocab_size]);
-                Ok(Tensor::from_data(data, (&self.device, DType::F32)))
-            }
-        }
+        self.run(&mut [Sequence { ids, cache }], Rows::All)
     }
 
     /// Runs `ids` after the cached positions and returns the logits of the last one,
     /// `[vocab]` in f32: a prefill when the cache is empty, a decode step for one id.
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 1>> {
-        let vocab = self.config.vocab_size;
-        match self.hidden_states(ids, cache)? {
-            Hidden::Device(hidden) => {
-                let [seq, size] = hidden.dims();
-                let last = hidden.slice([seq - 1..seq, 0..size]);
-                let logits = self
-                    .lm_head
-                    .forward(self.norm.forward(last))?
-                    .cast(FloatDType::F32);
-                Ok(logits.reshape([vocab]))
-            }
-            Hidden::Host(hidden) => {
-                let size = self.config.hidden_size;
-                let logits = self.head_host(&hidden[hidden.len() - size..], 1);
-                Ok(Tensor::from_data(
-                    TensorData::new(logits, [vocab]),
-                    (&self.device, DType::F32),
-                ))
-            }
+        let logits = self.run(&mut [Sequence { ids, cache }], Rows::Last)?;
+        Ok(logits.reshape([self.config.vocab_size]))
+    }
+
+    /// Runs every sequence of `batch` after its cached positions in one pass and returns
+    /// the logits of each one's last position, `[batch.len(), vocab]` in f32. Nothing is
+    /// run, and no cache changes, unless every sequence is valid.
+    pub fn forward_batch(&self, batch: &mut [Sequence<'_, B>]) -> Result<Tensor<B, 2>> {
+        self.run(batch, Rows::Last)
+    }
+
+    fn run(&self, batch: &mut [Sequence<'_, B>], rows: Rows) -> Result<Tensor<B, 2>> {
+        if batch.is_empty() {
+            return Err(ModelError::EmptyInput);
         }
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut ids = Vec::new();
+        for seq in batch.iter() {
+            self.check(seq)?;
+            let first = ids.len();
+            ids.extend_from_slice(seq.ids);
+            spans.push(SeqSpan {
+                rows: first..ids.len(),
+                start: seq.cache.len,
+            });
+        }
+        let ops = self.ops.as_ref();
+        let mut x = ops.embed(&self.embed_tokens, &ids, self.activations, &self.device)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut seqs: Vec<LayerSeq<'_, B>> = batch
+                .iter_mut()
+                .zip(&spans)
+                .map(|(seq, span)| LayerSeq {
+                    span: span.clone(),
+                    cache: &mut seq.cache.layers[l],
+                })
+                .collect();
+            x = layer.forward(ops, x, &self.rope, &mut seqs)?;
+        }
+        for (seq, span) in batch.iter_mut().zip(&spans) {
+            seq.cache.len = span.start + span.len();
+        }
+        if rows == Rows::Last {
+            x = last_rows(x, &spans, &self.device);
+        }
+        ops.lm_head(self.norm.forward(ops, x)?, &self.lm_head)
     }
 
-    /// Final norm and LM head of rows on the host.
-    fn head_host(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
-        self.lm_head
-            .host()
-            .matmul(&self.norm.forward_host(hidden), rows)
-    }
-
-    fn hidden_states(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Hidden<B>> {
-        if ids.is_empty() {
+    /// Every check a sequence must pass before anything runs.
+    fn check(&self, seq: &Sequence<'_, B>) -> Result<()> {
+        if seq.ids.is_empty() {
             return Err(ModelError::EmptyInput);
         }
         let vocab_size = self.config.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+        if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(ModelError::InvalidToken { id, vocab_size });
         }
-        if cache.layers.len() != self.layers.len() || cache.made_for != self.cache_kind() {
-            let (kv_heads, head_dim, dtype, host) = cache.made_for;
-            return Err(ModelError::CacheMismatch(format!(
-                "{} layers of {kv_heads} kv heads x {head_dim}, {dtype:?}{}",
-                cache.layers.len(),
-                if host { " on the host" } else { "" }
-            )));
+        let cache = &seq.cache;
+        if cache.made_for != self.cache_kind() || cache.layers.len() != self.layers.len() {
+            return Err(ModelError::CacheMismatch(cache.made_for.to_string()));
         }
-        let start = cache.len;
-        let needed = start + ids.len();
+        let needed = cache.len + seq.ids.len();
         let context = self.config.max_position_embeddings;
         if needed > context {
             return Err(ModelError::ContextOverflow {
@@ -360,27 +277,27 @@ impl<B: Backend> CausalLm<B> {
                 reason: "KV cache capacity",
             });
         }
-        let hidden = if self.host_bf16 {
-            // The CPU kernels' path: host rows from the embedding to the last layer.
-            let mut x = self.embed_tokens.forward_host(ids);
-            for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
-                layer.forward_host(&mut x, ids.len(), &self.rope, layer_cache, start);
-            }
-            Hidden::Host(x)
-        } else {
-            let mut x = self.embed_tokens.forward(ids, &self.device);
-            for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
-                x = layer.forward(x, &self.rope, layer_cache, start)?;
-            }
-            Hidden::Device(x)
-        };
-        cache.len = needed;
-        Ok(hidden)
+        Ok(())
     }
 }
 
-/// The last layer's output: a device tensor, or rows on the host (the CPU kernels' path).
-enum Hidden<B: Backend> {
-    Device(Tensor<B, 2>),
-    Host(Vec<f32>),
+/// Which rows' logits a pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    All,
+    Last,
+}
+
+/// The last row of each sequence.
+fn last_rows<B: Backend>(x: Tensor<B, 2>, spans: &[SeqSpan], device: &B::Device) -> Tensor<B, 2> {
+    let [rows, size] = x.dims();
+    if let [span] = spans {
+        return x.slice([span.rows.end - 1..rows, 0..size]);
+    }
+    let last: Vec<i64> = spans.iter().map(|s| s.rows.end as i64 - 1).collect();
+    let n = last.len();
+    x.select(
+        0,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(last, [n]), device),
+    )
 }

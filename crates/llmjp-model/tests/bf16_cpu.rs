@@ -17,7 +17,7 @@ use llmjp_model::{CausalLm, ComputeDtype};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference};
 
 fn values(t: Tensor<Cpu, 1>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().unwrap()
+    llmjp_model::read_f32(t).unwrap()
 }
 
 #[test]

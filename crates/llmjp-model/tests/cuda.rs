@@ -8,7 +8,7 @@ use llmjp_model::{CausalLm, ComputeDtype};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference, MODEL_FIXTURES as FIXTURES};
 
 fn values(t: Tensor<Cuda, 1>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().unwrap()
+    llmjp_model::read_f32(t).unwrap()
 }
 
 /// Max logit error over all prompts, and how many greedy tokens agree with transformers

@@ -1,23 +1,52 @@
 //! Logits and greedy continuations equal transformers' on the tiny fixtures
-//! (`xtask/golden/model_golden.py`), on the CPU in f32.
+//! (`xtask/golden/model_golden.py`), on the CPU in f32, on both op sets: the reference
+//! (burn-flex's own ops) and the CPU kernels (host norms, RoPE, attention and SwiGLU; f32
+//! weights stay dense tensors). Batches of ragged sequences give each sequence's own
+//! numbers.
 
-use burn::tensor::Tensor;
+use std::sync::Arc;
+
 use llmjp_model::backend::Cpu;
-use llmjp_model::{CausalLm, ComputeDtype};
+use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
+use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, Sequence};
 use llmjp_testdata::{
     argmax, max_abs_diff, model_reference, ModelReference, MODEL_FIXTURES as FIXTURES,
 };
+use llmjp_weights::Checkpoint;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn load(name: &str) -> (CausalLm<Cpu>, ModelReference) {
-    let dir = llmjp_testdata::fixture_dir(name);
-    let model = CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::F32, &Default::default()).unwrap();
-    (model, model_reference(name))
+/// The op sets every test runs on.
+fn op_sets() -> Vec<Arc<dyn DecoderOps<Cpu>>> {
+    vec![Arc::new(Reference), Arc::new(CpuKernels::new().unwrap())]
 }
 
-fn to_vec<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().unwrap()
+/// Each fixture in f32 on each op set, with its reference.
+fn models() -> Vec<(String, CausalLm<Cpu>, ModelReference)> {
+    let mut models = Vec::new();
+    for name in FIXTURES {
+        let dir = llmjp_testdata::fixture_dir(name);
+        for ops in op_sets() {
+            let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+            let checkpoint = Checkpoint::open(&dir).unwrap();
+            let label = format!("{name} on the {}", ops.name());
+            let model = CausalLm::load_with_ops(
+                config,
+                &checkpoint,
+                ComputeDtype::F32,
+                &Default::default(),
+                ops,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            models.push((label, model, model_reference(name)));
+        }
+    }
+    models
+}
+
+fn to_vec<const D: usize>(t: burn::tensor::Tensor<Cpu, D>) -> Vec<f32> {
+    read_f32(t).unwrap()
 }
 
 /// Prefill, then one KV-cache step per generated token.
@@ -35,8 +64,7 @@ fn greedy(model: &CausalLm<Cpu>, prompt: &[u32], steps: usize) -> Vec<u32> {
 
 #[test]
 fn last_logits_match_transformers() {
-    for name in FIXTURES {
-        let (model, reference) = load(name);
+    for (name, model, reference) in models() {
         for prompt in &reference.prompts {
             let mut cache = model.new_cache(prompt.ids.len());
             let logits = to_vec(model.forward_last(&prompt.ids, &mut cache).unwrap());
@@ -56,8 +84,7 @@ fn last_logits_match_transformers() {
 
 #[test]
 fn greedy_continuations_match_transformers() {
-    for name in FIXTURES {
-        let (model, reference) = load(name);
+    for (name, model, reference) in models() {
         for prompt in &reference.prompts {
             let ours = greedy(&model, &prompt.ids, prompt.greedy.len());
             assert_eq!(
@@ -72,8 +99,7 @@ fn greedy_continuations_match_transformers() {
 
 #[test]
 fn prefill_equals_single_token_steps() {
-    for name in FIXTURES {
-        let (model, reference) = load(name);
+    for (name, model, reference) in models() {
         let ids = &reference.prompts.last().unwrap().ids;
         let mut cache = model.new_cache(ids.len());
         let all = to_vec(model.forward(ids, &mut cache).unwrap());
@@ -91,5 +117,51 @@ fn prefill_equals_single_token_steps() {
         let chunked = to_vec(model.forward_last(&ids[split..], &mut cache).unwrap());
         let err = max_abs_diff(&chunked, &all[(ids.len() - 1) * vocab..]);
         assert!(err <= 1e-5, "{name}, chunked prefill: {err}");
+    }
+}
+
+#[test]
+fn a_batch_gives_each_sequence_its_own_logits() {
+    for (name, model, reference) in models() {
+        let vocab = model.config().vocab_size;
+        let prompts: Vec<&[u32]> = reference.prompts.iter().map(|p| p.ids.as_slice()).collect();
+        // Alone: each prompt's prefill, then one step.
+        let mut alone = Vec::new();
+        for ids in &prompts {
+            let mut cache = model.new_cache(ids.len() + 1);
+            let first = to_vec(model.forward_last(ids, &mut cache).unwrap());
+            let second = to_vec(
+                model
+                    .forward_last(&[argmax(&first) as u32], &mut cache)
+                    .unwrap(),
+            );
+            alone.push((first, second));
+        }
+        // Together: ragged prefills in one pass, then one decode step each in one pass.
+        let mut caches: Vec<_> = prompts
+            .iter()
+            .map(|ids| model.new_cache(ids.len() + 1))
+            .collect();
+        let mut batch: Vec<Sequence<'_, Cpu>> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ids, cache)| Sequence { ids, cache })
+            .collect();
+        let firsts = to_vec(model.forward_batch(&mut batch).unwrap());
+        let next: Vec<[u32; 1]> = firsts
+            .chunks_exact(vocab)
+            .map(|l| [argmax(l) as u32])
+            .collect();
+        let mut batch: Vec<Sequence<'_, Cpu>> = next
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ids, cache)| Sequence { ids, cache })
+            .collect();
+        let seconds = to_vec(model.forward_batch(&mut batch).unwrap());
+        for (i, (first, second)) in alone.iter().enumerate() {
+            let err = max_abs_diff(first, &firsts[i * vocab..(i + 1) * vocab])
+                .max(max_abs_diff(second, &seconds[i * vocab..(i + 1) * vocab]));
+            assert!(err <= 1e-5, "{name}, sequence {i}: {err}");
+        }
     }
 }

@@ -9,11 +9,13 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
-use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
 use crate::{read_json, Result, WeightsError};
+
+pub use safetensors::Dtype;
 
 /// The float types a tensor can be read as.
 pub trait Element: Copy + Send + Sync + 'static {
@@ -77,15 +79,7 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => WeightsError::NotFound {
-                path: path.to_path_buf(),
-            },
-            _ => WeightsError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let file = File::open(path).map_err(|source| WeightsError::io(path, source))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on
         // nobody truncating a checkpoint while it is being read.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io {
@@ -251,23 +245,23 @@ impl Checkpoint {
         Ok((shard, info))
     }
 
-    /// A bf16-stored `[rows, cols]` tensor left in the memory-mapped file, for zero-copy use
-    /// (an embedding table, of which a prompt touches a few rows); `None` when it is stored
-    /// in another dtype. The mapping stays alive as long as the returned value.
-    pub fn mapped_bf16(&self, name: &str, rows: usize, cols: usize) -> Result<Option<MappedBf16>> {
-        let (shard, info) = self.checked(name, &[rows, cols])?;
-        if info.dtype != Dtype::BF16 {
-            return Ok(None);
-        }
+    /// Tensor `name` as stored, left in the memory-mapped file (for zero-copy use), after
+    /// checking that its shape is `expected`; any dtype. The mapping stays alive as long
+    /// as the view.
+    pub fn view(&self, name: &str, expected: &[usize]) -> Result<TensorView> {
+        let (shard, info) = self.shaped(name, expected)?;
         let (start, end) = info.data_offsets;
-        Ok(Some(MappedBf16 {
+        Ok(TensorView {
             mmap: shard.mmap.clone(),
             offset: shard.data_start + start,
             len: end - start,
-        }))
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+        })
     }
 
-    fn checked(&self, name: &str, expected: &[usize]) -> Result<(&Shard, &TensorInfo)> {
+    /// `name`, checked to have shape `expected`.
+    fn shaped(&self, name: &str, expected: &[usize]) -> Result<(&Shard, &TensorInfo)> {
         let (shard, info) = self.locate(name)?;
         if info.shape != expected {
             return Err(WeightsError::ShapeMismatch {
@@ -277,6 +271,12 @@ impl Checkpoint {
                 found: info.shape.clone(),
             });
         }
+        Ok((shard, info))
+    }
+
+    /// `name`, checked to have shape `expected` and a float dtype.
+    fn checked(&self, name: &str, expected: &[usize]) -> Result<(&Shard, &TensorInfo)> {
+        let (shard, info) = self.shaped(name, expected)?;
         if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(WeightsError::UnsupportedDtype {
                 path: shard.path.clone(),
@@ -311,19 +311,31 @@ impl Checkpoint {
     }
 }
 
-/// The bytes of a bf16 tensor inside a memory-mapped checkpoint file (little-endian, not
-/// necessarily 2-byte aligned).
+/// A tensor as stored in a memory-mapped checkpoint file: its dtype, shape and
+/// little-endian bytes (not necessarily aligned to the element size).
 #[derive(Clone)]
-pub struct MappedBf16 {
+pub struct TensorView {
     mmap: Arc<Mmap>,
     offset: usize,
     len: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
 }
 
-impl MappedBf16 {
+impl TensorView {
     /// The tensor's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.mmap[self.offset..self.offset + self.len]
+    }
+
+    /// The stored dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The stored shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
     /// Maps all of the tensor's pages now (reading them from disk if they are not cached),
@@ -346,10 +358,11 @@ impl MappedBf16 {
     }
 }
 
-impl std::fmt::Debug for MappedBf16 {
+impl std::fmt::Debug for TensorView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedBf16")
-            .field("len", &self.len)
+        f.debug_struct("TensorView")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
             .finish()
     }
 }

@@ -64,4 +64,20 @@ pub enum WeightsError {
     },
 }
 
+impl WeightsError {
+    /// A failed read of `path`: [`NotFound`](Self::NotFound) when it does not exist, else
+    /// [`Io`](Self::Io).
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => Self::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => Self::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;

@@ -7,7 +7,8 @@
 //!   memory-mapped, headers validated on open; [`Checkpoint::read`] checks a tensor's shape
 //!   and converts it from bf16 / f16 / f32 to the element type asked for, optionally
 //!   transposed, then releases the mapped pages so that loading holds little more than the
-//!   converted weights.
+//!   converted weights; [`Checkpoint::view`] hands out a tensor as stored (any dtype, for
+//!   zero-copy use) and leaves it to the caller to refuse what it cannot run.
 //! - [`resolve_model`]: a local folder, or `org/name[@revision]` fetched into the standard
 //!   HF cache (`HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
 //!
@@ -49,22 +50,14 @@ mod hub;
 
 use std::path::Path;
 
-pub use checkpoint::{Checkpoint, Element, Layout, MappedBf16, TensorMeta};
+pub use checkpoint::{Checkpoint, Dtype, Element, Layout, TensorMeta, TensorView};
 pub use config::{Architecture, GenerationConfig, ModelConfig};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
 pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => WeightsError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::io(path, source))?;
     serde_json::from_str(&text).map_err(|source| WeightsError::Json {
         path: path.to_path_buf(),
         source,

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use llmjp_chat::{ChatTemplate, Message};
-use llmjp_model::{CausalLm, ComputeDtype};
+use llmjp_model::backend::DecoderBackend;
+use llmjp_model::{read_f32, CausalLm, ComputeDtype};
 use llmjp_sampler::{Sampler, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
@@ -137,7 +138,7 @@ pub struct Pipeline<B: Backend> {
     load_s: f64,
 }
 
-impl<B: Backend> Pipeline<B> {
+impl<B: DecoderBackend> Pipeline<B> {
     /// Loads a model folder or Hub id: tokenizer, chat template, config and weights.
     /// `on_progress(done, total)` is called as weights are loaded.
     pub fn load(
@@ -160,7 +161,9 @@ impl<B: Backend> Pipeline<B> {
         pipeline.load_s = start.elapsed().as_secs_f64();
         Ok(pipeline)
     }
+}
 
+impl<B: Backend> Pipeline<B> {
     /// Assembles a pipeline from loaded parts; generation stops at `eos_ids`.
     pub fn from_parts(
         tokenizer: Tokenizer,
@@ -264,7 +267,7 @@ impl<B: Backend> Pipeline<B> {
         };
 
         let start = Instant::now();
-        let mut logits = read_logits(self.model.forward_last(prompt_ids, &mut cache)?)?;
+        let mut logits = read_f32(self.model.forward_last(prompt_ids, &mut cache)?)?;
         timings.prefill_s = start.elapsed().as_secs_f64();
 
         let mut finish_reason = loop {
@@ -291,7 +294,7 @@ impl<B: Backend> Pipeline<B> {
                 break FinishReason::Context;
             }
             let step = Instant::now();
-            logits = read_logits(self.model.forward_last(&[token], &mut cache)?)?;
+            logits = read_f32(self.model.forward_last(&[token], &mut cache)?)?;
             timings.decode_s += step.elapsed().as_secs_f64();
             timings.decode_tokens += 1;
         };
@@ -313,13 +316,6 @@ impl<B: Backend> Pipeline<B> {
             timings,
         })
     }
-}
-
-fn read_logits<B: Backend>(logits: burn::tensor::Tensor<B, 1>) -> Result<Vec<f32>> {
-    logits
-        .into_data()
-        .into_vec::<f32>()
-        .map_err(|e| llmjp_model::ModelError::Readback(format!("{e:?}")).into())
 }
 
 /// The ids that end generation: `generation_config.json`'s, else `config.json`'s, else the

@@ -1,0 +1,273 @@
+//! Causal attention on the host over an f32 KV cache laid out for it.
+
+use rayon::prelude::*;
+
+use super::{avx512, portable, Isa};
+
+/// Queries per attention task: each key and value is read once for a block of queries.
+pub const QUERY_BLOCK: usize = 16;
+/// Positions per transposed key block (one AVX-512 vector of f32).
+pub const POSITION_BLOCK: usize = 16;
+
+/// One layer's keys and values for one sequence, on the host in f32.
+#[derive(Debug, Clone)]
+pub struct HostKv {
+    /// `[kv_heads, blocks, head_dim, 16]`: each block of 16 positions transposed, so that
+    /// one query's scores against 16 positions are one vector per dimension.
+    keys: Vec<f32>,
+    /// `[kv_heads, capacity, head_dim]`.
+    values: Vec<f32>,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+}
+
+impl HostKv {
+    /// Room for `capacity` positions; the pages are allocated as positions are written.
+    pub fn new(kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+        let blocks = capacity.div_ceil(POSITION_BLOCK);
+        Self {
+            keys: vec![0.0; kv_heads * blocks * POSITION_BLOCK * head_dim],
+            values: vec![0.0; kv_heads * capacity * head_dim],
+            kv_heads,
+            head_dim,
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn blocks(&self) -> usize {
+        self.capacity.div_ceil(POSITION_BLOCK)
+    }
+
+    /// Writes `k` and `v` (`[rows, kv_heads * head_dim]`) at positions `start..`.
+    pub fn write(&mut self, k: &[f32], v: &[f32], start: usize) {
+        let (d, heads) = (self.head_dim, self.kv_heads);
+        let rows = k.len() / (heads * d);
+        assert!(
+            k.len() == v.len() && k.len() == rows * heads * d && start + rows <= self.capacity,
+            "{rows} rows at {start} in a cache of {}",
+            self.capacity
+        );
+        let blocks = self.blocks();
+        for t in 0..rows {
+            let (block, lane) = ((start + t) / POSITION_BLOCK, (start + t) % POSITION_BLOCK);
+            for h in 0..heads {
+                let from = (t * heads + h) * d;
+                let keys = &mut self.keys[(h * blocks + block) * d * POSITION_BLOCK..];
+                for (c, &x) in k[from..from + d].iter().enumerate() {
+                    keys[c * POSITION_BLOCK + lane] = x;
+                }
+                let at = (h * self.capacity + start + t) * d;
+                self.values[at..at + d].copy_from_slice(&v[from..from + d]);
+            }
+        }
+    }
+
+    /// Causal attention of `q` (`[seq, heads * head_dim]`, positions `start..`) over the
+    /// cached positions `..start + seq`; returns `[seq, heads * head_dim]`. Query heads are
+    /// shared out over the key/value heads in groups (GQA). Softmax in f32, as transformers
+    /// computes it. Every query's arithmetic is the same whatever block it is in, so a
+    /// prefill gives exactly the numbers of single steps.
+    pub fn attend(&self, isa: Isa, q: &[f32], heads: usize, start: usize) -> Vec<f32> {
+        let d = self.head_dim;
+        let seq = q.len() / (heads * d);
+        assert!(
+            q.len() == seq * heads * d && heads.is_multiple_of(self.kv_heads),
+            "{heads} query heads over {} key/value heads",
+            self.kv_heads
+        );
+        assert!(start + seq <= self.capacity, "attention past the cache");
+        let group = heads / self.kv_heads;
+        let blocks = seq.div_ceil(QUERY_BLOCK);
+        let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
+            .into_par_iter()
+            .map(|task| {
+                let (h, block) = (task / blocks, task % blocks);
+                let first = block * QUERY_BLOCK;
+                let count = QUERY_BLOCK.min(seq - first);
+                let kv = h / group;
+                let queries: Vec<&[f32]> = (first..first + count)
+                    .map(|t| &q[(t * heads + h) * d..][..d])
+                    .collect();
+                let out = attend_block(
+                    isa,
+                    &HeadBlock {
+                        queries: &queries,
+                        keys: &self.keys[kv * self.blocks() * d * POSITION_BLOCK..],
+                        values: &self.values[kv * self.capacity * d..],
+                        head_dim: d,
+                        visible: start + first + 1,
+                    },
+                );
+                (h, first, out)
+            })
+            .collect();
+        let mut out = vec![0f32; seq * heads * d];
+        for (h, first, values) in results {
+            for (i, row) in values.chunks_exact(d).enumerate() {
+                out[((first + i) * heads + h) * d..][..d].copy_from_slice(row);
+            }
+        }
+        out
+    }
+}
+
+/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys
+/// (`[blocks, head_dim, 16]`) and values (`[positions, head_dim]`); query `i` sees the
+/// first `visible + i` positions.
+#[derive(Clone, Copy)]
+pub(super) struct HeadBlock<'a> {
+    pub queries: &'a [&'a [f32]],
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub head_dim: usize,
+    pub visible: usize,
+}
+
+impl HeadBlock<'_> {
+    /// Positions query `i` sees.
+    pub fn seen(&self, i: usize) -> usize {
+        self.visible + i
+    }
+
+    /// Scores are kept for this many positions per query (whole key blocks).
+    pub fn width(&self) -> usize {
+        self.seen(self.queries.len() - 1).div_ceil(POSITION_BLOCK) * POSITION_BLOCK
+    }
+}
+
+/// The block's outputs, `[queries, head_dim]`, on `isa` (AVX-512 needs whole vectors of
+/// the head dimension).
+fn attend_block(isa: Isa, block: &HeadBlock) -> Vec<f32> {
+    match isa.usable() {
+        Isa::Avx512 | Isa::Amx if block.head_dim.is_multiple_of(16) => {
+            // SAFETY: `usable` returned an ISA with AVX-512F; rows are whole vectors.
+            unsafe { avx512::attend_block(block) }
+        }
+        _ => portable::attend_block(block),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::supported;
+
+    /// Causal attention in f64 for a query seeing the first `seen` positions.
+    fn reference(q: &[f32], keys: &[f32], values: &[f32], d: usize, seen: usize) -> Vec<f64> {
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores: Vec<f64> = keys
+            .chunks_exact(d)
+            .take(seen)
+            .map(|k| {
+                q.iter()
+                    .zip(k)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        let mut out = vec![0f64; d];
+        for (p, v) in exp.iter().zip(values.chunks_exact(d)) {
+            for (o, &v) in out.iter_mut().zip(v) {
+                *o += p / sum * v as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_match_a_reference_and_single_queries_exactly() {
+        let mut next = crate::testing::uniform(7);
+        let cases = [
+            (32, 1, 16),
+            (32, 21, 11),
+            (8, 5, 16),
+            (128, 40, 3),
+            (64, 70, 16),
+            (16, 200, 1),
+        ];
+        for (d, visible, count) in cases {
+            let positions = visible + count - 1;
+            let keys: Vec<f32> = (0..positions * d).map(|_| next()).collect();
+            let values: Vec<f32> = (0..positions * d).map(|_| next()).collect();
+            let q: Vec<f32> = (0..count * d).map(|_| 4.0 * next()).collect();
+            let queries: Vec<&[f32]> = q.chunks_exact(d).collect();
+            // The cache's layout: blocks of 16 positions, transposed.
+            let mut kv = HostKv::new(1, d, positions);
+            kv.write(&keys, &values, 0);
+            let block = HeadBlock {
+                queries: &queries,
+                keys: &kv.keys,
+                values: &kv.values,
+                head_dim: d,
+                visible,
+            };
+            for isa in supported("attention") {
+                let together = attend_block(isa, &block);
+                for (i, row) in together.chunks_exact(d).enumerate() {
+                    let expected = reference(queries[i], &keys, &values, d, visible + i);
+                    for (a, b) in row.iter().zip(&expected) {
+                        assert!(
+                            (*a as f64 - b).abs() < 1e-5,
+                            "{isa} d {d} query {i}: {a} vs {b}"
+                        );
+                    }
+                }
+                // One query at a time (decode steps) gives the block's numbers exactly.
+                for i in 0..count {
+                    let single = attend_block(
+                        isa,
+                        &HeadBlock {
+                            queries: &queries[i..i + 1],
+                            visible: visible + i,
+                            ..block
+                        },
+                    );
+                    assert_eq!(
+                        single,
+                        together[i * d..(i + 1) * d],
+                        "{isa} d {d} query {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_heads_share_their_key_value_head() {
+        let mut next = crate::testing::uniform(3);
+        let (heads, kv_heads, d, seq) = (4, 2, 16, 5);
+        let k: Vec<f32> = (0..seq * kv_heads * d).map(|_| next()).collect();
+        let v: Vec<f32> = (0..seq * kv_heads * d).map(|_| next()).collect();
+        let q: Vec<f32> = (0..seq * heads * d).map(|_| next()).collect();
+        let mut kv = HostKv::new(kv_heads, d, 8);
+        kv.write(&k, &v, 0);
+        for isa in supported("grouped attention") {
+            let out = kv.attend(isa, &q, heads, 0);
+            for t in 0..seq {
+                for h in 0..heads {
+                    let g = h / (heads / kv_heads);
+                    let keys: Vec<f32> = (0..=t)
+                        .flat_map(|p| k[(p * kv_heads + g) * d..][..d].to_vec())
+                        .collect();
+                    let values: Vec<f32> = (0..=t)
+                        .flat_map(|p| v[(p * kv_heads + g) * d..][..d].to_vec())
+                        .collect();
+                    let expected =
+                        reference(&q[(t * heads + h) * d..][..d], &keys, &values, d, t + 1);
+                    for (a, b) in out[(t * heads + h) * d..][..d].iter().zip(&expected) {
+                        assert!((*a as f64 - b).abs() < 1e-5, "{isa} t {t} head {h}");
+                    }
+                }
+            }
+        }
+    }
+}
