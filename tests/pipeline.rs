@@ -51,6 +51,7 @@ fn greedy(max_new_tokens: usize, repetition_penalty: f32) -> GenerateOptions {
         },
         stop: vec![],
         ignore_eos: false,
+        processors: vec![],
     }
 }
 
@@ -138,6 +139,7 @@ fn seeded_sampling_is_reproducible() {
         },
         stop: vec![],
         ignore_eos: false,
+        processors: vec![],
     };
     let a = run(&pipeline, &prompt, &options(7)).0;
     let b = run(&pipeline, &prompt, &options(7)).0;
@@ -282,4 +284,29 @@ fn the_callback_can_cancel() {
         .unwrap();
     assert_eq!(out.finish_reason, FinishReason::Cancelled);
     assert!(out.generated_ids.len() < 20);
+}
+
+/// A caller's logits processor, passed in the options, changes what is generated.
+#[test]
+fn a_callers_processor_takes_part() {
+    let Some(pipeline) = load_from(&fixture()) else {
+        return;
+    };
+    #[derive(Debug)]
+    struct Ban(u32);
+    impl llmjp::LogitsProcessor for Ban {
+        fn process(&self, logits: &mut [f32], _context: &[u32]) {
+            logits[self.0 as usize] = f32::NEG_INFINITY;
+        }
+    }
+    let prompt = pipeline.encode_raw("日本の首都は").unwrap();
+    let plain = run(&pipeline, &prompt, &greedy(3, 1.0)).0;
+    let first = plain.generated_ids[0];
+    let options = GenerateOptions {
+        processors: vec![std::sync::Arc::new(Ban(first))],
+        ..greedy(3, 1.0)
+    };
+    let banned = run(&pipeline, &prompt, &options).0;
+    assert_ne!(banned.generated_ids[0], first);
+    assert!(!banned.generated_ids.contains(&first));
 }

@@ -51,6 +51,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        processors: Vec::new(),
     };
     let generation = llm.generate(&prompt, &options, &mut |_| true)?;
     let t = generation.timings;

@@ -38,6 +38,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         sampling,
         stop: args.sampling.stop.clone(),
         ignore_eos: false,
+        processors: Vec::new(),
     };
     let fresh = || vec![Message::system(args.system.clone())];
     let mut history = fresh();

@@ -71,6 +71,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         sampling,
         stop: args.sampling.stop.clone(),
         ignore_eos: false,
+        processors: Vec::new(),
     };
     let streaming = args.format == Format::Text;
     let mut write_error = None;

@@ -30,6 +30,9 @@
 pub mod processors;
 mod rng;
 
+use std::sync::Arc;
+
+use processors::{LogitsProcessor, MinP, RepetitionPenalty, Temperature, TopK, TopP};
 pub use rng::Rng;
 
 /// Invalid sampling parameters.
@@ -105,6 +108,40 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
+    /// transformers' processors for these parameters, in its order: the repetition
+    /// penalty (when not 1), then, when sampling, temperature, top-k, top-p and min-p.
+    pub fn processors(&self) -> Vec<Arc<dyn LogitsProcessor>> {
+        self.processors_with(Vec::new())
+    }
+
+    /// [`processors`](Self::processors) with `extra` where transformers puts a caller's
+    /// `logits_processor` list: after the penalty, before the sampling warpers.
+    pub fn processors_with(
+        &self,
+        extra: Vec<Arc<dyn LogitsProcessor>>,
+    ) -> Vec<Arc<dyn LogitsProcessor>> {
+        let mut list: Vec<Arc<dyn LogitsProcessor>> = Vec::new();
+        if self.repetition_penalty != 1.0 {
+            list.push(Arc::new(RepetitionPenalty(self.repetition_penalty)));
+        }
+        list.extend(extra);
+        if !self.is_greedy() {
+            if self.temperature != 1.0 {
+                list.push(Arc::new(Temperature(self.temperature)));
+            }
+            if let Some(k) = self.top_k {
+                list.push(Arc::new(TopK(k)));
+            }
+            if self.top_p < 1.0 {
+                list.push(Arc::new(TopP(self.top_p)));
+            }
+            if let Some(min_p) = self.min_p {
+                list.push(Arc::new(MinP(min_p)));
+            }
+        }
+        list
+    }
+
     /// Checks every parameter; [`Sampler::new`] calls it.
     pub fn validate(&self) -> Result<(), SamplerError> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
@@ -128,24 +165,35 @@ impl SamplingParams {
     }
 }
 
-/// Chooses the next token from a step's logits.
+/// Chooses the next token from a step's logits: runs its processors in order, then takes
+/// the argmax (greedy) or a seeded draw from the softmax.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
+    processors: Vec<Arc<dyn LogitsProcessor>>,
     rng: Rng,
     scratch: Vec<f32>,
-    seen: Vec<bool>,
 }
 
 impl Sampler {
-    /// A sampler with validated parameters, its random stream seeded with `params.seed`.
+    /// A sampler with validated parameters and transformers' processors for them, its
+    /// random stream seeded with `params.seed`.
     pub fn new(params: SamplingParams) -> Result<Self, SamplerError> {
+        Self::with_processors(params, Vec::new())
+    }
+
+    /// [`new`](Self::new) with the caller's processors added where transformers adds a
+    /// `logits_processor` list ([`SamplingParams::processors_with`]).
+    pub fn with_processors(
+        params: SamplingParams,
+        extra: Vec<Arc<dyn LogitsProcessor>>,
+    ) -> Result<Self, SamplerError> {
         params.validate()?;
         Ok(Self {
             params,
+            processors: params.processors_with(extra),
             rng: Rng::new(params.seed),
             scratch: Vec::new(),
-            seen: Vec::new(),
         })
     }
 
@@ -153,21 +201,16 @@ impl Sampler {
         &self.params
     }
 
-    /// Applies the processors in transformers' order to `logits`. `context` holds the ids
-    /// so far (prompt and generated), for the repetition penalty.
+    /// The processors run on each step's logits, in order.
+    pub fn processors(&self) -> &[Arc<dyn LogitsProcessor>] {
+        &self.processors
+    }
+
+    /// Runs the processors on `logits`. `context` holds the ids so far (prompt and
+    /// generated), for the repetition penalty.
     pub fn process(&mut self, logits: &mut [f32], context: &[u32]) {
-        let p = self.params;
-        processors::repetition_penalty(logits, context, p.repetition_penalty, &mut self.seen);
-        if p.is_greedy() {
-            return;
-        }
-        processors::temperature(logits, p.temperature);
-        if let Some(k) = p.top_k {
-            processors::top_k(logits, k);
-        }
-        processors::top_p(logits, p.top_p);
-        if let Some(min_p) = p.min_p {
-            processors::min_p(logits, min_p);
+        for processor in &self.processors {
+            processor.process(logits, context);
         }
     }
 

@@ -1,22 +1,109 @@
-//! The logits processors of transformers' `generate`, one function each, with its semantics.
+//! The logits processors of transformers' `generate`, one function each, with its semantics,
+//! and the same as [`LogitsProcessor`] values that [`Sampler`](crate::Sampler) runs in a list.
 //! Filtered tokens get `-inf`, as transformers' `filter_value`.
 
+use std::fmt;
+
+/// One step from a step's logits towards the next token, as transformers'
+/// `LogitsProcessor`: it changes the logits in place. [`SamplingParams::processors`]
+/// builds transformers' list; a caller adds its own with
+/// [`Sampler::with_processors`](crate::Sampler::with_processors).
+///
+/// [`SamplingParams::processors`]: crate::SamplingParams::processors
+///
+/// ```
+/// use std::sync::Arc;
+/// use llmjp_sampler::processors::LogitsProcessor;
+/// use llmjp_sampler::{Sampler, SamplingParams};
+///
+/// /// Never picks token 0.
+/// #[derive(Debug)]
+/// struct BanZero;
+///
+/// impl LogitsProcessor for BanZero {
+///     fn process(&self, logits: &mut [f32], _context: &[u32]) {
+///         logits[0] = f32::NEG_INFINITY;
+///     }
+/// }
+///
+/// let mut sampler = Sampler::with_processors(SamplingParams::greedy(), vec![Arc::new(BanZero)])?;
+/// assert_eq!(sampler.sample(&[9.0, 1.0, 2.0], &[]), 2);
+/// # Ok::<(), llmjp_sampler::SamplerError>(())
+/// ```
+pub trait LogitsProcessor: fmt::Debug + Send + Sync {
+    /// Changes `logits` in place; `context` holds the ids so far (prompt and generated).
+    fn process(&self, logits: &mut [f32], context: &[u32]);
+}
+
+/// [`repetition_penalty`] with this penalty.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RepetitionPenalty(pub f32);
+
+/// [`temperature`] with this temperature.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Temperature(pub f32);
+
+/// [`top_k`] with this k.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopK(pub usize);
+
+/// [`top_p`] with this p.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopP(pub f32);
+
+/// [`min_p`] with this ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinP(pub f32);
+
+impl LogitsProcessor for RepetitionPenalty {
+    fn process(&self, logits: &mut [f32], context: &[u32]) {
+        repetition_penalty(logits, context, self.0);
+    }
+}
+
+impl LogitsProcessor for Temperature {
+    fn process(&self, logits: &mut [f32], _context: &[u32]) {
+        temperature(logits, self.0);
+    }
+}
+
+impl LogitsProcessor for TopK {
+    fn process(&self, logits: &mut [f32], _context: &[u32]) {
+        top_k(logits, self.0);
+    }
+}
+
+impl LogitsProcessor for TopP {
+    fn process(&self, logits: &mut [f32], _context: &[u32]) {
+        top_p(logits, self.0);
+    }
+}
+
+impl LogitsProcessor for MinP {
+    fn process(&self, logits: &mut [f32], _context: &[u32]) {
+        min_p(logits, self.0);
+    }
+}
+
 /// `RepetitionPenaltyLogitsProcessor`: for every id in `context` (prompt and generated
-/// text), a positive logit is divided by `penalty` and a negative one multiplied.
-pub fn repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32, seen: &mut Vec<bool>) {
+/// text), a positive logit is divided by `penalty` and a negative one multiplied. As in
+/// transformers (gather, then scatter), every penalised value comes from the logits as they
+/// were, so an id is penalised once however often it occurs.
+pub fn repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
     if penalty == 1.0 {
         return;
     }
-    // Each id once, however often it occurs.
-    seen.clear();
-    seen.resize(logits.len(), false);
-    for &id in context {
-        let id = id as usize;
-        if id < logits.len() && !seen[id] {
-            seen[id] = true;
+    let penalised: Vec<(usize, f32)> = context
+        .iter()
+        .map(|&id| id as usize)
+        .filter(|&id| id < logits.len())
+        .map(|id| {
             let x = logits[id];
-            logits[id] = if x < 0.0 { x * penalty } else { x / penalty };
-        }
+            (id, if x < 0.0 { x * penalty } else { x / penalty })
+        })
+        .collect();
+    for (id, value) in penalised {
+        logits[id] = value;
     }
 }
 

@@ -55,12 +55,7 @@ fn processors_match_transformers() {
     for (n, case) in golden.cases.iter().enumerate() {
         let p = &case.params;
         let mut x = case.logits.clone();
-        processors::repetition_penalty(
-            &mut x,
-            &case.input_ids,
-            p.repetition_penalty,
-            &mut Vec::new(),
-        );
+        processors::repetition_penalty(&mut x, &case.input_ids, p.repetition_penalty);
         assert_scores(
             &format!("case {n} repetition_penalty"),
             &x,

@@ -80,7 +80,7 @@ proptest! {
     #[test]
     fn penalty_keeps_the_argmax_of_untouched_ids(logits in prop::collection::vec(-20.0f32..20.0, 2..200), penalty in 0.1f32..3.0, ids in prop::collection::vec(0u32..200, 0..20)) {
         let mut x = logits.clone();
-        processors::repetition_penalty(&mut x, &ids, penalty, &mut Vec::new());
+        processors::repetition_penalty(&mut x, &ids, penalty);
         let untouched: Vec<usize> = (0..logits.len()).filter(|i| !ids.contains(&(*i as u32))).collect();
         for &i in &untouched {
             prop_assert_eq!(x[i], logits[i]);
@@ -188,4 +188,42 @@ fn different_seeds_give_different_streams() {
     };
     assert_eq!(draw(7), draw(7));
     assert_ne!(draw(7), draw(8));
+}
+
+/// The list follows transformers: penalty, the caller's processors, then the sampling
+/// warpers; what a caller adds changes the choice.
+#[test]
+fn processors_run_in_transformers_order_with_the_callers_after_the_penalty() {
+    use llmjp_sampler::processors::LogitsProcessor;
+    use std::sync::Arc;
+
+    let names = |list: &[Arc<dyn LogitsProcessor>]| -> Vec<String> {
+        list.iter()
+            .map(|p| format!("{p:?}").split('(').next().unwrap().to_string())
+            .collect()
+    };
+    let card = SamplingParams::model_card();
+    assert_eq!(
+        names(&card.processors()),
+        ["RepetitionPenalty", "Temperature", "TopK", "TopP"]
+    );
+    assert!(SamplingParams::greedy().processors().is_empty());
+
+    #[derive(Debug)]
+    struct Ban(u32);
+    impl LogitsProcessor for Ban {
+        fn process(&self, logits: &mut [f32], _context: &[u32]) {
+            logits[self.0 as usize] = f32::NEG_INFINITY;
+        }
+    }
+    let with_ban = card.processors_with(vec![Arc::new(Ban(3))]);
+    assert_eq!(
+        names(&with_ban),
+        ["RepetitionPenalty", "Ban", "Temperature", "TopK", "TopP"]
+    );
+    let logits = [0.0, 1.0, 2.0, 9.0];
+    let greedy = SamplingParams::greedy();
+    assert_eq!(Sampler::new(greedy).unwrap().sample(&logits, &[]), 3);
+    let mut banned = Sampler::with_processors(greedy, vec![Arc::new(Ban(3))]).unwrap();
+    assert_eq!(banned.sample(&logits, &[]), 2);
 }

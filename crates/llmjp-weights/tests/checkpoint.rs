@@ -151,6 +151,31 @@ fn missing_shard_or_index_problems() {
     assert!(matches!(&err, WeightsError::NotFound { path } if path.ends_with("model.safetensors")));
 }
 
+/// Views hand out any dtype as stored (an int8 format's data, say); reading as floats
+/// still refuses them.
+#[test]
+fn views_hand_out_every_dtype_as_stored() {
+    let dir = TempDir::new("views");
+    fs::write(dir.0.join("model.safetensors"), sample_file()).unwrap();
+    let ckpt = Checkpoint::open(&dir.0).unwrap();
+    let ints = ckpt.view("ints", &[2]).unwrap();
+    assert_eq!(ints.dtype(), llmjp_weights::Dtype::I32);
+    assert_eq!(ints.shape(), [2]);
+    assert_eq!(ints.bytes(), [0; 8]);
+    let bf = ckpt.view("a.bf16", &[2, 3]).unwrap();
+    assert_eq!(bf.dtype(), llmjp_weights::Dtype::BF16);
+    assert_eq!(bf.bytes(), bf16_bytes(&VALUES));
+    bf.populate();
+    assert!(matches!(
+        ckpt.view("a.bf16", &[3, 2]),
+        Err(WeightsError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        ckpt.view("nope", &[1]),
+        Err(WeightsError::MissingTensor { .. })
+    ));
+}
+
 #[test]
 fn tensor_level_errors_name_the_tensor() {
     let dir = TempDir::new("tensorerrors");

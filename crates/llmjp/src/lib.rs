@@ -32,7 +32,7 @@
 //! let options = LoadOptions { tokenizer_dir: Some(tokenizer_dir), ..LoadOptions::default() };
 //! let model = llmjp_testdata::fixture_dir("tiny-llmjp");
 //! let pipeline = Pipeline::<Cpu>::load(model.to_str().unwrap(), &options, &Default::default(), &mut |_, _| {})?;
-//! let generate = GenerateOptions { max_new_tokens: 8, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false };
+//! let generate = GenerateOptions { max_new_tokens: 8, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
 //! let out = pipeline.chat(&[Message::user("こんにちは")], &generate, &mut |_| true)?;
 //! assert_eq!(out.generated_ids.len(), 8);
 //! assert_eq!(out.text, pipeline.tokenizer().decode(&out.generated_ids, true)?);
@@ -53,6 +53,7 @@ pub use pipeline::{FinishReason, GenerateOptions, Generation, LoadOptions, Pipel
 
 pub use llmjp_chat::{ChatTemplate, Message};
 pub use llmjp_model::{backend, CausalLm, ComputeDtype};
+pub use llmjp_sampler::processors::LogitsProcessor;
 pub use llmjp_sampler::{Sampler, SamplingParams};
 pub use llmjp_tokenizer::Tokenizer;
 pub use llmjp_weights::HubOptions;

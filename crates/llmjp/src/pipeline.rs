@@ -1,12 +1,14 @@
 //! [`Pipeline`]: tokenizer, chat template and model together, and the generation loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use llmjp_chat::{ChatTemplate, Message};
 use llmjp_model::backend::DecoderBackend;
 use llmjp_model::{read_f32, CausalLm, ComputeDtype};
+use llmjp_sampler::processors::LogitsProcessor;
 use llmjp_sampler::{Sampler, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
@@ -37,7 +39,7 @@ impl Default for LoadOptions {
 }
 
 /// How to generate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct GenerateOptions {
     /// Most tokens to generate (the EOS token counts, as in transformers).
     pub max_new_tokens: usize,
@@ -47,6 +49,25 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Keep going past EOS tokens (for benchmarks that need a fixed length).
     pub ignore_eos: bool,
+    /// The caller's logits processors, run where transformers runs a `logits_processor`
+    /// list: after the repetition penalty, before the sampling warpers.
+    pub processors: Vec<Arc<dyn LogitsProcessor>>,
+}
+
+/// Equal when every setting is, and the processors are the same values.
+impl PartialEq for GenerateOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.max_new_tokens == other.max_new_tokens
+            && self.sampling == other.sampling
+            && self.stop == other.stop
+            && self.ignore_eos == other.ignore_eos
+            && self.processors.len() == other.processors.len()
+            && self
+                .processors
+                .iter()
+                .zip(&other.processors)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 impl Default for GenerateOptions {
@@ -56,6 +77,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::model_card(),
             stop: Vec::new(),
             ignore_eos: false,
+            processors: Vec::new(),
         }
     }
 }
@@ -232,7 +254,7 @@ impl<B: Backend> Pipeline<B> {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let mut sampler = Sampler::new(options.sampling)?;
+        let mut sampler = Sampler::with_processors(options.sampling, options.processors.clone())?;
         if options.max_new_tokens == 0 {
             return Err(LlmError::InvalidOption(
                 "max_new_tokens must be at least 1".into(),
