@@ -14,6 +14,8 @@ struct Options {
     prompt_tokens: String,
     gen_tokens: String,
     dtype: String,
+    /// Another build's `llmjp` binary, measured in the same rounds (before/after).
+    baseline: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -22,6 +24,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         prompt_tokens: "128".into(),
         gen_tokens: "32".into(),
         dtype: "bf16".into(),
+        baseline: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -34,6 +37,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--prompt-tokens" => options.prompt_tokens = value,
             "--gen-tokens" => options.gen_tokens = value,
             "--dtype" => options.dtype = value,
+            "--baseline" => options.baseline = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -65,8 +69,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     run_command(Command::new("cargo").args(["build", "--release", "-p", "llmjp-cli"]))?;
     let weights_mb = weights_size_mb(&model)?;
 
-    let ours_cmd = |o: &Options| {
-        let mut c = Command::new(root().join("target/release/llmjp"));
+    let llmjp_cmd = |binary: std::path::PathBuf, o: &Options| {
+        let mut c = Command::new(binary);
         c.args([
             "bench", "--model", MODEL_DIR, "--dtype", &o.dtype, "--device", "cpu", "--format",
             "json",
@@ -90,11 +94,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ]);
         c
     };
-    let (mut ours, mut hf, mut reads) = (Vec::new(), Vec::new(), Vec::new());
+    let ours_binary = root().join("target/release/llmjp");
+    let (mut ours, mut hf, mut reads, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=options.rounds {
         reads.push(read_files_once(&model)?);
         eprintln!("round {round}/{}: llmjp", options.rounds);
-        ours.push(last_json(&output(&mut ours_cmd(&options))?)?);
+        ours.push(last_json(&output(&mut llmjp_cmd(
+            ours_binary.clone(),
+            &options,
+        ))?)?);
+        if let Some(baseline) = &options.baseline {
+            eprintln!("round {round}/{}: baseline {baseline}", options.rounds);
+            let binary = std::path::PathBuf::from(baseline);
+            base.push(last_json(&output(&mut llmjp_cmd(binary, &options))?)?);
+        }
         eprintln!("round {round}/{}: transformers", options.rounds);
         hf.push(last_json(&output(&mut hf_cmd(&options))?)?);
     }
@@ -114,6 +127,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let a = median(&ours, metric)?;
         let b = median(&hf, metric)?;
         println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+    }
+    if let Some(baseline) = &options.baseline {
+        println!(
+            "{:<16} {:>14} {:>22} {:>8}",
+            "metric", "llmjp (this build)", "baseline", "ratio"
+        );
+        for metric in METRICS {
+            let a = median(&ours, metric)?;
+            let b = median(&base, metric)?;
+            println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+        }
+        println!("baseline: {baseline}");
     }
     let rss = median(&ours, "peak_rss_mb")?;
     println!("llmjp peak RSS / weights size: {:.2}", rss / weights_mb);

@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask golden`: regenerates the reference data the tests compare against
 //!   (Python with `transformers` and `torch`).
-//! - `cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype D]`:
+//! - `cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype D]
+//!   [--baseline BIN]`:
 //!   `llmjp bench` against the same measurement in transformers (bf16) on a random-weight
-//!   checkpoint with the real llm-jp-3.1-1.8b config, alternating, with the ratios.
+//!   checkpoint with the real llm-jp-3.1-1.8b config, alternating, with the ratios; with
+//!   `--baseline`, another build's `llmjp` binary runs in the same rounds (before/after).
 
 mod bench;
 
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("golden") => GOLDEN_SCRIPTS.iter().try_for_each(|s| run(Command::new("python3").arg(s))),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32]".into()),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! The CPU's bf16 path (bf16 weights, AVX-512 / AMX kernels, f32 activations) against the
-//! f32 reference of transformers on the tiny fixtures.
+//! The CPU's bf16 path (bf16 weights, the CPU kernels, f32 activations) against the f32
+//! reference of transformers on the tiny fixtures, on every instruction set this CPU runs
+//! (the tests say which they skip).
 //!
 //! Tolerance held:
 //! - checkpoints stored in bf16 (as the llm-jp models are): the weights are exact, only
@@ -11,10 +12,41 @@
 //!   differ where two candidates (or, in a top-1 MoE, two experts) are closer than bf16 can
 //!   separate.
 
+use std::sync::Arc;
+
 use burn::tensor::Tensor;
 use llmjp_model::backend::Cpu;
-use llmjp_model::{CausalLm, ComputeDtype};
+use llmjp_model::kernels::Isa;
+use llmjp_model::ops::CpuKernels;
+use llmjp_model::{CausalLm, ComputeDtype, ModelConfig};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference};
+use llmjp_weights::Checkpoint;
+
+/// The instruction sets this CPU runs; says which are skipped.
+fn isas() -> Vec<Isa> {
+    let (run, skip): (Vec<Isa>, Vec<Isa>) = Isa::ALL.into_iter().partition(|i| i.is_supported());
+    if !skip.is_empty() {
+        eprintln!("skipping {skip:?}: this CPU cannot run them");
+    }
+    run
+}
+
+/// Fixture `name` in bf16 on the CPU kernels of `isa`.
+fn load(name: &str, isa: Isa) -> CausalLm<Cpu> {
+    let dir = llmjp_testdata::fixture_dir(name);
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let ops = Arc::new(CpuKernels::with_isa(isa));
+    CausalLm::load_with_ops(
+        config,
+        &checkpoint,
+        ComputeDtype::BF16,
+        &Default::default(),
+        ops,
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
 
 fn values(t: Tensor<Cpu, 1>) -> Vec<f32> {
     llmjp_model::read_f32(t).unwrap()
@@ -28,17 +60,15 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
         ("llama-gqa-f32-sharded", false),
         ("mixtral-top1-gqa-f16-t5", false),
     ];
-    for (name, stored_bf16) in cases {
-        let dir = llmjp_testdata::fixture_dir(name);
-        let model =
-            CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::BF16, &Default::default()).unwrap();
+    for (isa, (name, stored_bf16)) in isas().into_iter().flat_map(|isa| cases.map(|c| (isa, c))) {
+        let model = load(name, isa);
         let reference = model_reference(name);
         for p in &reference.prompts {
             let mut cache = model.new_cache(p.ids.len() + p.greedy.len());
             let mut logits = values(model.forward_last(&p.ids, &mut cache).unwrap());
             let err = max_abs_diff(&logits, &p.last_logits);
             eprintln!(
-                "{name}, {} tokens: max abs logit error {err:.4}",
+                "{name} ({isa}), {} tokens: max abs logit error {err:.4}",
                 p.ids.len()
             );
             let tolerance = if stored_bf16 { 0.02 } else { 0.1 };
@@ -65,8 +95,17 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
 
 #[test]
 fn bf16_prefill_agrees_with_single_steps() {
+    for isa in isas() {
+        prefill_agrees_with_single_steps(isa);
+    }
+    // The default ops of a bf16 model on the CPU are the CPU kernels.
     let dir = llmjp_testdata::fixture_dir("llama-mha-bf16");
     let model = CausalLm::<Cpu>::from_dir(&dir, ComputeDtype::BF16, &Default::default()).unwrap();
+    assert_eq!(model.ops().name(), "cpu kernels");
+}
+
+fn prefill_agrees_with_single_steps(isa: Isa) {
+    let model = load("llama-mha-bf16", isa);
     let ids: Vec<u32> = (0..40).map(|i| (i * 37 % 500) as u32 + 3).collect();
     let mut cache = model.new_cache(ids.len());
     let prefill = values(model.forward_last(&ids, &mut cache).unwrap());
@@ -77,7 +116,7 @@ fn bf16_prefill_agrees_with_single_steps() {
     }
     // A 40-token prefill may use AMX (bf16 activations); steps use f32 activations.
     let err = max_abs_diff(&prefill, &stepped);
-    assert!(err <= 0.05, "{err}");
+    assert!(err <= 0.05, "{isa}: {err}");
     // Chunks after a cached prefix (queries offset against the cache) give exactly the
     // steps' numbers: below 32 tokens activations stay f32, and every query's arithmetic
     // is the same whatever chunk it is in.
@@ -86,5 +125,5 @@ fn bf16_prefill_agrees_with_single_steps() {
     for chunk in ids.chunks(7) {
         chunked = values(model.forward_last(chunk, &mut cache).unwrap());
     }
-    assert_eq!(chunked, stepped);
+    assert_eq!(chunked, stepped, "{isa}");
 }

@@ -4,7 +4,7 @@ use half::bf16;
 use llmjp_weights::TensorView;
 use rayon::prelude::*;
 
-use super::{amx, avx512, portable, Isa, SendPtr};
+use super::{amx, avx2, avx512, portable, Isa, SendPtr};
 
 /// A `[rows, cols]` bf16 matrix on the host, row-major: a linear layer's `[out, in]` weight
 /// or an embedding table. Used in place in a memory-mapped checkpoint, or owned.
@@ -141,6 +141,8 @@ impl Bf16Matrix {
             Isa::Avx512 | Isa::Amx => unsafe {
                 avx512::columns(self, x, rows, first, count, out.0)
             },
+            // SAFETY: forwarded.
+            Isa::Avx2 => unsafe { avx2::columns(self, x, rows, first, count, out.0) },
             // SAFETY: forwarded.
             Isa::Portable => unsafe { portable::columns(self, x, rows, first, count, out.0) },
         }

@@ -3,11 +3,12 @@
 //! them; they are public for benchmarks and for other users of the same layouts.
 //!
 //! Each kernel exists once per instruction set, in its own module: [`Isa::Portable`] (any
-//! CPU), [`Isa::Avx512`] and [`Isa::Amx`] (x86-64). Every entry point takes the [`Isa`] to
-//! run; one asked for that the CPU lacks runs on the best one it has, so a wrong choice is
-//! slow, never unsound. [`Isa::selected`] picks the best the CPU has once per process,
-//! unless the environment variable [`ISA_ENV`] (`LLMJP_CPU_ISA=portable|avx512|amx`) asks
-//! for another.
+//! CPU), [`Isa::Avx2`], [`Isa::Avx512`] and [`Isa::Amx`] (x86-64); an instruction set
+//! without a kernel of its own for some operation runs the next one below it. Every entry
+//! point takes the [`Isa`] to run; one asked for that the CPU lacks runs on the best one it
+//! has, so a wrong choice is slow, never unsound. [`Isa::selected`] picks the best the CPU
+//! has once per process, unless the environment variable [`ISA_ENV`]
+//! (`LLMJP_CPU_ISA=portable|avx2|avx512|amx`) asks for another.
 //!
 //! ```
 //! use half::bf16;
@@ -23,6 +24,7 @@
 
 mod amx;
 mod attention;
+mod avx2;
 mod avx512;
 mod matrix;
 mod portable;
@@ -37,8 +39,8 @@ pub use portable::softmax;
 
 use crate::ModelError;
 
-/// The environment variable that overrides the instruction set: `portable`, `avx512` or
-/// `amx`.
+/// The environment variable that overrides the instruction set: `portable`, `avx2`,
+/// `avx512` or `amx`.
 pub const ISA_ENV: &str = "LLMJP_CPU_ISA";
 
 /// An instruction set the kernels are written for, from the most portable to the fastest.
@@ -46,6 +48,8 @@ pub const ISA_ENV: &str = "LLMJP_CPU_ISA";
 pub enum Isa {
     /// Plain Rust: any CPU.
     Portable,
+    /// AVX2 and FMA vectors (x86-64): the bf16 matmul.
+    Avx2,
     /// AVX-512F vectors (x86-64).
     Avx512,
     /// AVX-512 plus the AMX-BF16 tile unit for prefills of 32 rows or more (x86-64, Linux).
@@ -54,13 +58,14 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set, portable first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx512, Isa::Amx];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
 
     /// Whether this CPU (and, for AMX, the operating system) can run it.
     pub fn is_supported(self) -> bool {
         match self {
             Self::Portable => true,
-            Self::Avx512 => avx512::available(),
+            Self::Avx2 => avx2::available(),
+            Self::Avx512 => avx2::available() && avx512::available(),
             Self::Amx => avx512::available() && amx::available(),
         }
     }
@@ -106,6 +111,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
+            Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
             Self::Amx => "amx",
         }
@@ -127,7 +133,7 @@ impl FromStr for Isa {
             .find(|isa| isa.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 ModelError::InvalidIsa(format!(
-                    "{ISA_ENV}={s}: unknown instruction set, expected portable, avx512 or amx"
+                    "{ISA_ENV}={s}: unknown instruction set, expected portable, avx2, avx512 or amx"
                 ))
             })
     }
@@ -139,7 +145,7 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     match isa.usable() {
         // SAFETY: `usable` returned an ISA the CPU has.
         Isa::Avx512 | Isa::Amx => unsafe { avx512::silu_mul(gate, up) },
-        Isa::Portable => portable::silu_mul(gate, up),
+        Isa::Avx2 | Isa::Portable => portable::silu_mul(gate, up),
     }
 }
 
