@@ -376,3 +376,44 @@ fn generate_errors_are_one_line() {
     );
     assert_one_error_line(&missing, "neither a model folder nor a Hub id");
 }
+
+/// `LLMJP_CPU_ISA` picks the CPU kernels' instruction set: the portable one gives the same
+/// greedy answer; an unknown one is a one-line error that names the variable.
+#[test]
+fn the_instruction_set_can_be_forced() {
+    let Some(tokenizer) = model() else {
+        return;
+    };
+    let tiny = tiny_model();
+    let run = |isa: &str| {
+        Command::new(env!("CARGO_BIN_EXE_llmjp"))
+            .args(["generate", "--model", &tiny, "--tokenizer", &tokenizer])
+            .args([
+                "--prompt",
+                "こんにちは",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "4",
+            ])
+            .args(["--dtype", "bf16", "--format", "json"])
+            .env("LLMJP_CPU_ISA", isa)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let portable = run("portable");
+    assert!(
+        portable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&portable.stderr)
+    );
+    let ids = |out: &Output| {
+        stdout(out)
+            .lines()
+            .last()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["generated_ids"].clone())
+    };
+    assert!(ids(&portable).is_some_and(|v| v.as_array().is_some_and(|a| a.len() == 4)));
+    assert_one_error_line(&run("sse9"), "LLMJP_CPU_ISA=sse9");
+}
