@@ -189,3 +189,29 @@ fn a_cache_from_another_model_is_refused() {
         assert!(err.to_string().contains("new_cache"), "{err}");
     }
 }
+
+/// A weight stored in a dtype no op set runs (here I16, as an unknown quantized format
+/// would be) is a typed error naming the tensor, on every op set.
+#[test]
+fn weights_in_a_dtype_we_cannot_run_are_refused() {
+    let dir = edited_copy("llama-mha-bf16", |_| {});
+    let path = dir.join("model.safetensors");
+    let mut bytes = fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let at = header.find(name).unwrap();
+    let dtype = at + header[at..].find("\"BF16\"").unwrap();
+    // Same length (JSON allows the space), same element size: the file stays valid.
+    let edited = format!("{}\"I16\" {}", &header[..dtype], &header[dtype + 6..]);
+    bytes[8..8 + header_len].copy_from_slice(edited.as_bytes());
+    fs::write(&path, bytes).unwrap();
+    for compute in [ComputeDtype::F32, ComputeDtype::BF16] {
+        let err = CausalLm::<Cpu>::from_dir(&dir, compute, &Default::default()).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Weights(WeightsError::UnsupportedDtype { name: n, dtype, .. }) if n == name && dtype == "I16"),
+            "{compute}: {err}"
+        );
+    }
+    fs::remove_dir_all(dir).unwrap();
+}

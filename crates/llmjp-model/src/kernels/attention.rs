@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{avx512, portable, Isa};
+use super::{avx2, avx512, portable, Isa};
 
 /// Queries per attention task: each key and value is read once for a block of queries.
 pub const QUERY_BLOCK: usize = 16;
@@ -140,13 +140,18 @@ impl HeadBlock<'_> {
     }
 }
 
-/// The block's outputs, `[queries, head_dim]`, on `isa` (AVX-512 needs whole vectors of
-/// the head dimension).
+/// The block's outputs, `[queries, head_dim]`, on `isa` (the vector kernels need whole
+/// vectors of the head dimension).
 fn attend_block(isa: Isa, block: &HeadBlock) -> Vec<f32> {
+    let d = block.head_dim;
     match isa.usable() {
-        Isa::Avx512 | Isa::Amx if block.head_dim.is_multiple_of(16) => {
+        Isa::Avx512 | Isa::Amx if d.is_multiple_of(16) => {
             // SAFETY: `usable` returned an ISA with AVX-512F; rows are whole vectors.
             unsafe { avx512::attend_block(block) }
+        }
+        Isa::Avx2 | Isa::Avx512 | Isa::Amx if d.is_multiple_of(8) => {
+            // SAFETY: `usable` returned an ISA with AVX2 and FMA; rows are whole vectors.
+            unsafe { avx2::attend_block(block) }
         }
         _ => portable::attend_block(block),
     }

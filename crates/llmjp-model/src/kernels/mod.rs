@@ -48,7 +48,7 @@ pub const ISA_ENV: &str = "LLMJP_CPU_ISA";
 pub enum Isa {
     /// Plain Rust: any CPU.
     Portable,
-    /// AVX2 and FMA vectors (x86-64): the bf16 matmul.
+    /// AVX2 and FMA vectors (x86-64).
     Avx2,
     /// AVX-512F vectors (x86-64).
     Avx512,
@@ -145,7 +145,9 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     match isa.usable() {
         // SAFETY: `usable` returned an ISA the CPU has.
         Isa::Avx512 | Isa::Amx => unsafe { avx512::silu_mul(gate, up) },
-        Isa::Avx2 | Isa::Portable => portable::silu_mul(gate, up),
+        // SAFETY: `usable` returned an ISA the CPU has.
+        Isa::Avx2 => unsafe { avx2::silu_mul(gate, up) },
+        Isa::Portable => portable::silu_mul(gate, up),
     }
 }
 
