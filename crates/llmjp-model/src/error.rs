@@ -29,9 +29,6 @@ pub enum ModelError {
     /// The CPU instruction set asked for (`LLMJP_CPU_ISA`) is unknown or not on this CPU.
     #[error("{0}")]
     InvalidIsa(String),
-    /// A weight format these ops cannot run on this backend.
-    #[error("the {ops} ops cannot run weights stored as {format}")]
-    UnsupportedWeight { ops: &'static str, format: String },
     /// Reading a result back from the device failed.
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),

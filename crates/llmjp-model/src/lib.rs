@@ -8,7 +8,7 @@
 //!   [`Reference`](ops::Reference) on burn tensor ops for every backend, and
 //!   [`CpuKernels`](ops::CpuKernels) on burn-flex. [`backend::DecoderBackend`] says which a
 //!   backend runs by default: on the CPU, [`ComputeDtype::BF16`] runs the CPU kernels
-//!   (bf16 weights in place from the mapped files, f32 activations, AVX-512 / AMX),
+//!   (bf16 weights in place from the mapped files, f32 activations, AMX / AVX-512 / AVX2),
 //!   f32 and f16 the reference.
 //! - [`linear`]: weights behind one interface ([`linear::Weight`]): dense tensors, bf16 in
 //!   place.

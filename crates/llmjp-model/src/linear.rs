@@ -165,7 +165,7 @@ impl Weight<Cpu> for Bf16Weight {
         &self,
         ids: &[u32],
         _dtype: ComputeDtype,
-        _device: &<Cpu as burn::tensor::backend::BackendTypes>::Device,
+        _device: &burn_flex::FlexDevice,
     ) -> Result<Tensor<Cpu, 2>> {
         let cols = self.matrix.cols();
         let mut values = vec![0f32; ids.len() * cols];

@@ -12,11 +12,11 @@ use crate::layers::{Mlp, RmsNorm, Rope};
 use crate::linear::{Bf16Weight, Linear, Loader};
 use crate::{ComputeDtype, ModelError, Result};
 
-type Device = <Cpu as burn::tensor::backend::BackendTypes>::Device;
+type Device = burn_flex::FlexDevice;
 
 /// The CPU's fast path on burn-flex: with weights in bf16, used in place from the mapped
-/// checkpoint (f16/f32 checkpoints converted to bf16) and multiplied by AVX-512 / AMX
-/// kernels on f32 activations; other weight dtypes stay dense burn-flex tensors. RMSNorm,
+/// checkpoint (f16/f32 checkpoints converted to bf16) and multiplied by AMX, AVX-512 or
+/// AVX2 kernels on f32 activations; other weight dtypes stay dense burn-flex tensors. RMSNorm,
 /// RoPE, SwiGLU and attention over an f32 host KV cache run on the tensors' storage.
 /// The instruction set is chosen once, when the ops are made.
 #[derive(Debug, Clone, Copy)]
