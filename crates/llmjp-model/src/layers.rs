@@ -149,26 +149,26 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// `x` is the packed rows of `batch`.
+    /// `x` is the packed rows of `batch`, whose spans are `spans`.
     pub fn forward(
         &self,
         ops: &dyn DecoderOps<B>,
         x: Tensor<B, 2>,
         rope: &Rope<B>,
+        spans: &[SeqSpan],
         batch: &mut [LayerSeq<'_, B>],
     ) -> Result<Tensor<B, 2>> {
-        let spans: Vec<SeqSpan> = batch.iter().map(|s| s.span.clone()).collect();
         let q = ops.rope(
             ops.linear(x.clone(), &self.q_proj)?,
             self.heads.heads,
             rope,
-            &spans,
+            spans,
         )?;
         let k = ops.rope(
             ops.linear(x.clone(), &self.k_proj)?,
             self.heads.kv_heads,
             rope,
-            &spans,
+            spans,
         )?;
         let v = ops.linear(x, &self.v_proj)?;
         let out = ops.attention(q, k, v, self.heads, batch)?;
@@ -254,10 +254,11 @@ impl<B: Backend> DecoderLayer<B> {
         ops: &dyn DecoderOps<B>,
         x: Tensor<B, 2>,
         rope: &Rope<B>,
+        spans: &[SeqSpan],
         batch: &mut [LayerSeq<'_, B>],
     ) -> Result<Tensor<B, 2>> {
         let normed = self.input_layernorm.forward(ops, x.clone())?;
-        let x = x + self.self_attn.forward(ops, normed, rope, batch)?;
+        let x = x + self.self_attn.forward(ops, normed, rope, spans, batch)?;
         let normed = self.post_attention_layernorm.forward(ops, x.clone())?;
         Ok(x + self.feed_forward.forward(ops, normed)?)
     }

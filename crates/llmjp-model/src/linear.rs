@@ -27,9 +27,6 @@ pub trait Weight<B: Backend>: fmt::Debug + Send + Sync {
     /// `[out, in]`.
     fn shape(&self) -> [usize; 2];
 
-    /// The format, as messages show it (e.g. `"bf16 in place"`).
-    fn format(&self) -> String;
-
     /// `x @ w.T`: `[rows, in]` → `[rows, out]`, in `x`'s dtype.
     fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>>;
 
@@ -56,10 +53,6 @@ impl<B: Backend> Linear<B> {
     /// `[out, in]`.
     pub fn shape(&self) -> [usize; 2] {
         self.0.shape()
-    }
-
-    pub fn format(&self) -> String {
-        self.0.format()
     }
 
     /// `x @ w.T`.
@@ -93,10 +86,6 @@ impl<B: Backend> DenseWeight<B> {
 impl<B: Backend> Weight<B> for DenseWeight<B> {
     fn shape(&self) -> [usize; 2] {
         self.weight.dims()
-    }
-
-    fn format(&self) -> String {
-        format!("dense {:?}", self.weight.dtype())
     }
 
     fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
@@ -143,15 +132,6 @@ impl Bf16Weight {
 impl Weight<Cpu> for Bf16Weight {
     fn shape(&self) -> [usize; 2] {
         [self.matrix.rows(), self.matrix.cols()]
-    }
-
-    fn format(&self) -> String {
-        let place = if self.matrix.is_mapped() {
-            "in place"
-        } else {
-            "converted"
-        };
-        format!("bf16 {place} ({})", self.isa)
     }
 
     fn forward(&self, x: Tensor<Cpu, 2>) -> Result<Tensor<Cpu, 2>> {

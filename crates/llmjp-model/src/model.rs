@@ -237,7 +237,7 @@ impl<B: Backend> CausalLm<B> {
                     cache: &mut seq.cache.layers[l],
                 })
                 .collect();
-            x = layer.forward(ops, x, &self.rope, &mut seqs)?;
+            x = layer.forward(ops, x, &self.rope, &spans, &mut seqs)?;
         }
         for (seq, span) in batch.iter_mut().zip(&spans) {
             seq.cache.len = span.start + span.len();

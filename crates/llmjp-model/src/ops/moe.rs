@@ -52,7 +52,7 @@ pub fn dispatch<B: Backend>(
     let [rows, hidden] = x.dims();
     let dtype = x.dtype();
     let device = x.device();
-    let logits = read_f32(ops.linear(x.clone(), router)?.cast(FloatDType::F32))?;
+    let logits = read_f32(ops.linear(x.clone(), router)?)?;
     let mut out = Tensor::<B, 2>::zeros([rows, hidden], (&device, dtype));
     for (expert, route) in experts.iter().zip(route(&logits, experts.len(), top_k)) {
         if route.rows.is_empty() {

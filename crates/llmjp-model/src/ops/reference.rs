@@ -77,8 +77,8 @@ impl<B: Backend> DecoderOps<B> for Reference {
         let x = x.cast(FloatDType::F32);
         let variance = x.clone().powi_scalar(2).mean_dim(1);
         let normed = x * (variance + norm.eps).sqrt().recip();
-        let weight = norm.weight.clone().cast(crate::dtype::float_dtype(dtype));
-        Ok(normed.cast(dtype) * weight.unsqueeze_dim::<2>(0))
+        // The weight is loaded in the activation dtype.
+        Ok(normed.cast(dtype) * norm.weight.clone().unsqueeze_dim::<2>(0))
     }
 
     fn linear(&self, x: Tensor<B, 2>, weight: &Linear<B>) -> Result<Tensor<B, 2>> {
