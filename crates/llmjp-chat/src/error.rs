@@ -4,6 +4,10 @@ pub enum ChatError {
     /// The template does not parse.
     #[error("chat template syntax error: {message}")]
     Syntax { message: String },
+    /// The template source is larger than
+    /// [`MAX_TEMPLATE_BYTES`](crate::MAX_TEMPLATE_BYTES).
+    #[error("chat template is larger than {limit} bytes")]
+    TemplateTooLarge { limit: usize },
     /// The template called `raise_exception(message)`.
     #[error("chat template raised an exception: {message}")]
     Raised { message: String },
@@ -14,6 +18,14 @@ pub enum ChatError {
     /// [`ChatTemplate::with_max_output_bytes`](crate::ChatTemplate::with_max_output_bytes)).
     #[error("chat template output exceeds {limit} bytes")]
     OutputTooLarge { limit: usize },
+    /// Rendering would have created more than its memory budget (see
+    /// [`RenderLimits::max_memory_bytes`](crate::RenderLimits::max_memory_bytes)).
+    #[error("chat template needs more than its memory budget of {limit} bytes")]
+    MemoryLimit { limit: usize },
+    /// Rendering took longer than its time budget (see
+    /// [`RenderLimits::timeout`](crate::RenderLimits::timeout)).
+    #[error("chat template did not finish within its time budget of {limit:?}")]
+    Timeout { limit: std::time::Duration },
     /// Any other failure while rendering (undefined attribute, bad filter argument, …).
     #[error("chat template failed to render: {message}")]
     Render { message: String },

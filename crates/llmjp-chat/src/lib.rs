@@ -27,14 +27,15 @@
 //! special tokens, and [`encode_chat`] renders and encodes in one step without adding a
 //! second BOS.
 
+mod bounded;
 mod error;
 mod message;
 mod pyjson;
 mod template;
 
+pub use bounded::{
+    RenderLimits, DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT,
+};
 pub use error::{ChatError, Result};
 pub use message::Message;
-pub use template::{
-    encode_chat, ChatTemplate, RenderOptions, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT_BYTES,
-    LLM_JP_TEMPLATE,
-};
+pub use template::{encode_chat, ChatTemplate, RenderOptions, LLM_JP_TEMPLATE, MAX_TEMPLATE_BYTES};

@@ -89,7 +89,11 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
             dump_string(value.as_str().unwrap_or_default(), opts.ensure_ascii, out)
         }
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = value.try_iter()?.collect();
+            let mut items = Vec::new();
+            for item in value.try_iter()? {
+                crate::bounded::check_growth(out.len() + items.len() * 16)?;
+                items.push(item);
+            }
             dump_container(out, opts, depth, ('[', ']'), &items, |item, out| {
                 dump(item, opts, depth + 1, out)
             })?;
@@ -97,6 +101,7 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
         ValueKind::Map => {
             let mut entries = Vec::new();
             for key in value.try_iter()? {
+                crate::bounded::check_growth(out.len() + entries.len() * 32)?;
                 let item = value.get_item(&key)?;
                 entries.push((key_string(&key)?, item));
             }
@@ -148,6 +153,7 @@ fn dump_container<T>(
         }
     };
     for (i, item) in items.iter().enumerate() {
+        crate::bounded::check_growth(out.len())?;
         if i > 0 {
             out.push_str(&opts.item_separator);
         }

@@ -1,16 +1,17 @@
 //! [`ChatTemplate`]: a minijinja environment set up as transformers sets up Jinja2.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::Arc;
 
 use chrono::format::{Item, StrftimeItems};
 use llmjp_tokenizer::Tokenizer;
+use minijinja::machinery::{self, CompiledTemplate, TemplateConfig, Vm, WhitespaceConfig};
 use minijinja::value::Rest;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use crate::bounded::{self, Exceeded, RenderLimits, DEFAULT_FUEL, MAX_NESTING};
 use crate::{pyjson, ChatError, Message, Result};
 
 /// The official llm-jp-3 / llm-jp-3.1 instruct chat template (from the instruct4
@@ -18,14 +19,10 @@ use crate::{pyjson, ChatError, Message, Result};
 /// message's content is ignored: the template emits a fixed sentence instead.
 pub const LLM_JP_TEMPLATE: &str = "{{bos_token}}{% for message in messages %}{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}{% elif message['role'] == 'system' %}{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] + eos_token }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}{% endfor %}";
 
-/// Default instruction budget of one render: far above what real templates use for long
-/// conversations, far below what it takes to hang a process.
-pub const DEFAULT_FUEL: u64 = 5_000_000;
-
-/// Default limit on the size of a rendered prompt.
-pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 << 20;
-
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Largest template source accepted (real chat templates are a few kilobytes).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 
 /// What [`ChatTemplate::render_json`] passes to the template besides the messages.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,21 +53,21 @@ impl RenderOptions {
 /// Rendering follows transformers' `apply_chat_template`: Jinja2 with `trim_blocks` and
 /// `lstrip_blocks`, loop controls, Python string methods, `raise_exception`,
 /// `strftime_now`, and `tojson` as `json.dumps(ensure_ascii=False)`. Templates are untrusted:
-/// every render is bounded in instructions ([`with_fuel`](Self::with_fuel)), recursion and
-/// output size ([`with_max_output_bytes`](Self::with_max_output_bytes)).
+/// every render is bounded in instructions, memory, wall-clock time, recursion and output
+/// size ([`RenderLimits`], [`with_limits`](Self::with_limits)), whatever the template does.
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Arc<Environment<'static>>,
+    source: Arc<str>,
     special_tokens: BTreeMap<String, String>,
-    fuel: u64,
-    max_output_bytes: usize,
+    limits: RenderLimits,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatTemplate")
             .field("special_tokens", &self.special_tokens)
-            .field("fuel", &self.fuel)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -96,7 +93,10 @@ impl ChatTemplate {
         env.set_keep_trailing_newline(false);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| {
+            bounded::check_method(method, value, args)?;
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.set_recursion_limit(128);
         env.set_fuel(Some(DEFAULT_FUEL));
         env.add_function("raise_exception", raise_exception);
@@ -104,15 +104,26 @@ impl ChatTemplate {
         env.add_filter("tojson", |v: &Value, args: Rest<Value>, kwargs| {
             pyjson::tojson_filter(v, &args, kwargs)
         });
-        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
+        bounded::install(&mut env);
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(ChatError::TemplateTooLarge {
+                limit: MAX_TEMPLATE_BYTES,
+            });
+        }
+        let source = rewrite_generation_tags(source);
+        let source: Arc<str> = bounded::unfold_numbers(&source, &whitespace())
             .map_err(|e| ChatError::Syntax {
                 message: describe(&e),
-            })?;
+            })?
+            .into();
+        compile(&source).map_err(|e| ChatError::Syntax {
+            message: describe(&e),
+        })?;
         Ok(Self {
             env: Arc::new(env),
+            source,
             special_tokens,
-            fuel: DEFAULT_FUEL,
-            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            limits: RenderLimits::default(),
         })
     }
 
@@ -151,17 +162,34 @@ impl ChatTemplate {
         Self::new(source, tokenizer.config().special_tokens.clone())
     }
 
-    /// Sets the instruction budget of each render.
-    pub fn with_fuel(mut self, fuel: u64) -> Self {
-        Arc::make_mut(&mut self.env).set_fuel(Some(fuel));
-        self.fuel = fuel;
+    /// Sets the limits of each render.
+    pub fn with_limits(mut self, limits: RenderLimits) -> Self {
+        Arc::make_mut(&mut self.env).set_fuel(Some(limits.fuel));
+        self.limits = limits;
         self
     }
 
+    /// Sets the instruction budget of each render.
+    pub fn with_fuel(self, fuel: u64) -> Self {
+        let limits = RenderLimits {
+            fuel,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
     /// Sets the largest rendered prompt, in bytes.
-    pub fn with_max_output_bytes(mut self, limit: usize) -> Self {
-        self.max_output_bytes = limit;
-        self
+    pub fn with_max_output_bytes(self, max_output_bytes: usize) -> Self {
+        let limits = RenderLimits {
+            max_output_bytes,
+            ..self.limits
+        };
+        self.with_limits(limits)
+    }
+
+    /// The limits of each render.
+    pub fn limits(&self) -> &RenderLimits {
+        &self.limits
     }
 
     /// The special tokens the template sees.
@@ -216,25 +244,46 @@ impl ChatTemplate {
         self.render_context(&context)
     }
 
+    /// Compiles the template afresh (a fraction of a millisecond), hardens it (see
+    /// [`bounded`]) and runs it under this render's budget.
     fn render_context(&self, context: &Map<String, Json>) -> Result<String> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .expect("the template was added at construction");
-        let mut out = BoundedWriter {
-            bytes: Vec::new(),
-            limit: self.max_output_bytes,
-            exceeded: false,
-        };
-        let result = template.render_captured_to(Value::from_serialize(context), &mut out);
-        match result {
-            Ok(_) => String::from_utf8(out.bytes).map_err(|e| ChatError::Render {
-                message: e.to_string(),
+        let compiled = compile(&self.source).map_err(|e| ChatError::Syntax {
+            message: describe(&e),
+        })?;
+        let root = bounded::harden(&compiled.instructions);
+        let blocks: BTreeMap<_, _> = compiled
+            .blocks
+            .iter()
+            .map(|(name, block)| (*name, bounded::harden(block)))
+            .collect();
+        let guard = bounded::BudgetGuard::install(&self.limits);
+        let mut text = String::new();
+        let result = Vm::new(&self.env).eval(
+            &root,
+            Value::from_serialize(context),
+            &blocks,
+            &mut machinery::make_string_output(&mut text),
+            AutoEscape::None,
+        );
+        let exceeded = guard.exceeded();
+        drop(guard);
+        match (result, exceeded) {
+            (_, Some(Exceeded::Memory)) => Err(ChatError::MemoryLimit {
+                limit: self.limits.max_memory_bytes,
             }),
-            Err(_) if out.exceeded => Err(ChatError::OutputTooLarge {
-                limit: self.max_output_bytes,
+            (_, Some(Exceeded::Time)) => Err(ChatError::Timeout {
+                limit: self.limits.timeout,
             }),
-            Err(e) => Err(self.classify(&e)),
+            (_, Some(Exceeded::Nesting)) => Err(ChatError::Render {
+                message: format!("values nest deeper than {MAX_NESTING} levels"),
+            }),
+            (Ok(_), None) if text.len() > self.limits.max_output_bytes => {
+                Err(ChatError::OutputTooLarge {
+                    limit: self.limits.max_output_bytes,
+                })
+            }
+            (Ok(_), None) => Ok(text),
+            (Err(e), None) => Err(self.classify(&e)),
         }
     }
 
@@ -249,7 +298,9 @@ impl ChatTemplate {
             source = e.source();
         }
         match error.kind() {
-            ErrorKind::OutOfFuel => ChatError::OutOfFuel { fuel: self.fuel },
+            ErrorKind::OutOfFuel => ChatError::OutOfFuel {
+                fuel: self.limits.fuel,
+            },
             ErrorKind::SyntaxError => ChatError::Syntax {
                 message: describe(error),
             },
@@ -272,6 +323,25 @@ pub fn encode_chat(
     let prompt = template.render(messages, add_generation_prompt)?;
     let ids = tokenizer.encode(&prompt, false)?;
     Ok((prompt, ids))
+}
+
+/// Parses and compiles `source` with transformers' Jinja settings.
+fn compile(source: &str) -> std::result::Result<CompiledTemplate<'_>, Error> {
+    let config = TemplateConfig {
+        syntax_config: Default::default(),
+        ws_config: whitespace(),
+        default_auto_escape: Arc::new(|_| AutoEscape::None),
+    };
+    CompiledTemplate::new(TEMPLATE_NAME, source, &config)
+}
+
+/// transformers' Jinja whitespace settings: `trim_blocks`, `lstrip_blocks`.
+fn whitespace() -> WhitespaceConfig {
+    WhitespaceConfig {
+        keep_trailing_newline: false,
+        lstrip_blocks: true,
+        trim_blocks: true,
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Json> {
@@ -368,26 +438,4 @@ fn describe(error: &Error) -> String {
         }
     }
     message
-}
-
-/// Collects rendered output and fails once it passes the size limit.
-struct BoundedWriter {
-    bytes: Vec<u8>,
-    limit: usize,
-    exceeded: bool,
-}
-
-impl io::Write for BoundedWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.limit {
-            self.exceeded = true;
-            return Err(io::Error::other("chat template output too large"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
