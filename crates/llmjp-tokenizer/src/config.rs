@@ -86,11 +86,8 @@ impl TokenizerConfig {
             config.merge(&json, &dir.join("special_tokens_map.json"))?;
         }
         let jinja = dir.join("chat_template.jinja");
-        if jinja.is_file() {
-            let text = std::fs::read_to_string(&jinja).map_err(|source| TokenizerError::Io {
-                path: jinja.clone(),
-                source,
-            })?;
+        if exists(&jinja) {
+            let text = read_to_string(&jinja, MAX_CONFIG_BYTES)?;
             config.chat_template = Some(ChatTemplateSource::Single(text));
         }
         Ok(config)
@@ -152,11 +149,16 @@ impl TokenizerConfig {
     }
 }
 
+/// Largest `tokenizer.json` read (the llm-jp one is 6.4 MB).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
+/// Largest configuration file read (`tokenizer_config.json` holds the chat templates).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 pub(crate) fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
+    if !exists(path) {
         return Ok(None);
     }
-    let text = read_to_string(path)?;
+    let text = read_to_string(path, MAX_CONFIG_BYTES)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| TokenizerError::Json {
@@ -165,8 +167,17 @@ pub(crate) fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
         })
 }
 
-pub(crate) fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
+/// Whether anything (file, folder, FIFO, …) is at `path`, following symbolic links.
+pub(crate) fn exists(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok()
+}
+
+/// Reads a regular file of at most `limit` bytes. The type and size are checked before
+/// opening, so that a FIFO, a device or a folder is an error and not a hang, and a file
+/// growing while read stops at the limit.
+pub(crate) fn read_to_string(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let io = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound => TokenizerError::NotFound {
             path: PathBuf::from(path),
         },
@@ -174,5 +185,31 @@ pub(crate) fn read_to_string(path: &Path) -> Result<String> {
             path: path.to_path_buf(),
             source,
         },
+    };
+    let metadata = std::fs::metadata(path).map_err(io)?;
+    if !metadata.is_file() {
+        return Err(TokenizerError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let too_large = || TokenizerError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    };
+    if metadata.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
     })
 }

@@ -12,6 +12,13 @@ pub enum TokenizerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Something other than a regular file (a folder, a FIFO, a device) is where a file
+    /// should be.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    /// A file is larger than we read for its kind.
+    #[error("{}: larger than the limit of {limit} bytes for this file", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
     /// A JSON file is not valid JSON, or not of the expected shape.
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {

@@ -36,7 +36,7 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ChatTemplateSource, TokenizerConfig};
+pub use config::{ChatTemplateSource, TokenizerConfig, MAX_CONFIG_BYTES, MAX_TOKENIZER_JSON_BYTES};
 pub use error::{Result, TokenizerError};
 pub use stream::StreamDecoder;
 
@@ -203,7 +203,7 @@ impl Tokenizer {
 }
 
 fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
-    let text = config::read_to_string(path)?;
+    let text = config::read_to_string(path, config::MAX_TOKENIZER_JSON_BYTES)?;
     // Parse once with serde_json first so that malformed JSON is reported as such.
     let _: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
@@ -218,6 +218,6 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
 }
 
 fn file_mentions(path: &Path, token: &str) -> bool {
-    std::fs::read_to_string(path)
+    config::read_to_string(path, config::MAX_CONFIG_BYTES)
         .is_ok_and(|text| serde_json::to_string(token).is_ok_and(|quoted| text.contains(&quoted)))
 }

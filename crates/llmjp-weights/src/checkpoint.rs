@@ -79,6 +79,7 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
+        crate::regular_file_len(path)?;
         let file = File::open(path).map_err(|source| WeightsError::io(path, source))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on
         // nobody truncating a checkpoint while it is being read.
@@ -170,7 +171,7 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
-        let shard_files: Vec<String> = if index_path.is_file() {
+        let shard_files: Vec<String> = if crate::exists(&index_path) {
             let index: ShardIndex =
                 serde_json::from_value(read_json(&index_path)?).map_err(|source| {
                     WeightsError::Json {
@@ -182,7 +183,7 @@ impl Checkpoint {
             files.sort();
             files.dedup();
             files
-        } else if single.is_file() {
+        } else if crate::exists(&single) {
             vec!["model.safetensors".into()]
         } else {
             return Err(WeightsError::NotFound { path: single });

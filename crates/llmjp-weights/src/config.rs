@@ -122,26 +122,58 @@ impl ModelConfig {
         };
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(invalid(format!(
-                "unsupported hidden_act {act:?}: only silu is"
+                "hidden_act {act:?} is not supported; only silu is."
             )));
         }
         if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
             return Err(invalid(
-                "biases in attention or MLP are not supported".into(),
+                "biases in attention or MLP layers are not supported.".into(),
             ));
         }
         let rope_theta = rope_theta(&raw).map_err(invalid)?;
+        for (field, value, max) in [
+            ("vocab_size", raw.vocab_size, MAX_VOCAB),
+            ("hidden_size", raw.hidden_size, MAX_WIDTH),
+            ("intermediate_size", raw.intermediate_size, MAX_WIDTH * 8),
+            ("num_hidden_layers", raw.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", raw.num_attention_heads, MAX_HEADS),
+            (
+                "num_key_value_heads",
+                raw.num_key_value_heads.unwrap_or(1),
+                MAX_HEADS,
+            ),
+            ("head_dim", raw.head_dim.unwrap_or(2), MAX_HEAD_DIM),
+            (
+                "max_position_embeddings",
+                raw.max_position_embeddings.unwrap_or(1),
+                MAX_POSITIONS,
+            ),
+            ("num_local_experts", raw.num_local_experts.unwrap_or(1), MAX_EXPERTS),
+            ("num_experts_per_tok", raw.num_experts_per_tok.unwrap_or(1), MAX_EXPERTS),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(format!(
+                    "{field} is {value}; it must be between 1 and {max}."
+                )));
+            }
+        }
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
+            return Err(invalid(format!(
+                "rms_norm_eps is {rms_norm_eps}; it must be a positive number below 1."
+            )));
+        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        if !heads.is_multiple_of(kv_heads) {
             return Err(invalid(format!(
-                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+                "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})."
             )));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(format!(
-                "head_dim {head_dim} must be even and positive"
+                "head_dim is {head_dim}; it must be even and positive."
             )));
         }
         let (num_local_experts, num_experts_per_tok) = match architecture {
@@ -149,23 +181,25 @@ impl ModelConfig {
             Architecture::Mixtral => {
                 let experts = raw.num_local_experts.unwrap_or(8);
                 let top_k = raw.num_experts_per_tok.unwrap_or(2);
-                if top_k == 0 || top_k > experts {
+                if top_k > experts {
                     return Err(invalid(format!(
-                        "num_experts_per_tok ({top_k}) must be in 1..={experts} (num_local_experts)"
+                        "num_experts_per_tok ({top_k}) must not exceed num_local_experts ({experts})."
                     )));
                 }
                 (experts, top_k)
             }
         };
-        for (field, value) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-        ] {
-            if value == 0 {
-                return Err(invalid(format!("{field} must be positive")));
-            }
+        let bos_token_id = raw.bos_token_id;
+        let eos_token_ids = raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default();
+        if let Some(id) = bos_token_id
+            .iter()
+            .chain(&eos_token_ids)
+            .find(|&&id| id as usize >= raw.vocab_size)
+        {
+            return Err(invalid(format!(
+                "token id {id} (bos_token_id or eos_token_id) is outside the vocabulary of {} tokens.",
+                raw.vocab_size
+            )));
         }
         Ok(Self {
             architecture,
@@ -176,27 +210,45 @@ impl ModelConfig {
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             num_local_experts,
             num_experts_per_tok,
             dtype: raw.torch_dtype.or(raw.dtype),
-            bos_token_id: raw.bos_token_id,
-            eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+            bos_token_id,
+            eos_token_ids,
         })
     }
 }
 
+/// Bounds on config values, far above any real model and far below what would make sizes
+/// computed from them overflow or exhaust memory before a shape check could fail.
+const MAX_VOCAB: usize = 1 << 22;
+const MAX_WIDTH: usize = 1 << 17;
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 1024;
+const MAX_HEAD_DIM: usize = 1024;
+const MAX_EXPERTS: usize = 1024;
+/// Longest context a config may declare (caches grow with what a request uses, not this).
+pub const MAX_POSITIONS: usize = 1 << 21;
+
 /// `rope_theta`, from the top level (Hub style) or `rope_parameters` (transformers 5);
 /// scaled RoPE variants are refused rather than silently computed wrong.
 fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
-    let check_type = |params: &Value| match params.get("rope_type").and_then(Value::as_str) {
-        None | Some("default") => Ok(()),
-        Some(other) => Err(format!(
-            "unsupported RoPE scaling {other:?}: only default RoPE is"
-        )),
+    // transformers reads both spellings: `rope_type`, and the older `type`.
+    let check_type = |params: &Value| {
+        let kind = params
+            .get("rope_type")
+            .or_else(|| params.get("type"))
+            .and_then(Value::as_str);
+        match kind {
+            None | Some("default") => Ok(()),
+            Some(other) => Err(format!(
+                "RoPE scaling {other:?} is not supported; only default RoPE is."
+            )),
+        }
     };
     if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
         check_type(scaling)?;
@@ -204,10 +256,22 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
     if let Some(params) = raw.rope_parameters.as_ref().filter(|v| !v.is_null()) {
         check_type(params)?;
         if let Some(theta) = params.get("rope_theta").and_then(Value::as_f64) {
+            if !(theta.is_finite() && theta > 1.0) {
+                return Err(format!(
+                    "rope_theta is {theta}; it must be a finite number above 1."
+                ));
+            }
             return Ok(theta);
         }
     }
-    Ok(raw.rope_theta.unwrap_or(10_000.0))
+    let theta = raw.rope_theta.unwrap_or(10_000.0);
+    if theta.is_finite() && theta > 1.0 {
+        Ok(theta)
+    } else {
+        Err(format!(
+            "rope_theta is {theta}; it must be a finite number above 1."
+        ))
+    }
 }
 
 /// `generation_config.json`: stop ids and the sampling defaults the model ships with.
@@ -245,6 +309,21 @@ impl GenerationConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let invalid = |message: String| WeightsError::InvalidConfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        for (field, value, (low, high)) in [
+            ("temperature", raw.temperature, (0.0, f64::MAX)),
+            ("top_p", raw.top_p, (0.0, 1.0)),
+            ("repetition_penalty", raw.repetition_penalty, (f64::MIN_POSITIVE, f64::MAX)),
+        ] {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v >= low && *v <= high)) {
+                return Err(invalid(format!(
+                    "{field} is {v}; it must be a finite number between {low} and {high}."
+                )));
+            }
+        }
         Ok(Self {
             bos_token_id: raw.bos_token_id,
             eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
@@ -261,7 +340,7 @@ impl GenerationConfig {
     /// The folder's `generation_config.json`, or the default when it has none.
     pub fn from_dir_or_default(dir: &Path) -> Result<Self> {
         let path = dir.join("generation_config.json");
-        if path.is_file() {
+        if crate::exists(&path) {
             Self::from_file(&path)
         } else {
             Ok(Self::default())

@@ -6,6 +6,16 @@ pub enum WeightsError {
     /// A file the checkpoint needs does not exist.
     #[error("{}: file not found", path.display())]
     NotFound { path: PathBuf },
+    /// Something other than a regular file (a folder, a FIFO, a device) is where a file
+    /// should be.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    /// `--model` names a file; a model folder (or a Hub id) was expected.
+    #[error("{}: is a file, expected a model folder (or a Hub id of the form org/name[@revision])", path.display())]
+    NotAFolder { path: PathBuf },
+    /// A file is larger than we read for its kind.
+    #[error("{}: larger than the limit of {limit} bytes for this file", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
     /// A file exists but could not be read or mapped.
     #[error("{}: cannot read: {source}", path.display())]
     Io {

@@ -109,6 +109,11 @@ fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathB
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if std::fs::metadata(path).is_ok() {
+        return Err(WeightsError::NotAFolder {
+            path: path.to_path_buf(),
+        });
+    }
     let id = HubId::parse(spec).ok_or_else(|| WeightsError::InvalidModelSpec {
         spec: spec.to_string(),
     })?;

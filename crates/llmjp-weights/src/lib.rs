@@ -51,15 +51,61 @@ mod hub;
 use std::path::Path;
 
 pub use checkpoint::{Checkpoint, Dtype, Element, Layout, TensorMeta, TensorView};
-pub use config::{Architecture, GenerationConfig, ModelConfig};
+pub use config::{Architecture, GenerationConfig, ModelConfig, MAX_POSITIONS};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
 pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
 
+/// Largest JSON file read from a model folder (`config.json`, `generation_config.json`,
+/// `model.safetensors.index.json`; real ones are a few kilobytes to a few megabytes).
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::io(path, source))?;
+    let text = read_file(path, MAX_JSON_BYTES)?;
     serde_json::from_str(&text).map_err(|source| WeightsError::Json {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// Whether anything (file, folder, FIFO, …) is at `path`, following symbolic links.
+fn exists(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok()
+}
+
+/// Checks that `path` is a regular file (not a folder, FIFO or device, which would fail
+/// oddly or block) and returns its size.
+pub fn regular_file_len(path: &Path) -> Result<u64> {
+    let metadata = std::fs::metadata(path).map_err(|source| WeightsError::io(path, source))?;
+    if metadata.is_file() {
+        Ok(metadata.len())
+    } else {
+        Err(WeightsError::NotAFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Reads a regular UTF-8 text file of at most `limit` bytes: the type and size are checked
+/// before it is opened (a FIFO is an error, not a hang), and the read stops at the limit.
+pub fn read_file(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let too_large = || WeightsError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    };
+    if regular_file_len(path)? > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|source| WeightsError::io(path, source))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| WeightsError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
     })
 }
