@@ -68,7 +68,7 @@ fn greedy_on_ids(folder: &std::path::Path) -> Result<(), Box<dyn std::error::Err
     let mut logits = model.forward_last(&ids, &mut cache)?;
     for _ in 0..16 {
         let values = llmjp::crates::model::read_f32(logits)?;
-        let next = sampler.sample(&values, &ids);
+        let next = sampler.sample(&values, &ids)?;
         ids.push(next);
         logits = model.forward_last(&[next], &mut cache)?;
     }

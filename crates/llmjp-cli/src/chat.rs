@@ -7,6 +7,7 @@ use std::sync::Arc;
 use llmjp::{FinishReason, GenerateOptions, Message};
 
 use crate::generate::{summary, DEFAULT_SYSTEM};
+use crate::input::{read_line, Line, MAX_LINE_BYTES};
 use crate::model_args::{ModelArgs, SamplingArgs};
 use crate::Result;
 
@@ -47,11 +48,24 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
     loop {
         write!(out, "> ")?;
         out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            writeln!(out)?;
-            return Ok(());
-        }
+        let line = match read_line(&mut stdin.lock(), MAX_LINE_BYTES)? {
+            Line::End => {
+                writeln!(out)?;
+                return Ok(());
+            }
+            Line::Text(line) => line,
+            // A bad line is reported and skipped; the session goes on.
+            Line::NotUtf8 => {
+                eprintln!("error: that line is not valid UTF-8 text; it was ignored.");
+                continue;
+            }
+            Line::TooLong => {
+                eprintln!(
+                    "error: that line is longer than {MAX_LINE_BYTES} bytes; it was ignored."
+                );
+                continue;
+            }
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.trim() {
             "" => continue,

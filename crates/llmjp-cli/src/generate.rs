@@ -1,12 +1,12 @@
 //! `llmjp generate`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use llmjp::{GenerateOptions, Generation, Message};
 use serde::Serialize;
 
 use crate::model_args::{ModelArgs, SamplingArgs};
-use crate::{Format, Result};
+use crate::{input, Format, Result};
 
 /// The system message of the model card's example.
 pub const DEFAULT_SYSTEM: &str =
@@ -51,11 +51,7 @@ struct JsonTimings {
 pub fn run(args: Args, out: &mut impl Write) -> Result {
     let prompt = match args.prompt {
         Some(p) => p,
-        None => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
-        }
+        None => input::stdin()?,
     };
     // Bad sampling parameters are reported before the model is loaded.
     let sampling = args.sampling.params();

@@ -13,6 +13,7 @@
 mod bench;
 mod chat;
 mod generate;
+mod input;
 mod model_args;
 mod render;
 mod tokenize;

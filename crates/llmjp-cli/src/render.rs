@@ -1,12 +1,12 @@
 //! `llmjp render`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use llmjp_chat::{ChatTemplate, RenderOptions};
 use serde::Serialize;
 
-use crate::{Format, ModelArg, Result};
+use crate::{input, Format, ModelArg, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,11 +38,9 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         args.messages.display().to_string()
     };
     let text = if from_stdin {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        text
+        input::stdin()?
     } else {
-        std::fs::read_to_string(&args.messages).map_err(|e| format!("{source}: {e}"))?
+        input::file(&args.messages)?
     };
     let messages: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{source}: invalid JSON: {e}"))?;

@@ -55,13 +55,26 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
 }
 
 fn run_json_lines(tokenizer: &Tokenizer, add_special: bool, out: &mut impl Write) -> Result {
-    for (number, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line?;
+    let mut input = std::io::stdin().lock();
+    for number in 1.. {
+        let line = match read_line(&mut input, MAX_LINE_BYTES)? {
+            Line::End => break,
+            Line::Text(line) => line,
+            Line::NotUtf8 => {
+                return Err(format!("standard input line {number} is not valid UTF-8.").into())
+            }
+            Line::TooLong => {
+                return Err(format!(
+                    "standard input line {number} is longer than {MAX_LINE_BYTES} bytes."
+                )
+                .into())
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         let text: String = serde_json::from_str(&line)
-            .map_err(|e| format!("standard input line {}: not a JSON string: {e}", number + 1))?;
+            .map_err(|e| format!("standard input line {number}: not a JSON string: {e}"))?;
         let tokens = tokenize(tokenizer, &text, add_special)?;
         writeln!(out, "{}", serde_json::to_string(&tokens)?)?;
     }

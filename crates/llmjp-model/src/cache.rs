@@ -18,16 +18,40 @@ pub enum LayerCache<B: Backend> {
     Host(HostKv),
 }
 
-/// The keys and values of every layer for one sequence, preallocated for `capacity`
-/// positions, and how many positions are filled. Made by
+/// The keys and values of every layer for one sequence, for up to `capacity` positions, and
+/// how many positions are filled. Memory is allocated as positions are used (growing by
+/// doubling), not for the whole capacity. Made by
 /// [`CausalLm::new_cache`](crate::CausalLm::new_cache) for that model and its ops.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<LayerCache<B>>,
     pub(crate) len: usize,
     pub(crate) capacity: usize,
+    /// Positions the layers have room for now (at most `capacity`).
+    pub(crate) allocated: usize,
     /// What the cache was made for: the ops, `[kv_heads, head_dim]` and the dtype.
     pub(crate) made_for: CacheKind,
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// Makes room for `capacity` positions, keeping what is written.
+    fn grow(&mut self, capacity: usize) {
+        match self {
+            Self::Host(kv) => kv.grow(capacity),
+            Self::Tensors { keys, values } => {
+                for tensor in [keys, values].into_iter().flatten() {
+                    let [batch, heads, filled, dim] = tensor.dims();
+                    if capacity > filled {
+                        let zeros = Tensor::zeros(
+                            [batch, heads, capacity - filled, dim],
+                            (&tensor.device(), tensor.dtype()),
+                        );
+                        *tensor = Tensor::cat(vec![tensor.clone(), zeros], 2);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What a cache was made for; a model takes only a cache of its own kind.
@@ -63,6 +87,25 @@ impl<B: Backend> KvCache<B> {
     /// Positions the cache can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Positions the cache has memory for now (it grows up to [`capacity`](Self::capacity)).
+    pub fn allocated(&self) -> usize {
+        self.allocated
+    }
+
+    /// Makes room for `needed` positions (at most the capacity), doubling as it grows.
+    pub(crate) fn reserve(&mut self, needed: usize) {
+        if needed <= self.allocated {
+            return;
+        }
+        let target = needed
+            .max(self.allocated.saturating_mul(2))
+            .min(self.capacity);
+        for layer in &mut self.layers {
+            layer.grow(target);
+        }
+        self.allocated = target;
     }
 
     /// Forgets the sequence; the memory is kept for the next one.

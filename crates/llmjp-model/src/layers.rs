@@ -89,6 +89,11 @@ impl<B: Backend> Rope<B> {
         }
     }
 
+    /// Positions the tables cover.
+    pub fn positions(&self) -> usize {
+        self.cos_host.len() / self.head_dim
+    }
+
     /// The `[positions, head_dim]` cos and sin tables on the device.
     pub fn tables(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
         (self.cos.clone(), self.sin.clone())

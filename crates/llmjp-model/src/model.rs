@@ -2,7 +2,7 @@
 //! passes over a batch of sequences.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -40,8 +40,14 @@ pub struct CausalLm<B: Backend> {
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     lm_head: Linear<B>,
-    rope: Rope<B>,
+    /// Grown as positions are reached (see `rope_for`).
+    rope: Mutex<Arc<Rope<B>>>,
 }
+
+/// Positions a new cache has memory for before it first grows.
+const INITIAL_CACHE_POSITIONS: usize = 256;
+/// Positions the RoPE tables cover before they first grow.
+const INITIAL_ROPE_POSITIONS: usize = 4096;
 
 impl<B: DecoderBackend> CausalLm<B> {
     /// Loads `config.json` and the safetensors weights of a model folder, on the backend's
@@ -125,13 +131,13 @@ impl<B: Backend> CausalLm<B> {
             ops.load_linear(&loader, "lm_head.weight", vocab, hidden)?
         };
         on_progress(total, total);
-        let rope = Rope::new(
+        let rope = Mutex::new(Arc::new(Rope::new(
             config.head_dim,
             config.rope_theta,
-            config.max_position_embeddings,
+            config.max_position_embeddings.min(INITIAL_ROPE_POSITIONS),
             activations,
             device,
-        );
+        )));
         Ok(Self {
             dtype,
             activations,
@@ -165,20 +171,43 @@ impl<B: Backend> CausalLm<B> {
     }
 
     /// A cache for sequences of up to `capacity` positions (at most the model's context).
+    /// Its memory grows with the positions used, so a large capacity costs nothing until
+    /// it is needed.
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
         let capacity = capacity.min(self.config.max_position_embeddings);
+        let allocated = capacity.min(INITIAL_CACHE_POSITIONS);
         let heads = heads(&self.config);
         KvCache {
             layers: (0..self.layers.len())
                 .map(|_| {
                     self.ops
-                        .new_layer_cache(heads, capacity, self.activations, &self.device)
+                        .new_layer_cache(heads, allocated, self.activations, &self.device)
                 })
                 .collect(),
             len: 0,
             capacity,
+            allocated,
             made_for: self.cache_kind(),
         }
+    }
+
+    /// RoPE tables covering positions `..needed`, grown (doubling, at most the context) when
+    /// a sequence first reaches past them.
+    fn rope_for(&self, needed: usize) -> Arc<Rope<B>> {
+        let mut rope = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if rope.positions() < needed {
+            let positions = needed
+                .max(rope.positions().saturating_mul(2))
+                .min(self.config.max_position_embeddings);
+            *rope = Arc::new(Rope::new(
+                self.config.head_dim,
+                self.config.rope_theta,
+                positions,
+                self.activations,
+                &self.device,
+            ));
+        }
+        rope.clone()
     }
 
     fn cache_kind(&self) -> CacheKind {
@@ -219,6 +248,15 @@ impl<B: Backend> CausalLm<B> {
         let mut ids = Vec::new();
         for seq in batch.iter() {
             self.check(seq)?;
+        }
+        let mut furthest = 0;
+        for seq in batch.iter_mut() {
+            let needed = seq.cache.len + seq.ids.len();
+            seq.cache.reserve(needed);
+            furthest = furthest.max(needed);
+        }
+        let rope = self.rope_for(furthest);
+        for seq in batch.iter() {
             let first = ids.len();
             ids.extend_from_slice(seq.ids);
             spans.push(SeqSpan {
@@ -237,7 +275,7 @@ impl<B: Backend> CausalLm<B> {
                     cache: &mut seq.cache.layers[l],
                 })
                 .collect();
-            x = layer.forward(ops, x, &self.rope, &spans, &mut seqs)?;
+            x = layer.forward(ops, x, &rope, &spans, &mut seqs)?;
         }
         for (seq, span) in batch.iter_mut().zip(&spans) {
             seq.cache.len = span.start + span.len();

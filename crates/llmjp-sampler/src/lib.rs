@@ -13,14 +13,17 @@
 //! let mut sampler = Sampler::new(params)?;
 //! let logits = vec![0.5, 2.0, -1.0, 1.5];
 //! let context = [1, 3];
-//! let first = sampler.sample(&logits, &context);
+//! let first = sampler.sample(&logits, &context)?;
 //! // The same seed and logits give the same token on every run.
 //! let mut again = Sampler::new(params)?;
-//! assert_eq!(again.sample(&logits, &context), first);
+//! assert_eq!(again.sample(&logits, &context)?, first);
 //!
 //! // Temperature 0 is greedy.
 //! let mut greedy = Sampler::new(SamplingParams::greedy())?;
-//! assert_eq!(greedy.sample(&logits, &context), 1);
+//! assert_eq!(greedy.sample(&logits, &context)?, 1);
+//!
+//! // NaN or infinite logits (broken weights) are an error, not a silent token 0.
+//! assert!(greedy.sample(&[0.0, f32::NAN], &context).is_err());
 //!
 //! // Invalid parameters are refused before any work.
 //! assert!(Sampler::new(SamplingParams { top_p: 1.5, ..params }).is_err());
@@ -48,6 +51,10 @@ pub enum SamplerError {
     MinP(f32),
     #[error("repetition_penalty must be a finite number > 0, got {0}")]
     RepetitionPenalty(f32),
+    /// The model produced NaN or infinite logits (broken weights or a numeric overflow):
+    /// nothing sensible can be sampled from them.
+    #[error("the model produced a non-finite logit ({value}) for token {token}: its weights or configuration are broken")]
+    NonFiniteLogits { token: usize, value: f32 },
 }
 
 /// What [`Sampler`] does to each step's logits.
@@ -215,8 +222,15 @@ impl Sampler {
     }
 
     /// Processes `logits` and picks a token: the argmax when greedy, else a draw from the
-    /// softmax of what the processors kept.
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+    /// softmax of what the processors kept. Logits that are NaN or infinite are an error
+    /// (one pass over the row, before any processor).
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32, SamplerError> {
+        if let Some(token) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(SamplerError::NonFiniteLogits {
+                token,
+                value: logits[token],
+            });
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.extend_from_slice(logits);
@@ -227,7 +241,7 @@ impl Sampler {
             self.draw(&scratch)
         };
         self.scratch = scratch;
-        token as u32
+        Ok(token as u32)
     }
 
     fn draw(&mut self, logits: &[f32]) -> usize {

@@ -27,7 +27,7 @@ use std::fmt;
 /// }
 ///
 /// let mut sampler = Sampler::with_processors(SamplingParams::greedy(), vec![Arc::new(BanZero)])?;
-/// assert_eq!(sampler.sample(&[9.0, 1.0, 2.0], &[]), 2);
+/// assert_eq!(sampler.sample(&[9.0, 1.0, 2.0], &[])?, 2);
 /// # Ok::<(), llmjp_sampler::SamplerError>(())
 /// ```
 pub trait LogitsProcessor: fmt::Debug + Send + Sync {
@@ -109,8 +109,18 @@ pub fn repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
 
 /// `TemperatureLogitsWarper`: `logits / temperature`.
 pub fn temperature(logits: &mut [f32], temperature: f32) {
-    if temperature != 1.0 {
+    if temperature == 1.0 {
+        return;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if (max.abs() / temperature).is_finite() {
         logits.iter_mut().for_each(|x| *x /= temperature);
+    } else {
+        // A tiny temperature would overflow to inf and make the softmax NaN. Shifting by the
+        // maximum first gives the same distribution (the limit: greedy among the maxima).
+        logits
+            .iter_mut()
+            .for_each(|x| *x = (*x - max) / temperature);
     }
 }
 

@@ -64,7 +64,7 @@ proptest! {
         let mut processed = logits.clone();
         sampler.process(&mut processed, &context);
         for _ in 0..5 {
-            let token = sampler.sample(&logits, &context) as usize;
+            let token = sampler.sample(&logits, &context).unwrap() as usize;
             prop_assert!(processed[token] != f32::NEG_INFINITY);
         }
     }
@@ -73,7 +73,7 @@ proptest! {
     #[test]
     fn greedy_is_argmax(logits in logits_strategy()) {
         let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
-        prop_assert_eq!(sampler.sample(&logits, &[]) as usize, processors::argmax(&logits));
+        prop_assert_eq!(sampler.sample(&logits, &[]).unwrap() as usize, processors::argmax(&logits));
     }
 
     /// The penalty never changes which untouched id is the most likely among untouched ids.
@@ -98,7 +98,7 @@ proptest! {
         let mut a = Sampler::new(params).unwrap();
         let mut b = Sampler::new(params).unwrap();
         for _ in 0..5 {
-            prop_assert_eq!(a.sample(&logits, &[1]), b.sample(&logits, &[1]));
+            prop_assert_eq!(a.sample(&logits, &[1]).unwrap(), b.sample(&logits, &[1]).unwrap());
         }
     }
 }
@@ -184,7 +184,9 @@ fn different_seeds_give_different_streams() {
             ..SamplingParams::model_card().with_seed(seed)
         })
         .unwrap();
-        (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        (0..20)
+            .map(|_| s.sample(&logits, &[]).unwrap())
+            .collect::<Vec<_>>()
     };
     assert_eq!(draw(7), draw(7));
     assert_ne!(draw(7), draw(8));
@@ -223,7 +225,48 @@ fn processors_run_in_transformers_order_with_the_callers_after_the_penalty() {
     );
     let logits = [0.0, 1.0, 2.0, 9.0];
     let greedy = SamplingParams::greedy();
-    assert_eq!(Sampler::new(greedy).unwrap().sample(&logits, &[]), 3);
+    assert_eq!(
+        Sampler::new(greedy).unwrap().sample(&logits, &[]).unwrap(),
+        3
+    );
     let mut banned = Sampler::with_processors(greedy, vec![Arc::new(Ban(3))]).unwrap();
-    assert_eq!(banned.sample(&logits, &[]), 2);
+    assert_eq!(banned.sample(&logits, &[]).unwrap(), 2);
+}
+
+#[test]
+fn non_finite_logits_are_an_error_not_a_token() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for params in [SamplingParams::greedy(), SamplingParams::model_card()] {
+            let mut sampler = Sampler::new(params).unwrap();
+            let err = sampler.sample(&[0.0, 1.0, bad, 2.0], &[]).unwrap_err();
+            assert!(
+                matches!(err, SamplerError::NonFiniteLogits { token: 2, .. }),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("non-finite"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn tiny_temperatures_pick_the_maximum_instead_of_overflowing() {
+    let logits = [1.0, 30.0, -5.0, 29.9];
+    for temperature in [1e-39_f32, 1e-30, f32::MIN_POSITIVE] {
+        let params = SamplingParams {
+            temperature,
+            top_k: None,
+            top_p: 1.0,
+            min_p: None,
+            repetition_penalty: 1.0,
+            seed: 7,
+        };
+        let mut sampler = Sampler::new(params).unwrap();
+        for _ in 0..10 {
+            assert_eq!(
+                sampler.sample(&logits, &[]).unwrap(),
+                1,
+                "T = {temperature}"
+            );
+        }
+    }
 }

@@ -69,10 +69,24 @@ pub enum Layout {
     Transposed,
 }
 
+/// A mapped file and its SIGBUS message (see [`crate::sigbus`]).
+pub(crate) struct MappedFile {
+    mmap: Mmap,
+    _sigbus: crate::sigbus::Registration,
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = Mmap;
+
+    fn deref(&self) -> &Mmap {
+        &self.mmap
+    }
+}
+
 /// One memory-mapped `.safetensors` file with its validated header.
 struct Shard {
     path: PathBuf,
-    mmap: Arc<Mmap>,
+    mmap: Arc<MappedFile>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -82,11 +96,17 @@ impl Shard {
         crate::regular_file_len(path)?;
         let file = File::open(path).map_err(|source| WeightsError::io(path, source))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on
-        // nobody truncating a checkpoint while it is being read.
+        // nobody truncating a checkpoint while it is being read. If somebody does, the
+        // SIGBUS that follows is explained by a message naming the file (crate::sigbus).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let sigbus = crate::sigbus::Registration::new(mmap.as_ptr(), mmap.len(), path);
+        let mmap = MappedFile {
+            mmap,
+            _sigbus: sigbus,
+        };
         // Pages read from disk through this map come in 2 MB folios where the filesystem
         // can (fewer faults and TLB misses for weights used in place); advice only.
         #[cfg(target_os = "linux")]
@@ -316,7 +336,7 @@ impl Checkpoint {
 /// little-endian bytes (not necessarily aligned to the element size).
 #[derive(Clone)]
 pub struct TensorView {
-    mmap: Arc<Mmap>,
+    mmap: Arc<MappedFile>,
     offset: usize,
     len: usize,
     dtype: Dtype,

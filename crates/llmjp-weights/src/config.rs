@@ -148,8 +148,16 @@ impl ModelConfig {
                 raw.max_position_embeddings.unwrap_or(1),
                 MAX_POSITIONS,
             ),
-            ("num_local_experts", raw.num_local_experts.unwrap_or(1), MAX_EXPERTS),
-            ("num_experts_per_tok", raw.num_experts_per_tok.unwrap_or(1), MAX_EXPERTS),
+            (
+                "num_local_experts",
+                raw.num_local_experts.unwrap_or(1),
+                MAX_EXPERTS,
+            ),
+            (
+                "num_experts_per_tok",
+                raw.num_experts_per_tok.unwrap_or(1),
+                MAX_EXPERTS,
+            ),
         ] {
             if value == 0 || value > max {
                 return Err(invalid(format!(
@@ -316,7 +324,11 @@ impl GenerationConfig {
         for (field, value, (low, high)) in [
             ("temperature", raw.temperature, (0.0, f64::MAX)),
             ("top_p", raw.top_p, (0.0, 1.0)),
-            ("repetition_penalty", raw.repetition_penalty, (f64::MIN_POSITIVE, f64::MAX)),
+            (
+                "repetition_penalty",
+                raw.repetition_penalty,
+                (f64::MIN_POSITIVE, f64::MAX),
+            ),
         ] {
             if let Some(v) = value.filter(|v| !(v.is_finite() && *v >= low && *v <= high)) {
                 return Err(invalid(format!(

@@ -47,6 +47,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod hub;
+mod sigbus;
 
 use std::path::Path;
 

@@ -291,3 +291,52 @@ proptest! {
         }
     }
 }
+
+/// Run by `truncating_a_mapped_checkpoint_is_explained` in a child process: maps a
+/// checkpoint, truncates it, then reads the lost pages.
+#[test]
+fn sigbus_child() {
+    let Ok(dir) = std::env::var("LLMJP_SIGBUS_CHILD") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let values = vec![1.0f32; 1 << 20];
+    let path = dir.join("model.safetensors");
+    fs::write(
+        &path,
+        safetensors_bytes(&[("w", Dtype::F32, vec![1 << 20], f32_bytes(&values))]),
+    )
+    .unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let w: Vec<f32> = checkpoint.read("w", &[1 << 20], Layout::AsStored).unwrap();
+    println!("read {} values without a fault", w.len());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn truncating_a_mapped_checkpoint_is_explained() {
+    let dir = TempDir::new("sigbus");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigbus_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("LLMJP_SIGBUS_CHILD", &dir.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(135), "stderr: {stderr}");
+    assert!(
+        stderr.contains("model.safetensors was truncated or changed while llmjp had it mapped"),
+        "{stderr}"
+    );
+}

@@ -11,6 +11,14 @@ pub enum LlmError {
     Model(#[from] llmjp_model::ModelError),
     #[error("invalid sampling parameters: {0}")]
     Sampler(#[from] llmjp_sampler::SamplerError),
+    /// The model produced NaN or infinite logits: its weights or configuration are broken
+    /// (or a computation overflowed). Generation stops rather than emit garbage.
+    #[error("generation stopped at step {step}: the model produced a non-finite logit ({value}) for token {token}, so its weights or configuration are broken")]
+    NonFiniteLogits {
+        step: usize,
+        token: usize,
+        value: f32,
+    },
     /// The prompt alone does not fit in the model's context.
     #[error("the prompt has {tokens} tokens but the model's context holds {limit}")]
     PromptTooLong { tokens: usize, limit: usize },

@@ -9,7 +9,7 @@ use llmjp_chat::{ChatTemplate, Message};
 use llmjp_model::backend::DecoderBackend;
 use llmjp_model::{read_f32, CausalLm, ComputeDtype};
 use llmjp_sampler::processors::LogitsProcessor;
-use llmjp_sampler::{Sampler, SamplingParams};
+use llmjp_sampler::{Sampler, SamplerError, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
 
@@ -270,9 +270,10 @@ impl<B: Backend> Pipeline<B> {
                 limit: context - 1,
             });
         }
+        // The cache grows with what is generated, up to this many positions.
         let mut cache = self
             .model
-            .new_cache(prompt_ids.len() + options.max_new_tokens);
+            .new_cache(prompt_ids.len().saturating_add(options.max_new_tokens));
         let mut timings = Timings {
             load_s: self.load_s,
             prefill_tokens: prompt_ids.len(),
@@ -293,7 +294,14 @@ impl<B: Backend> Pipeline<B> {
         timings.prefill_s = start.elapsed().as_secs_f64();
 
         let mut finish_reason = loop {
-            let token = sampler.sample(&logits, &context_ids);
+            let token = sampler.sample(&logits, &context_ids).map_err(|e| match e {
+                SamplerError::NonFiniteLogits { token, value } => LlmError::NonFiniteLogits {
+                    step: generated.len(),
+                    token,
+                    value,
+                },
+                other => LlmError::Sampler(other),
+            })?;
             generated.push(token);
             context_ids.push(token);
             if !options.ignore_eos && self.eos_ids.contains(&token) {

@@ -39,6 +39,24 @@ impl HostKv {
         self.capacity
     }
 
+    /// Makes room for `capacity` positions, keeping what is written.
+    pub fn grow(&mut self, capacity: usize) {
+        if capacity <= self.capacity {
+            return;
+        }
+        let mut grown = Self::new(self.kv_heads, self.head_dim, capacity);
+        let (old_blocks, new_blocks) = (self.blocks(), grown.blocks());
+        let block = POSITION_BLOCK * self.head_dim;
+        let values = self.capacity * self.head_dim;
+        for h in 0..self.kv_heads {
+            grown.keys[h * new_blocks * block..][..old_blocks * block]
+                .copy_from_slice(&self.keys[h * old_blocks * block..][..old_blocks * block]);
+            grown.values[h * capacity * self.head_dim..][..values]
+                .copy_from_slice(&self.values[h * values..][..values]);
+        }
+        *self = grown;
+    }
+
     fn blocks(&self) -> usize {
         self.capacity.div_ceil(POSITION_BLOCK)
     }
