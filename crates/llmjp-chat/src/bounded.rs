@@ -305,8 +305,8 @@ fn concat(args: Rest<Value>) -> Result<Value, Error> {
 /// `a + b`: strings and sequences are sized first, numbers go to minijinja.
 fn add(state: &State, args: Rest<Value>) -> Result<Value, Error> {
     let [a, b] = two(&args)?;
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        if let Some(sum) = x.checked_add(y) {
+    if a.is_integer() && b.is_integer() {
+        if let Some(sum) = a.as_i64().zip(b.as_i64()).and_then(|(x, y)| x.checked_add(y)) {
             return Ok(Value::from(sum));
         }
     }
@@ -549,22 +549,29 @@ mod filters {
     }
 }
 
-/// `source` with every number literal `N` written `__llmjp_number(N)`: minijinja folds
+/// `source` with every number literal `N` written `(__llmjp_number(N))`: minijinja folds
 /// operators on constants while compiling, before any budget applies, and every operation
 /// that can grow a value (`*` with a count, a repeated list printed with `~`) needs a
 /// number; without constant numbers, folded constants stay within a few times the source.
 pub(crate) fn unfold_numbers(source: &str, whitespace: &WhitespaceConfig) -> Result<String, Error> {
     let mut out = String::with_capacity(source.len());
     let mut copied = 0usize;
+    let mut after_dot = false;
     for token in tokenize(source, false, Default::default(), *whitespace) {
         let (token, span) = token?;
-        if matches!(token, Token::Int(_) | Token::Int128(_) | Token::Float(_)) {
+        let number = matches!(token, Token::Int(_) | Token::Int128(_) | Token::Float(_));
+        // `x.0` is an item lookup, not an expression: left as it is.
+        let wrap = number && !after_dot;
+        after_dot = matches!(token, Token::Dot);
+        if wrap {
             let (start, end) = (span.start_offset as usize, span.end_offset as usize);
             out.push_str(&source[copied..start]);
+            // Parenthesised: `-f(1)` would parse as `(-f)(1)`.
+            out.push('(');
             out.push_str(NUMBER);
             out.push('(');
             out.push_str(&source[start..end]);
-            out.push(')');
+            out.push_str("))");
             copied = end;
         }
     }

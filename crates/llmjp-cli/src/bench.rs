@@ -37,7 +37,7 @@ const TEXT: &str = "自然言語処理は、人間の言語をコンピュータ
 
 pub fn run(args: Args, out: &mut impl Write) -> Result {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
-        return Err("--prompt-tokens and --gen-tokens must be at least 1.".into());
+        return Err("--prompt-tokens and --gen-tokens must be at least 1".into());
     }
     let llm = args.model.load()?;
     let context = llm.config().max_position_embeddings;
@@ -45,7 +45,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         Some(needed) if needed <= context => {}
         _ => {
             return Err(format!(
-                "--prompt-tokens {} and --gen-tokens {} need more positions than the model's context of {context} holds.",
+                "--prompt-tokens {} and --gen-tokens {} need more positions than the model's context of {context} holds",
                 args.prompt_tokens, args.gen_tokens
             )
             .into())

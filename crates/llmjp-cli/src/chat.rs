@@ -1,6 +1,6 @@
 //! `llmjp chat`: an interactive conversation.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

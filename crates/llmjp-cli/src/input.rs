@@ -18,9 +18,9 @@ pub fn stdin() -> Result<String> {
         .take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(format!("standard input is larger than {MAX_INPUT_BYTES} bytes.").into());
+        return Err(format!("standard input is larger than {MAX_INPUT_BYTES} bytes").into());
     }
-    String::from_utf8(bytes).map_err(|_| "standard input is not valid UTF-8 text.".into())
+    String::from_utf8(bytes).map_err(|_| "standard input is not valid UTF-8 text".into())
 }
 
 /// A regular file of at most [`MAX_INPUT_BYTES`] (not a FIFO or device, which could block

@@ -1,10 +1,11 @@
 //! `llmjp tokenize`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use llmjp_tokenizer::Tokenizer;
 use serde::Serialize;
 
+use crate::input::{read_line, Line, MAX_LINE_BYTES};
 use crate::{Format, ModelArg, Result};
 
 #[derive(clap::Args, Debug)]
@@ -61,11 +62,11 @@ fn run_json_lines(tokenizer: &Tokenizer, add_special: bool, out: &mut impl Write
             Line::End => break,
             Line::Text(line) => line,
             Line::NotUtf8 => {
-                return Err(format!("standard input line {number} is not valid UTF-8.").into())
+                return Err(format!("standard input line {number} is not valid UTF-8").into())
             }
             Line::TooLong => {
                 return Err(format!(
-                    "standard input line {number} is longer than {MAX_LINE_BYTES} bytes."
+                    "standard input line {number} is longer than {MAX_LINE_BYTES} bytes"
                 )
                 .into())
             }

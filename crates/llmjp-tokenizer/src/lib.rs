@@ -55,6 +55,8 @@ pub struct Tokenizer {
     byte_fallback_ids: Vec<u32>,
     /// Number of tokens, added tokens included.
     vocab_size: usize,
+    /// See [`Tokenizer::max_token_bytes`].
+    max_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -103,8 +105,15 @@ impl Tokenizer {
             .filter_map(|b| inner.token_to_id(&format!("<0x{b:02X}>")))
             .collect();
         byte_fallback_ids.sort_unstable();
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1);
         Self {
             special_ids,
+            max_token_bytes,
             byte_fallback_ids,
             vocab_size: inner.get_vocab_size(true),
             bos_id: id("bos_token"),
@@ -114,6 +123,13 @@ impl Tokenizer {
             config,
             inner,
         }
+    }
+
+    /// The longest token in the vocabulary, in bytes (48 for llm-jp: sixteen `▁`). A text
+    /// of `n` tokens is rarely longer than `n` times this: callers use it to refuse a
+    /// prompt that cannot fit a context before spending time and memory encoding it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Token ids of `text`. With `add_special_tokens`, the post-processor's tokens (the BOS

@@ -122,12 +122,12 @@ impl ModelConfig {
         };
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(invalid(format!(
-                "hidden_act {act:?} is not supported; only silu is."
+                "hidden_act {act:?} is not supported; only silu is"
             )));
         }
         if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
             return Err(invalid(
-                "biases in attention or MLP layers are not supported.".into(),
+                "biases in attention or MLP layers are not supported".into(),
             ));
         }
         let rope_theta = rope_theta(&raw).map_err(invalid)?;
@@ -161,27 +161,27 @@ impl ModelConfig {
         ] {
             if value == 0 || value > max {
                 return Err(invalid(format!(
-                    "{field} is {value}; it must be between 1 and {max}."
+                    "{field} is {value}; it must be between 1 and {max}"
                 )));
             }
         }
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
             return Err(invalid(format!(
-                "rms_norm_eps is {rms_norm_eps}; it must be a positive number below 1."
+                "rms_norm_eps is {rms_norm_eps}; it must be a positive number below 1"
             )));
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if !heads.is_multiple_of(kv_heads) {
             return Err(invalid(format!(
-                "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})."
+                "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
             )));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(format!(
-                "head_dim is {head_dim}; it must be even and positive."
+                "head_dim is {head_dim}; it must be even and positive"
             )));
         }
         let (num_local_experts, num_experts_per_tok) = match architecture {
@@ -191,7 +191,7 @@ impl ModelConfig {
                 let top_k = raw.num_experts_per_tok.unwrap_or(2);
                 if top_k > experts {
                     return Err(invalid(format!(
-                        "num_experts_per_tok ({top_k}) must not exceed num_local_experts ({experts})."
+                        "num_experts_per_tok ({top_k}) must not exceed num_local_experts ({experts})"
                     )));
                 }
                 (experts, top_k)
@@ -205,7 +205,7 @@ impl ModelConfig {
             .find(|&&id| id as usize >= raw.vocab_size)
         {
             return Err(invalid(format!(
-                "token id {id} (bos_token_id or eos_token_id) is outside the vocabulary of {} tokens.",
+                "token id {id} (bos_token_id or eos_token_id) is outside the vocabulary of {} tokens",
                 raw.vocab_size
             )));
         }
@@ -254,7 +254,7 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
         match kind {
             None | Some("default") => Ok(()),
             Some(other) => Err(format!(
-                "RoPE scaling {other:?} is not supported; only default RoPE is."
+                "RoPE scaling {other:?} is not supported; only default RoPE is"
             )),
         }
     };
@@ -266,7 +266,7 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
         if let Some(theta) = params.get("rope_theta").and_then(Value::as_f64) {
             if !(theta.is_finite() && theta > 1.0) {
                 return Err(format!(
-                    "rope_theta is {theta}; it must be a finite number above 1."
+                    "rope_theta is {theta}; it must be a finite number above 1"
                 ));
             }
             return Ok(theta);
@@ -277,7 +277,7 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
         Ok(theta)
     } else {
         Err(format!(
-            "rope_theta is {theta}; it must be a finite number above 1."
+            "rope_theta is {theta}; it must be a finite number above 1"
         ))
     }
 }
@@ -332,7 +332,7 @@ impl GenerationConfig {
         ] {
             if let Some(v) = value.filter(|v| !(v.is_finite() && *v >= low && *v <= high)) {
                 return Err(invalid(format!(
-                    "{field} is {v}; it must be a finite number between {low} and {high}."
+                    "{field} is {v}; it must be a finite number between {low} and {high}"
                 )));
             }
         }

@@ -138,3 +138,57 @@ fn malformed_configs_are_json_errors() {
     let err = ModelConfig::from_file(Path::new("/no/such/config.json")).unwrap_err();
     assert!(matches!(err, WeightsError::NotFound { .. }));
 }
+
+/// Any number in any field: either a typed error, or a config whose sizes stay within the
+/// bounds (so that nothing computed from them can overflow or allocate absurdly).
+mod hostile_values {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FIELDS: [&str; 12] = [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "bos_token_id",
+        "eos_token_id",
+    ];
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (0u64..70_000).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |x| x.is_finite())
+                .prop_map(Value::from),
+            Just(Value::Null),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_panic_and_stay_bounded(field in 0..FIELDS.len(), value in number()) {
+            let mut json = llama();
+            json[FIELDS[field]] = value;
+            if let Ok(config) = parse(json) {
+                let elements = config
+                    .vocab_size
+                    .checked_mul(config.hidden_size)
+                    .and_then(|e| e.checked_mul(config.num_hidden_layers));
+                prop_assert!(elements.is_some());
+                prop_assert!(config.max_position_embeddings >= 1);
+                prop_assert!(config.max_position_embeddings <= llmjp_weights::MAX_POSITIONS);
+                prop_assert!(config.rope_theta.is_finite() && config.rope_theta > 1.0);
+                prop_assert!(config.rms_norm_eps > 0.0 && config.rms_norm_eps < 1.0);
+                prop_assert!(config.head_dim % 2 == 0 && config.head_dim > 0);
+            }
+        }
+    }
+}

@@ -22,6 +22,14 @@ pub enum LlmError {
     /// The prompt alone does not fit in the model's context.
     #[error("the prompt has {tokens} tokens but the model's context holds {limit}")]
     PromptTooLong { tokens: usize, limit: usize },
+    /// The prompt text is so long that it cannot fit the context whatever it encodes to
+    /// (refused before encoding).
+    #[error("the prompt is {bytes} bytes long, more than a context of {context} tokens can hold (at most {limit} bytes are encoded)")]
+    PromptTextTooLong {
+        bytes: usize,
+        limit: usize,
+        context: usize,
+    },
     /// The prompt encodes to no tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,

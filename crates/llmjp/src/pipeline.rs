@@ -225,14 +225,34 @@ impl<B: Backend> Pipeline<B> {
 
     /// The ids of a chat, rendered with the template and encoded without a second BOS.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let (_, ids) = llmjp_chat::encode_chat(&self.tokenizer, &self.template, messages, true)?;
-        Ok(ids)
+        let prompt = self.template.render(messages, true)?;
+        self.check_prompt_text(&prompt)?;
+        Ok(self.tokenizer.encode(&prompt, false)?)
     }
 
     /// The ids of raw text, with the tokenizer's special tokens (the BOS), as
     /// `tokenizer(text)` in transformers.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        self.check_prompt_text(text)?;
         Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Refuses text far longer than the context can hold before encoding it (encoding costs
+    /// time and about 70 bytes of memory per byte of text): four times the context in the
+    /// vocabulary's longest tokens.
+    fn check_prompt_text(&self, text: &str) -> Result<()> {
+        let context = self.model.config().max_position_embeddings;
+        let limit = context
+            .saturating_mul(self.tokenizer.max_token_bytes().max(16))
+            .saturating_mul(4);
+        if text.len() > limit {
+            return Err(LlmError::PromptTextTooLong {
+                bytes: text.len(),
+                limit,
+                context,
+            });
+        }
+        Ok(())
     }
 
     /// Answers a chat: renders it, generates, and streams the answer's text to `on_text`
