@@ -306,7 +306,11 @@ fn concat(args: Rest<Value>) -> Result<Value, Error> {
 fn add(state: &State, args: Rest<Value>) -> Result<Value, Error> {
     let [a, b] = two(&args)?;
     if a.is_integer() && b.is_integer() {
-        if let Some(sum) = a.as_i64().zip(b.as_i64()).and_then(|(x, y)| x.checked_add(y)) {
+        if let Some(sum) = a
+            .as_i64()
+            .zip(b.as_i64())
+            .and_then(|(x, y)| x.checked_add(y))
+        {
             return Ok(Value::from(sum));
         }
     }

@@ -268,3 +268,19 @@ impl<B: Backend> DecoderLayer<B> {
         Ok(x + self.feed_forward.forward(ops, normed)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn grown_rope_tables_extend_the_smaller_ones() {
+        let device = Default::default();
+        let small = Rope::<Cpu>::new(8, 10_000.0, 10, ComputeDtype::F32, &device);
+        let large = Rope::<Cpu>::new(8, 10_000.0, 25, ComputeDtype::F32, &device);
+        assert_eq!((small.positions(), large.positions()), (10, 25));
+        assert_eq!(small.cos_host[..], large.cos_host[..80]);
+        assert_eq!(small.sin_host[..], large.sin_host[..80]);
+    }
+}

@@ -165,3 +165,42 @@ fn a_batch_gives_each_sequence_its_own_logits() {
         }
     }
 }
+
+/// Caches start small and grow as positions are used (bounded memory for a large declared
+/// context); growing keeps what was written, so chunks that cross the growth points give
+/// the one-shot prefill's numbers.
+#[test]
+fn caches_grow_with_the_sequence_and_keep_their_contents() {
+    let name = "llama-gqa-f32-sharded";
+    let dir = llmjp_testdata::fixture_dir(name);
+    for ops in op_sets() {
+        let mut config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        config.max_position_embeddings = 1 << 20;
+        let label = ops.name();
+        let model = CausalLm::load_with_ops(
+            config,
+            &Checkpoint::open(&dir).unwrap(),
+            ComputeDtype::F32,
+            &Default::default(),
+            ops,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..600).map(|i| (i * 37 % 200) as u32 + 3).collect();
+        // A cache for the whole declared context allocates only what is used.
+        let mut cache = model.new_cache(usize::MAX);
+        assert_eq!(cache.capacity(), 1 << 20, "{label}");
+        assert_eq!(cache.allocated(), 256, "{label}");
+        let mut allocated = Vec::new();
+        let mut chunked = Vec::new();
+        for chunk in ids.chunks(100) {
+            chunked = to_vec(model.forward_last(chunk, &mut cache).unwrap());
+            allocated.push(cache.allocated());
+        }
+        assert_eq!(allocated, [256, 256, 512, 512, 512, 1024], "{label}");
+        let mut cache = model.new_cache(ids.len());
+        let one_shot = to_vec(model.forward_last(&ids, &mut cache).unwrap());
+        let err = max_abs_diff(&chunked, &one_shot);
+        assert!(err <= TOLERANCE, "{label}: {err}");
+    }
+}
