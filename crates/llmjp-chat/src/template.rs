@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::format::{Item, StrftimeItems};
 use llmjp_tokenizer::Tokenizer;
-use minijinja::machinery::{self, CompiledTemplate, TemplateConfig, Vm, WhitespaceConfig};
+use minijinja::machinery::{
+    self, CompiledTemplate, Instructions, TemplateConfig, Vm, WhitespaceConfig,
+};
 use minijinja::value::Rest;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -58,7 +60,7 @@ impl RenderOptions {
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Arc<Environment<'static>>,
-    source: Arc<str>,
+    program: Arc<Program>,
     special_tokens: BTreeMap<String, String>,
     limits: RenderLimits,
 }
@@ -116,12 +118,12 @@ impl ChatTemplate {
                 message: describe(&e),
             })?
             .into();
-        compile(&source).map_err(|e| ChatError::Syntax {
+        let program = Program::new(source).map_err(|e| ChatError::Syntax {
             message: describe(&e),
         })?;
         Ok(Self {
             env: Arc::new(env),
-            source,
+            program: Arc::new(program),
             special_tokens,
             limits: RenderLimits::default(),
         })
@@ -244,24 +246,14 @@ impl ChatTemplate {
         self.render_context(&context)
     }
 
-    /// Compiles the template afresh (a fraction of a millisecond), hardens it (see
-    /// [`bounded`]) and runs it under this render's budget.
+    /// Runs the hardened program (see [`bounded`]) under this render's budget.
     fn render_context(&self, context: &Map<String, Json>) -> Result<String> {
-        let compiled = compile(&self.source).map_err(|e| ChatError::Syntax {
-            message: describe(&e),
-        })?;
-        let root = bounded::harden(&compiled.instructions);
-        let blocks: BTreeMap<_, _> = compiled
-            .blocks
-            .iter()
-            .map(|(name, block)| (*name, bounded::harden(block)))
-            .collect();
         let guard = bounded::BudgetGuard::install(&self.limits);
         let mut text = String::new();
         let result = Vm::new(&self.env).eval(
-            &root,
+            &self.program.root,
             Value::from_serialize(context),
-            &blocks,
+            &self.program.blocks,
             &mut machinery::make_string_output(&mut text),
             AutoEscape::None,
         );
@@ -323,6 +315,45 @@ pub fn encode_chat(
     let prompt = template.render(messages, add_generation_prompt)?;
     let ids = tokenizer.encode(&prompt, false)?;
     Ok((prompt, ids))
+}
+
+/// A template compiled once and hardened (see [`bounded`]), with the source it borrows from.
+struct Program {
+    // Declared before `source`, so dropped before it: they borrow from it.
+    root: Instructions<'static>,
+    blocks: BTreeMap<&'static str, Instructions<'static>>,
+    source: Arc<str>,
+}
+
+impl Program {
+    fn new(source: Arc<str>) -> std::result::Result<Self, Error> {
+        // SAFETY: the instructions borrow from the heap allocation of `source`, which does
+        // not move (the Arc is only moved, never its contents), is never mutated, and lives
+        // in the same struct, dropped after them (field order). The `'static` never leaves
+        // this struct: `Vm::eval` borrows the instructions for the duration of one render.
+        let text: &'static str = unsafe { &*(source.as_ref() as *const str) };
+        let compiled = compile(text)?;
+        let root = bounded::harden(&compiled.instructions);
+        let blocks = compiled
+            .blocks
+            .iter()
+            .map(|(name, block)| (*name, bounded::harden(block)))
+            .collect();
+        Ok(Self {
+            root,
+            blocks,
+            source,
+        })
+    }
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("source_bytes", &self.source.len())
+            .field("instructions", &self.root.len())
+            .finish()
+    }
 }
 
 /// Parses and compiles `source` with transformers' Jinja settings.
