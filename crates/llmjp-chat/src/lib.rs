@@ -27,6 +27,9 @@
 //! special tokens, and [`encode_chat`] renders and encodes in one step without adding a
 //! second BOS.
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod bounded;
 mod error;
 mod message;

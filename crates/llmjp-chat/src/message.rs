@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 /// [`ChatTemplate::render_json`](crate::ChatTemplate::render_json).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant` (templates may accept others).
     pub role: String,
+    /// The text of the message.
     pub content: String,
 }
 
 impl Message {
+    /// A message with any role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
@@ -18,14 +21,17 @@ impl Message {
         }
     }
 
+    /// A system message (llm-jp's template replaces its content with a fixed sentence).
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
 
+    /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
 
+    /// An assistant message (an earlier answer).
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }

@@ -11,7 +11,9 @@ pub enum LayerCache<B: Backend> {
     /// `[1, kv_heads, capacity, head_dim]` tensors in the activation dtype (the reference
     /// ops). `None` only while being written.
     Tensors {
+        /// Keys, `[1, kv_heads, allocated, head_dim]`.
         keys: Option<Tensor<B, 4>>,
+        /// Values, `[1, kv_heads, allocated, head_dim]`.
         values: Option<Tensor<B, 4>>,
     },
     /// f32 on the host, keys transposed in blocks of positions (the CPU kernels).
@@ -80,6 +82,7 @@ impl<B: Backend> KvCache<B> {
         self.len
     }
 
+    /// Whether no position is filled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -10,8 +10,11 @@ use crate::ModelError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ComputeDtype {
     #[default]
+    /// 32-bit floats.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16, the dtype the llm-jp checkpoints are stored in.
     BF16,
 }
 

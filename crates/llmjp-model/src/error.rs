@@ -7,13 +7,21 @@ pub enum ModelError {
     /// The sequence would not fit: the KV cache or the model's context is full.
     #[error("the sequence needs {needed} positions but only {limit} fit ({reason})")]
     ContextOverflow {
+        /// Positions needed.
         needed: usize,
+        /// Positions available.
         limit: usize,
+        /// Which limit applies.
         reason: &'static str,
     },
     /// A token id past the embedding table.
     #[error("token id {id} is outside the model's vocabulary of {vocab_size}")]
-    InvalidToken { id: u32, vocab_size: usize },
+    InvalidToken {
+        /// The token id.
+        id: u32,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
     /// A forward pass was asked for no tokens.
     #[error("no input tokens")]
     EmptyInput,
@@ -34,4 +42,5 @@ pub enum ModelError {
     Readback(String),
 }
 
+/// The result of model operations.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -19,6 +19,7 @@ pub struct RmsNorm<B: Backend> {
     pub weight: Tensor<B, 1>,
     /// In f32, on the host.
     pub host: Vec<f32>,
+    /// Added to the mean square before the square root.
     pub eps: f64,
 }
 
@@ -32,6 +33,7 @@ impl<B: Backend> RmsNorm<B> {
         Ok(Self { weight, host, eps })
     }
 
+    /// Normalises each row of `x`.
     pub fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         ops.rms_norm(x, self)
     }
@@ -49,6 +51,7 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
+    /// Tables of cos and sin for `max_positions` positions, as transformers computes them (f32).
     pub fn new(
         head_dim: usize,
         theta: f64,
@@ -193,12 +196,16 @@ pub(crate) fn heads(config: &ModelConfig) -> Heads {
 /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))` (Mixtral's `w2(silu(w1 x) * w3 x)`).
 #[derive(Debug, Clone)]
 pub struct Mlp<B: Backend> {
+    /// `gate_proj`: hidden to intermediate.
     pub gate: Linear<B>,
+    /// `up_proj`: hidden to intermediate.
     pub up: Linear<B>,
+    /// `down_proj`: intermediate to hidden.
     pub down: Linear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
+    /// SwiGLU: `down(silu(gate(x)) * up(x))`.
     pub fn forward(&self, ops: &dyn DecoderOps<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         let gate = ops.linear(x.clone(), &self.gate)?;
         let up = ops.linear(x, &self.up)?;

@@ -45,6 +45,9 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod backend;
 pub mod cache;
 mod dtype;

@@ -46,6 +46,7 @@ impl<B: Backend> Clone for Linear<B> {
 }
 
 impl<B: Backend> Linear<B> {
+    /// A linear layer over any weight format.
     pub fn new(weight: impl Weight<B> + 'static) -> Self {
         Self(Arc::new(weight))
     }
@@ -78,6 +79,7 @@ pub struct DenseWeight<B: Backend> {
 }
 
 impl<B: Backend> DenseWeight<B> {
+    /// A weight from a `[out, in]` tensor.
     pub fn new(weight: Tensor<B, 2>) -> Self {
         Self { weight }
     }
@@ -117,6 +119,7 @@ pub struct Bf16Weight {
 }
 
 impl Bf16Weight {
+    /// A bf16 weight multiplied by the kernels of `isa`.
     pub fn new(matrix: Bf16Matrix, isa: Isa) -> Self {
         Self {
             matrix: Arc::new(matrix),
@@ -124,6 +127,7 @@ impl Bf16Weight {
         }
     }
 
+    /// The bf16 matrix.
     pub fn matrix(&self) -> &Bf16Matrix {
         &self.matrix
     }
@@ -159,7 +163,9 @@ impl Weight<Cpu> for Bf16Weight {
 /// Reads checkpoint tensors for a model on `device`: dense tensors in a float dtype, or bf16
 /// matrices for the CPU kernels.
 pub struct Loader<'a, B: Backend> {
+    /// Where the weights are read from.
     pub checkpoint: &'a Checkpoint,
+    /// Where they are put.
     pub device: &'a B::Device,
     /// The dtype the weights were asked in.
     pub weights: ComputeDtype,

@@ -18,7 +18,9 @@ use crate::{models, ComputeDtype, ModelError, Result};
 /// One sequence of a batch: the ids to run after what its cache holds.
 #[derive(Debug)]
 pub struct Sequence<'a, B: Backend> {
+    /// Token ids to run after the cached positions.
     pub ids: &'a [u32],
+    /// The sequence's KV cache.
     pub cache: &'a mut KvCache<B>,
 }
 
@@ -152,6 +154,7 @@ impl<B: Backend> CausalLm<B> {
         })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -161,6 +164,7 @@ impl<B: Backend> CausalLm<B> {
         self.dtype
     }
 
+    /// The device its weights are on.
     pub fn device(&self) -> &B::Device {
         &self.device
     }

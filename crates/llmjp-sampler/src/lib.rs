@@ -30,6 +30,9 @@
 //! # Ok::<(), llmjp_sampler::SamplerError>(())
 //! ```
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod processors;
 mod rng;
 
@@ -42,19 +45,29 @@ pub use rng::Rng;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplerError {
     #[error("temperature must be a finite number >= 0, got {0}")]
+    /// A temperature below 0, NaN or infinite.
     Temperature(f32),
     #[error("top_p must be in (0, 1], got {0}")]
+    /// A top-p outside (0, 1].
     TopP(f32),
     #[error("top_k must be at least 1 (leave it unset to disable it), got {0}")]
+    /// A top-k of 0.
     TopK(usize),
     #[error("min_p must be in [0, 1], got {0}")]
+    /// A min-p outside [0, 1].
     MinP(f32),
     #[error("repetition_penalty must be a finite number > 0, got {0}")]
+    /// A repetition penalty that is not a positive finite number.
     RepetitionPenalty(f32),
     /// The model produced NaN or infinite logits (broken weights or a numeric overflow):
     /// nothing sensible can be sampled from them.
     #[error("the model produced a non-finite logit ({value}) for token {token}: its weights or configuration are broken")]
-    NonFiniteLogits { token: usize, value: f32 },
+    NonFiniteLogits {
+        /// The first token whose logit is not finite.
+        token: usize,
+        /// Its logit.
+        value: f32,
+    },
 }
 
 /// What [`Sampler`] does to each step's logits.
@@ -70,6 +83,7 @@ pub struct SamplingParams {
     pub min_p: Option<f32>,
     /// 1 disables the penalty.
     pub repetition_penalty: f32,
+    /// Seed of the random stream (the same seed and logits give the same tokens).
     pub seed: u64,
 }
 
@@ -105,6 +119,7 @@ impl SamplingParams {
         }
     }
 
+    /// The same parameters with another seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -204,6 +219,7 @@ impl Sampler {
         })
     }
 
+    /// The parameters it samples with.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

@@ -5,34 +5,57 @@ use std::path::PathBuf;
 pub enum TokenizerError {
     /// A file the tokenizer needs does not exist.
     #[error("{}: file not found", path.display())]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The file concerned.
+        path: PathBuf,
+    },
     /// A file exists but could not be read.
     #[error("{}: cannot read: {source}", path.display())]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Something other than a regular file (a folder, a FIFO, a device) is where a file
     /// should be.
     #[error("{}: not a regular file", path.display())]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// The file concerned.
+        path: PathBuf,
+    },
     /// A file is larger than we read for its kind.
     #[error("{}: larger than the limit of {limit} bytes for this file", path.display())]
-    TooLarge { path: PathBuf, limit: u64 },
+    TooLarge {
+        /// The file concerned.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// A JSON file is not valid JSON, or not of the expected shape.
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
+        /// The file concerned.
         path: PathBuf,
+        /// The underlying error.
         source: serde_json::Error,
     },
     /// `tokenizer.json` is valid JSON that `tokenizers` cannot load.
     #[error("{}: not a valid tokenizer: {message}", path.display())]
-    InvalidTokenizer { path: PathBuf, message: String },
+    InvalidTokenizer {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, in words.
+        message: String,
+    },
     /// A configuration file names a special token that is not in the vocabulary.
     #[error("{}: {field} is {token:?}, which is not in the vocabulary", path.display())]
     UnknownToken {
+        /// The file concerned.
         path: PathBuf,
+        /// The configuration key naming it (`bos_token`, …).
         field: String,
+        /// The token text.
         token: String,
     },
     /// Encoding failed inside `tokenizers`.
@@ -43,4 +66,5 @@ pub enum TokenizerError {
     Decode(String),
 }
 
+/// The result of tokenizer operations.
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

@@ -19,8 +19,11 @@ pub use safetensors::Dtype;
 
 /// The float types a tensor can be read as.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// Converts from f32 (rounding to nearest even where narrower).
     fn from_f32(x: f32) -> Self;
+    /// Converts from f16.
     fn from_f16(x: f16) -> Self;
+    /// Converts from bf16.
     fn from_bf16(x: bf16) -> Self;
 }
 
@@ -181,7 +184,9 @@ impl std::fmt::Debug for Checkpoint {
 /// A tensor's stored dtype and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorMeta {
+    /// The stored dtype (`BF16`, `F32`, …).
     pub dtype: String,
+    /// The stored shape.
     pub shape: Vec<usize>,
 }
 

@@ -20,18 +20,29 @@ pub enum Architecture {
 /// The settings of a Llama or Mixtral checkpoint that the model needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// Llama or Mixtral.
     pub architecture: Architecture,
+    /// Tokens in the vocabulary (rows of the embedding and the LM head).
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP (of each expert for Mixtral).
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
     /// Equal to `num_attention_heads` without grouped-query attention.
     pub num_key_value_heads: usize,
+    /// Width of one head (`hidden_size / num_attention_heads` unless given).
     pub head_dim: usize,
+    /// RMSNorm's epsilon.
     pub rms_norm_eps: f64,
+    /// Base of the RoPE frequencies.
     pub rope_theta: f64,
+    /// The context length, in tokens.
     pub max_position_embeddings: usize,
+    /// Whether the LM head reuses the embedding table.
     pub tie_word_embeddings: bool,
     /// Mixtral: number of experts per layer.
     pub num_local_experts: usize,
@@ -39,7 +50,9 @@ pub struct ModelConfig {
     pub num_experts_per_tok: usize,
     /// The dtype the weights were trained and stored in (`torch_dtype` / `dtype`), if given.
     pub dtype: Option<String>,
+    /// Beginning-of-sequence id, if given.
     pub bos_token_id: Option<u32>,
+    /// Ids that end generation (one or several).
     pub eos_token_ids: Vec<u32>,
 }
 
@@ -285,14 +298,23 @@ fn rope_theta(raw: &RawConfig) -> std::result::Result<f64, String> {
 /// `generation_config.json`: stop ids and the sampling defaults the model ships with.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationConfig {
+    /// Beginning-of-sequence id, if given.
     pub bos_token_id: Option<u32>,
+    /// Ids that end generation (one or several).
     pub eos_token_ids: Vec<u32>,
+    /// Padding id, if given.
     pub pad_token_id: Option<u32>,
+    /// Sample (true) or decode greedily (false).
     pub do_sample: Option<bool>,
+    /// Default sampling temperature.
     pub temperature: Option<f64>,
+    /// Default nucleus (top-p) threshold.
     pub top_p: Option<f64>,
+    /// Default top-k.
     pub top_k: Option<usize>,
+    /// Default repetition penalty.
     pub repetition_penalty: Option<f64>,
+    /// Default limit of generated tokens.
     pub max_new_tokens: Option<usize>,
 }
 

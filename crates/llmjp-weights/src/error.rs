@@ -5,71 +5,125 @@ use std::path::PathBuf;
 pub enum WeightsError {
     /// A file the checkpoint needs does not exist.
     #[error("{}: file not found", path.display())]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The file concerned.
+        path: PathBuf,
+    },
     /// Something other than a regular file (a folder, a FIFO, a device) is where a file
     /// should be.
     #[error("{}: not a regular file", path.display())]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// The file concerned.
+        path: PathBuf,
+    },
     /// `--model` names a file; a model folder (or a Hub id) was expected.
     #[error("{}: is a file, expected a model folder (or a Hub id of the form org/name[@revision])", path.display())]
-    NotAFolder { path: PathBuf },
+    NotAFolder {
+        /// The file concerned.
+        path: PathBuf,
+    },
     /// A file is larger than we read for its kind.
     #[error("{}: larger than the limit of {limit} bytes for this file", path.display())]
-    TooLarge { path: PathBuf, limit: u64 },
+    TooLarge {
+        /// The file concerned.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// A file exists but could not be read or mapped.
     #[error("{}: cannot read: {source}", path.display())]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A JSON file (config, index) is not valid JSON or not of the expected shape.
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
+        /// The file concerned.
         path: PathBuf,
+        /// The underlying error.
         source: serde_json::Error,
     },
     /// `config.json` parses but describes something we cannot run.
     #[error("{}: {message}", path.display())]
-    InvalidConfig { path: PathBuf, message: String },
+    InvalidConfig {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, in words.
+        message: String,
+    },
     /// The config names an architecture other than Llama or Mixtral.
     #[error("{}: unsupported architecture {found:?}: supported are LlamaForCausalLM and MixtralForCausalLM", path.display())]
-    UnsupportedArchitecture { path: PathBuf, found: String },
+    UnsupportedArchitecture {
+        /// The file concerned.
+        path: PathBuf,
+        /// What was found.
+        found: String,
+    },
     /// A safetensors file is truncated or corrupt (bad header, offsets past the end, …).
     #[error("{}: invalid safetensors file: {message}", path.display())]
-    InvalidSafetensors { path: PathBuf, message: String },
+    InvalidSafetensors {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, in words.
+        message: String,
+    },
     /// A tensor the model needs is not in the checkpoint.
     #[error("tensor {name:?} is missing from the checkpoint in {}", dir.display())]
-    MissingTensor { name: String, dir: PathBuf },
+    MissingTensor {
+        /// The tensor's name.
+        name: String,
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
     /// A tensor has another shape than the config implies.
     #[error("{}: tensor {name:?} has shape {found:?}, expected {expected:?}", path.display())]
     ShapeMismatch {
+        /// The file concerned.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// What was found.
         found: Vec<usize>,
     },
     /// A tensor is stored in a dtype we cannot convert to floats.
     #[error("{}: tensor {name:?} is stored as {dtype}, expected F32, F16 or BF16", path.display())]
     UnsupportedDtype {
+        /// The file concerned.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The stored dtype.
         dtype: String,
     },
     /// `--model` is neither a folder nor a Hub id `org/name[@revision]`.
     #[error("{spec:?} is neither a model folder nor a Hub id of the form org/name[@revision]")]
-    InvalidModelSpec { spec: String },
+    InvalidModelSpec {
+        /// What was given.
+        spec: String,
+    },
     /// Downloading from the Hub failed.
     #[error("cannot download {file} of {repo} from the Hugging Face Hub: {message}. Without network access, pass a local model folder instead (e.g. --model ./llm-jp-3.1-1.8b-instruct4)")]
     Hub {
+        /// The Hub repository.
         repo: String,
+        /// The file in the repository.
         file: String,
+        /// What is wrong, in words.
         message: String,
     },
     /// Offline mode and the file is not in the local Hub cache.
     #[error("{file} of {repo} is not in the Hugging Face cache ({}) and offline mode is on (HF_HUB_OFFLINE): download it first, or pass a local model folder", cache.display())]
     NotCached {
+        /// The Hub repository.
         repo: String,
+        /// The file in the repository.
         file: String,
+        /// The Hugging Face cache folder.
         cache: PathBuf,
     },
 }
@@ -90,4 +144,5 @@ impl WeightsError {
     }
 }
 
+/// The result of checkpoint operations.
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;

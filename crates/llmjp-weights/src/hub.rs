@@ -61,7 +61,9 @@ impl HubOptions {
 /// A parsed Hub id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubId {
+    /// `org/name`.
     pub repo: String,
+    /// A branch, tag or commit (`@revision`), if given.
     pub revision: Option<String>,
 }
 

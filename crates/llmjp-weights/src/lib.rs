@@ -43,6 +43,9 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod checkpoint;
 mod config;
 mod error;

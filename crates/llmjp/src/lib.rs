@@ -40,6 +40,9 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod device;
 mod error;
 mod llm;

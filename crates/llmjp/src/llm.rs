@@ -10,6 +10,7 @@ use crate::{Device, GenerateOptions, Generation, LlmError, LoadOptions, Pipeline
 /// A loaded model on the CPU or, with the `cuda` feature, a GPU.
 #[derive(Debug)]
 pub enum Llm {
+    /// On the CPU.
     Cpu(Pipeline<Cpu>),
     #[cfg(feature = "cuda")]
     Cuda(Pipeline<llmjp_model::backend::Cuda>),
@@ -72,26 +73,32 @@ impl Llm {
         }
     }
 
+    /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         dispatch!(self, p => p.tokenizer())
     }
 
+    /// The chat template.
     pub fn template(&self) -> &ChatTemplate {
         dispatch!(self, p => p.template())
     }
 
+    /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         dispatch!(self, p => p.model().config())
     }
 
+    /// Seconds it took to load.
     pub fn load_seconds(&self) -> f64 {
         dispatch!(self, p => p.load_seconds())
     }
 
+    /// The ids of a chat (see [`Pipeline::encode_chat`]).
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
         dispatch!(self, p => p.encode_chat(messages))
     }
 
+    /// The ids of raw text (see [`Pipeline::encode_raw`]).
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
         dispatch!(self, p => p.encode_raw(text))
     }

@@ -98,6 +98,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The name used in JSON output and by OpenAI-style APIs.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Eos => "eos",
@@ -112,19 +113,25 @@ impl FinishReason {
 /// Wall-clock times of one generation (and of loading the model it ran on).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
+    /// Seconds spent loading the model.
     pub load_s: f64,
+    /// Seconds of the prefill (the prompt in one pass).
     pub prefill_s: f64,
+    /// Tokens prefilled.
     pub prefill_tokens: usize,
     /// Time of the single-token forward passes after the prefill.
     pub decode_s: f64,
+    /// Decode steps timed (one per generated token after the first).
     pub decode_tokens: usize,
 }
 
 impl Timings {
+    /// Prefill speed, tokens per second.
     pub fn prefill_tok_s(&self) -> f64 {
         rate(self.prefill_tokens, self.prefill_s)
     }
 
+    /// Decode speed, tokens per second.
     pub fn decode_tok_s(&self) -> f64 {
         rate(self.decode_tokens, self.decode_s)
     }
@@ -141,12 +148,15 @@ fn rate(tokens: usize, seconds: f64) -> f64 {
 /// The result of one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
+    /// The prompt, as ids.
     pub prompt_ids: Vec<u32>,
     /// Every generated id, the EOS included.
     pub generated_ids: Vec<u32>,
     /// The generated text (special tokens skipped, cut before a stop string).
     pub text: String,
+    /// Why generation stopped.
     pub finish_reason: FinishReason,
+    /// Load, prefill and decode times.
     pub timings: Timings,
 }
 
@@ -202,18 +212,22 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
+    /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
+    /// The chat template.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
     }
 
+    /// The model.
     pub fn model(&self) -> &CausalLm<B> {
         &self.model
     }
 
+    /// The ids that end generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
     }

@@ -35,6 +35,7 @@ impl HostKv {
         }
     }
 
+    /// Positions it has room for.
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -45,10 +45,12 @@ impl Bf16Matrix {
         }
     }
 
+    /// Rows (output features).
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Columns (input features).
     pub fn cols(&self) -> usize {
         self.cols
     }

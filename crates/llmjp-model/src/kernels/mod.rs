@@ -108,6 +108,7 @@ impl Isa {
         self.min(Self::best())
     }
 
+    /// The name `LLMJP_CPU_ISA` takes.
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",

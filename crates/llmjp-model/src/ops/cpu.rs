@@ -36,6 +36,7 @@ impl CpuKernels {
         Self { isa: isa.usable() }
     }
 
+    /// The instruction set its kernels use.
     pub fn isa(&self) -> Isa {
         self.isa
     }

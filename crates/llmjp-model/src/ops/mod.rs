@@ -35,15 +35,19 @@ use crate::{ComputeDtype, Result};
 /// number of positions already in its cache).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqSpan {
+    /// The sequence's rows in the packed batch.
     pub rows: Range<usize>,
+    /// Position of its first row (the cached length).
     pub start: usize,
 }
 
 impl SeqSpan {
+    /// Rows of the sequence in this pass.
     pub fn len(&self) -> usize {
         self.rows.len()
     }
 
+    /// Whether the sequence has no rows in this pass.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -57,15 +61,20 @@ impl SeqSpan {
 /// One sequence of a batch at one layer: its rows and that layer's cache.
 #[derive(Debug)]
 pub struct LayerSeq<'a, B: Backend> {
+    /// The sequence's rows and first position.
     pub span: SeqSpan,
+    /// This layer's keys and values of the sequence.
     pub cache: &'a mut LayerCache<B>,
 }
 
 /// The head layout of attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (fewer with grouped-query attention).
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 

@@ -12,7 +12,9 @@ use crate::{kernels, read_f32, Result};
 /// The rows one expert serves, in row order, and the expert's weight for each.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Route {
+    /// Rows routed to the expert.
     pub rows: Vec<usize>,
+    /// Their routing weights, one per row.
     pub weights: Vec<f32>,
 }
 
