@@ -42,3 +42,8 @@ pub use bounded::{
 pub use error::{ChatError, Result};
 pub use message::Message;
 pub use template::{encode_chat, ChatTemplate, RenderOptions, LLM_JP_TEMPLATE, MAX_TEMPLATE_BYTES};
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -9,6 +9,8 @@
 //! ```
 //!
 //! Every failure prints one line on stderr and exits non-zero.
+//!
+//! Features: `cuda` adds `--device cuda[:N]` (burn-cuda; off by default).
 
 mod bench;
 mod chat;

@@ -12,6 +12,7 @@ pub type Cpu = burn_flex::Flex;
 
 /// The CUDA backend (burn-cuda), with the `cuda` feature.
 #[cfg(feature = "cuda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 pub type Cuda = burn_cuda::Cuda;
 
 /// A backend the models know: the [`DecoderOps`] a model loaded on it runs unless told
@@ -36,6 +37,7 @@ impl DecoderBackend for Cpu {
 
 /// The reference on burn-cuda's ops, until CUDA kernels of our own land.
 #[cfg(feature = "cuda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 impl DecoderBackend for Cuda {
     fn default_ops(_dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>> {
         Ok(Arc::new(Reference))

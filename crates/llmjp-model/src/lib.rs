@@ -44,6 +44,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `cuda`: the burn-cuda backend, `backend::Cuda`. It compiles without a CUDA toolkit
+//!   (docs.rs builds it); running needs a driver and NVRTC. Off by default.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -79,3 +84,8 @@ pub fn read_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<
         .into_vec::<f32>()
         .map_err(|e| ModelError::Readback(format!("{e:?}")))
 }
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -277,3 +277,8 @@ impl Sampler {
         last_kept
     }
 }
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

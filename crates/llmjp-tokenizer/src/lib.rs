@@ -240,3 +240,8 @@ fn file_mentions(path: &Path, token: &str) -> bool {
     config::read_to_string(path, config::MAX_CONFIG_BYTES)
         .is_ok_and(|text| serde_json::to_string(token).is_ok_and(|quoted| text.contains(&quoted)))
 }
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -113,3 +113,8 @@ pub fn read_file(path: &Path, limit: u64) -> Result<String> {
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
     })
 }
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

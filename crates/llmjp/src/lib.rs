@@ -39,6 +39,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `cuda`: `Device::Cuda(n)` and `Llm::Cuda`, through burn-cuda. It compiles without a
+//!   CUDA toolkit (docs.rs builds it); running needs a driver and NVRTC. Off by default.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -66,3 +71,8 @@ pub mod crates {
     pub use {llmjp_chat as chat, llmjp_model as model, llmjp_sampler as sampler};
     pub use {llmjp_tokenizer as tokenizer, llmjp_weights as weights};
 }
+
+/// The README's examples, compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -12,7 +12,9 @@ use crate::{Device, GenerateOptions, Generation, LlmError, LoadOptions, Pipeline
 pub enum Llm {
     /// On the CPU.
     Cpu(Pipeline<Cpu>),
+    /// On a GPU, through burn-cuda.
     #[cfg(feature = "cuda")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
     Cuda(Pipeline<llmjp_model::backend::Cuda>),
 }
 
