@@ -233,6 +233,14 @@ fn hardened_operators_keep_their_meaning() {
             "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }}{{ m('y') }}",
             "<1><y>",
         ),
+        (
+            "{% for x in [1, [2, [3]], 4] recursive %}{% if x is sequence %}({{ loop(x) }}){% else %}{{ x }}{% endif %}{% endfor %}",
+            "1(2(3))4",
+        ),
+        (
+            "{% set ns = namespace(n=0) %}{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
+            "3",
+        ),
     ];
     for (source, expected) in cases {
         assert_eq!(render(source).unwrap(), expected, "{source}");
