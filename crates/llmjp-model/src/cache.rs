@@ -1,9 +1,63 @@
-//! The KV cache of one sequence: every layer's keys and values, written in place.
+//! The KV cache of one sequence: every layer's keys and values, written in place, and the
+//! count of the memory all of a model's caches hold.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::kernels::HostKv;
+
+/// The bytes of KV cache memory alive for one model, across all its caches: what a server
+/// budgets. Memory shared between caches (pages of a [`KvCache::fork`]) counts once on the
+/// host kernels' layout; a tensor cache counts in every cache that holds it.
+#[derive(Debug, Clone, Default)]
+pub struct KvMemory(Arc<AtomicUsize>);
+
+impl KvMemory {
+    /// Bytes alive now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` until the returned charge is dropped.
+    pub(crate) fn charge(&self, bytes: usize) -> Charge {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            memory: self.clone(),
+            bytes,
+        }
+    }
+}
+
+/// Bytes counted in a [`KvMemory`] while it lives (a clone counts them again).
+#[derive(Debug)]
+pub(crate) struct Charge {
+    memory: KvMemory,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Counts `bytes` instead of what it counted.
+    fn set(&mut self, bytes: usize) {
+        self.memory.0.fetch_add(bytes, Ordering::Relaxed);
+        self.memory.0.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = bytes;
+    }
+}
+
+impl Clone for Charge {
+    fn clone(&self) -> Self {
+        self.memory.charge(self.bytes)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.memory.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// One layer's keys and values for one sequence, in the layout of the ops that made it.
 #[derive(Debug, Clone)]
@@ -15,8 +69,12 @@ pub enum LayerCache<B: Backend> {
         keys: Option<Tensor<B, 4>>,
         /// Values, `[1, kv_heads, allocated, head_dim]`.
         values: Option<Tensor<B, 4>>,
+        /// Their bytes, counted in the model's [`KvMemory`].
+        #[doc(hidden)]
+        charge: TensorCharge,
     },
-    /// f32 on the host, keys transposed in blocks of positions (the CPU kernels).
+    /// f32 on the host in shareable pages, keys transposed in blocks of positions (the CPU
+    /// kernels).
     Host(HostKv),
 }
 
@@ -33,14 +91,50 @@ pub struct KvCache<B: Backend> {
     pub(crate) allocated: usize,
     /// What the cache was made for: the ops, `[kv_heads, head_dim]` and the dtype.
     pub(crate) made_for: CacheKind,
+    /// The model's context: the most positions any cache holds.
+    pub(crate) made_for_context: usize,
 }
 
+/// The bytes a tensor cache holds, counted in the model's [`KvMemory`].
+#[derive(Debug, Clone)]
+pub struct TensorCharge(Charge);
+
 impl<B: Backend> LayerCache<B> {
+    /// Tensor caches of `[1, kv_heads, capacity, head_dim]` zeros in `dtype`, counted in
+    /// `memory`.
+    pub fn zeros(
+        shape: [usize; 4],
+        dtype: crate::ComputeDtype,
+        device: &B::Device,
+        memory: &KvMemory,
+    ) -> Self {
+        let zeros = || Some(Tensor::zeros(shape, (device, dtype.dtype())));
+        let bytes = 2 * shape.iter().product::<usize>() * dtype.dtype().size();
+        Self::Tensors {
+            keys: zeros(),
+            values: zeros(),
+            charge: TensorCharge(memory.charge(bytes)),
+        }
+    }
+
+    /// The first `positions` positions, sharing memory (copied on the first write).
+    fn fork(&self, positions: usize) -> Self {
+        match self {
+            Self::Host(kv) => Self::Host(kv.fork(positions)),
+            tensors => tensors.clone(),
+        }
+    }
+
     /// Makes room for `capacity` positions, keeping what is written.
     fn grow(&mut self, capacity: usize) {
         match self {
             Self::Host(kv) => kv.grow(capacity),
-            Self::Tensors { keys, values } => {
+            Self::Tensors {
+                keys,
+                values,
+                charge,
+            } => {
+                let mut bytes = 0;
                 for tensor in [keys, values].into_iter().flatten() {
                     let [batch, heads, filled, dim] = tensor.dims();
                     if capacity > filled {
@@ -50,7 +144,9 @@ impl<B: Backend> LayerCache<B> {
                         );
                         *tensor = Tensor::cat(vec![tensor.clone(), zeros], 2);
                     }
+                    bytes += tensor.shape().num_elements() * tensor.dtype().size();
                 }
+                charge.0.set(bytes);
             }
         }
     }
@@ -114,5 +210,38 @@ impl<B: Backend> KvCache<B> {
     /// Forgets the sequence; the memory is kept for the next one.
     pub fn reset(&mut self) {
         self.len = 0;
+    }
+
+    /// A cache holding the first `positions` positions of this one, for sequences of up to
+    /// `capacity` positions: a prompt that starts with tokens this cache has seen continues
+    /// from there instead of running them again. Memory is shared, not copied: on the CPU
+    /// kernels' layout in pages, each copied when either cache first writes to it; a tensor
+    /// cache is copied on its first write. `positions` beyond [`len`](Self::len) or
+    /// `capacity` are cut to them.
+    pub fn fork(&self, positions: usize, capacity: usize) -> Self {
+        let capacity = capacity.min(self.made_for_context);
+        let len = positions.min(self.len).min(capacity);
+        let layers: Vec<_> = self.layers.iter().map(|l| l.fork(len)).collect();
+        let allocated = match layers.first() {
+            Some(LayerCache::Host(kv)) => kv.capacity(),
+            _ => self.allocated,
+        };
+        Self {
+            layers,
+            len,
+            capacity,
+            allocated,
+            made_for: self.made_for.clone(),
+            made_for_context: self.made_for_context,
+        }
+    }
+
+    /// Pages of the CPU kernels' layout this cache shares with another cache, in its first
+    /// layer (0 for tensor caches).
+    pub fn shared_pages(&self) -> usize {
+        match self.layers.first() {
+            Some(LayerCache::Host(kv)) => kv.shared_pages(),
+            _ => 0,
+        }
     }
 }

@@ -69,7 +69,7 @@ mod testing;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, KvMemory};
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};
 pub use llmjp_weights::{Architecture, ModelConfig};

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use llmjp_weights::{Checkpoint, ModelConfig};
 
 use crate::backend::DecoderBackend;
-use crate::cache::{CacheKind, KvCache};
+use crate::cache::{CacheKind, KvCache, KvMemory};
 use crate::layers::{heads, DecoderLayer, RmsNorm, Rope};
 use crate::linear::{Linear, Loader};
 use crate::ops::{DecoderOps, LayerSeq, SeqSpan};
@@ -44,6 +44,8 @@ pub struct CausalLm<B: Backend> {
     lm_head: Linear<B>,
     /// Grown as positions are reached (see `rope_for`).
     rope: Mutex<Arc<Rope<B>>>,
+    /// What its caches hold.
+    kv_memory: KvMemory,
 }
 
 /// Positions a new cache has memory for before it first grows.
@@ -151,6 +153,7 @@ impl<B: Backend> CausalLm<B> {
             lm_head,
             rope,
             config,
+            kv_memory: KvMemory::default(),
         })
     }
 
@@ -184,15 +187,32 @@ impl<B: Backend> CausalLm<B> {
         KvCache {
             layers: (0..self.layers.len())
                 .map(|_| {
-                    self.ops
-                        .new_layer_cache(heads, allocated, self.activations, &self.device)
+                    self.ops.new_layer_cache(
+                        heads,
+                        allocated,
+                        self.activations,
+                        &self.device,
+                        &self.kv_memory,
+                    )
                 })
                 .collect(),
             len: 0,
             capacity,
             allocated,
             made_for: self.cache_kind(),
+            made_for_context: self.config.max_position_embeddings,
         }
+    }
+
+    /// The KV cache memory alive in this model's caches (see [`KvMemory`]).
+    pub fn kv_memory(&self) -> &KvMemory {
+        &self.kv_memory
+    }
+
+    /// Bytes of KV cache one position takes in every layer.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let dtype_bytes = self.activations.dtype().size();
+        2 * self.layers.len() * self.config.num_key_value_heads * self.config.head_dim * dtype_bytes
     }
 
     /// RoPE tables covering positions `..needed`, grown (doubling, at most the context) when

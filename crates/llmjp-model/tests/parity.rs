@@ -204,3 +204,60 @@ fn caches_grow_with_the_sequence_and_keep_their_contents() {
         assert!(err <= TOLERANCE, "{label}: {err}");
     }
 }
+
+#[test]
+fn forked_caches_continue_as_a_fresh_prefill_and_copy_on_write() {
+    let name = "llama-gqa-f32-sharded";
+    let dir = llmjp_testdata::fixture_dir(name);
+    for ops in op_sets() {
+        let model = CausalLm::load_with_ops(
+            ModelConfig::from_file(&dir.join("config.json")).unwrap(),
+            &Checkpoint::open(&dir).unwrap(),
+            ComputeDtype::F32,
+            &Default::default(),
+            ops,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let label = model.ops().name();
+        // A shared prefix of 45 positions: one whole page and part of a second.
+        let prefix: Vec<u32> = (0..45).map(|i| (i * 13 % 150) as u32 + 3).collect();
+        let tails: [&[u32]; 2] = [&[7, 8, 9, 10], &[200, 3]];
+        let mut donor = model.new_cache(64);
+        model.forward_last(&prefix, &mut donor).unwrap();
+        let donor_before = to_vec(model.forward(&[5], &mut donor.fork(45, 64)).unwrap());
+        let memory_before = model.kv_memory().bytes();
+        for tail in tails {
+            let mut shared = donor.fork(prefix.len(), 64);
+            assert_eq!(shared.len(), 45, "{label}");
+            let forked = to_vec(model.forward(tail, &mut shared).unwrap());
+            let mut fresh = model.new_cache(64);
+            let whole: Vec<u32> = prefix.iter().chain(tail).copied().collect();
+            let fresh = to_vec(model.forward(&whole, &mut fresh).unwrap());
+            let fresh_tail = &fresh[fresh.len() - forked.len()..];
+            let err = max_abs_diff(&forked, fresh_tail);
+            assert!(err <= TOLERANCE, "{label} {tail:?}: {err}");
+            // A fork of part of the prefix starts from there.
+            let mut part = donor.fork(20, 64);
+            let from_part = to_vec(model.forward_last(&whole[20..], &mut part).unwrap());
+            let err = max_abs_diff(&from_part, &fresh[fresh.len() - from_part.len()..]);
+            assert!(err <= TOLERANCE, "{label} part {tail:?}: {err}");
+        }
+        // Writes to the forks never reached the donor.
+        let donor_after = to_vec(model.forward(&[5], &mut donor.fork(45, 64)).unwrap());
+        assert_eq!(donor_before, donor_after, "{label}");
+        if label == "cpu kernels" {
+            // The whole first page is shared; the partial one was copied by each writer.
+            let fork = donor.fork(45, 64);
+            assert_eq!(fork.shared_pages(), 2, "{label}");
+            assert_eq!(model.kv_memory().bytes(), memory_before, "{label}");
+            let page = 32 * model.kv_bytes_per_position();
+            let mut writer = donor.fork(45, 64);
+            model.forward_last(&[9], &mut writer).unwrap();
+            assert_eq!(model.kv_memory().bytes(), memory_before + page, "{label}");
+            assert_eq!(writer.shared_pages(), 1, "{label}");
+            drop((writer, fork, donor));
+            assert_eq!(model.kv_memory().bytes(), 0, "{label}");
+        }
+    }
+}

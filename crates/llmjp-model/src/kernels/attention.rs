@@ -1,65 +1,100 @@
-//! Causal attention on the host over an f32 KV cache laid out for it.
+//! Causal attention on the host over an f32 KV cache laid out for it, in shareable pages.
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{avx2, avx512, portable, Isa};
+use crate::cache::{Charge, KvMemory};
 
 /// Queries per attention task: each key and value is read once for a block of queries.
 pub const QUERY_BLOCK: usize = 16;
 /// Positions per transposed key block (one AVX-512 vector of f32).
 pub const POSITION_BLOCK: usize = 16;
+/// Positions per page of a [`HostKv`]: the unit its memory is allocated and shared in.
+pub const PAGE: usize = 32;
 
-/// One layer's keys and values for one sequence, on the host in f32.
+/// `PAGE` positions of one layer's keys and values, every key/value head: keys
+/// `[kv_heads, PAGE / 16, head_dim, 16]` (each block of 16 positions transposed, so that one
+/// query's scores against 16 positions are one vector per dimension), then values
+/// `[kv_heads, PAGE, head_dim]`.
+#[derive(Debug, Clone)]
+struct Page {
+    data: Vec<f32>,
+    _charge: Charge,
+}
+
+impl Page {
+    fn new(kv_heads: usize, head_dim: usize, memory: &KvMemory) -> Self {
+        let floats = 2 * kv_heads * PAGE * head_dim;
+        Self {
+            data: vec![0.0; floats],
+            _charge: memory.charge(floats * size_of::<f32>()),
+        }
+    }
+}
+
+/// One layer's keys and values for one sequence, on the host in f32, in pages of [`PAGE`]
+/// positions. Pages are reference-counted: [`HostKv::fork`] shares them with another
+/// sequence, and a page is copied when a sequence writes to one it shares (copy on write).
 #[derive(Debug, Clone)]
 pub struct HostKv {
-    /// `[kv_heads, blocks, head_dim, 16]`: each block of 16 positions transposed, so that
-    /// one query's scores against 16 positions are one vector per dimension.
-    keys: Vec<f32>,
-    /// `[kv_heads, capacity, head_dim]`.
-    values: Vec<f32>,
+    pages: Vec<Arc<Page>>,
     kv_heads: usize,
     head_dim: usize,
-    capacity: usize,
+    memory: KvMemory,
 }
 
 impl HostKv {
-    /// Room for `capacity` positions; the pages are allocated as positions are written.
-    pub fn new(kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
-        let blocks = capacity.div_ceil(POSITION_BLOCK);
-        Self {
-            keys: vec![0.0; kv_heads * blocks * POSITION_BLOCK * head_dim],
-            values: vec![0.0; kv_heads * capacity * head_dim],
+    /// Room for `capacity` positions (whole pages), charged to `memory`.
+    pub fn new(kv_heads: usize, head_dim: usize, capacity: usize, memory: &KvMemory) -> Self {
+        let mut kv = Self {
+            pages: Vec::new(),
             kv_heads,
             head_dim,
-            capacity,
-        }
+            memory: memory.clone(),
+        };
+        kv.grow(capacity);
+        kv
     }
 
-    /// Positions it has room for.
+    /// Positions it has room for (whole pages).
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.pages.len() * PAGE
     }
 
-    /// Makes room for `capacity` positions, keeping what is written.
+    /// Makes room for `capacity` positions, keeping what is written (new pages only).
     pub fn grow(&mut self, capacity: usize) {
-        if capacity <= self.capacity {
-            return;
+        while self.capacity() < capacity {
+            let page = Page::new(self.kv_heads, self.head_dim, &self.memory);
+            self.pages.push(Arc::new(page));
         }
-        let mut grown = Self::new(self.kv_heads, self.head_dim, capacity);
-        let (old_blocks, new_blocks) = (self.blocks(), grown.blocks());
-        let block = POSITION_BLOCK * self.head_dim;
-        let values = self.capacity * self.head_dim;
-        for h in 0..self.kv_heads {
-            grown.keys[h * new_blocks * block..][..old_blocks * block]
-                .copy_from_slice(&self.keys[h * old_blocks * block..][..old_blocks * block]);
-            grown.values[h * capacity * self.head_dim..][..values]
-                .copy_from_slice(&self.values[h * values..][..values]);
-        }
-        *self = grown;
     }
 
-    fn blocks(&self) -> usize {
-        self.capacity.div_ceil(POSITION_BLOCK)
+    /// A cache holding this one's first `positions` positions, its pages shared (each is
+    /// copied when either side first writes to it).
+    pub fn fork(&self, positions: usize) -> Self {
+        Self {
+            pages: self.pages[..positions.div_ceil(PAGE).min(self.pages.len())].to_vec(),
+            ..self.clone_empty()
+        }
+    }
+
+    fn clone_empty(&self) -> Self {
+        Self {
+            pages: Vec::new(),
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            memory: self.memory.clone(),
+        }
+    }
+
+    /// Pages it holds that another cache holds too.
+    pub fn shared_pages(&self) -> usize {
+        self.pages
+            .iter()
+            .filter(|p| Arc::strong_count(p) > 1)
+            .count()
     }
 
     /// Writes `k` and `v` (`[rows, kv_heads * head_dim]`) at positions `start..`.
@@ -67,23 +102,48 @@ impl HostKv {
         let (d, heads) = (self.head_dim, self.kv_heads);
         let rows = k.len() / (heads * d);
         assert!(
-            k.len() == v.len() && k.len() == rows * heads * d && start + rows <= self.capacity,
+            k.len() == v.len() && k.len() == rows * heads * d && start + rows <= self.capacity(),
             "{rows} rows at {start} in a cache of {}",
-            self.capacity
+            self.capacity()
         );
-        let blocks = self.blocks();
-        for t in 0..rows {
-            let (block, lane) = ((start + t) / POSITION_BLOCK, (start + t) % POSITION_BLOCK);
-            for h in 0..heads {
-                let from = (t * heads + h) * d;
-                let keys = &mut self.keys[(h * blocks + block) * d * POSITION_BLOCK..];
-                for (c, &x) in k[from..from + d].iter().enumerate() {
-                    keys[c * POSITION_BLOCK + lane] = x;
+        let values_at = heads * PAGE * d;
+        let mut t = 0;
+        while t < rows {
+            let position = start + t;
+            let (page, first) = (position / PAGE, position % PAGE);
+            let count = (PAGE - first).min(rows - t);
+            // Copies the page if another cache shares it.
+            let data = &mut Arc::make_mut(&mut self.pages[page]).data;
+            for i in 0..count {
+                let (block, lane) = ((first + i) / POSITION_BLOCK, (first + i) % POSITION_BLOCK);
+                for h in 0..heads {
+                    let from = ((t + i) * heads + h) * d;
+                    let keys = &mut data[(h * PAGE + block * POSITION_BLOCK) * d..];
+                    for (c, &x) in k[from..from + d].iter().enumerate() {
+                        keys[c * POSITION_BLOCK + lane] = x;
+                    }
+                    let at = values_at + (h * PAGE + first + i) * d;
+                    data[at..at + d].copy_from_slice(&v[from..from + d]);
                 }
-                let at = (h * self.capacity + start + t) * d;
-                self.values[at..at + d].copy_from_slice(&v[from..from + d]);
             }
+            t += count;
         }
+    }
+
+    /// Each page's keys and values of key/value head `h`.
+    fn head_pages(&self, h: usize) -> Vec<HeadPage<'_>> {
+        let part = PAGE * self.head_dim;
+        let values_at = self.kv_heads * part;
+        self.pages
+            .iter()
+            .map(|page| {
+                let data = &page.data;
+                (
+                    &data[h * part..][..part],
+                    &data[values_at + h * part..][..part],
+                )
+            })
+            .collect()
     }
 
     /// Causal attention of `q` (`[seq, heads * head_dim]`, positions `start..`) over the
@@ -99,8 +159,9 @@ impl HostKv {
             "{heads} query heads over {} key/value heads",
             self.kv_heads
         );
-        assert!(start + seq <= self.capacity, "attention past the cache");
+        assert!(start + seq <= self.capacity(), "attention past the cache");
         let group = heads / self.kv_heads;
+        let pages: Vec<_> = (0..self.kv_heads).map(|h| self.head_pages(h)).collect();
         let blocks = seq.div_ceil(QUERY_BLOCK);
         let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
             .into_par_iter()
@@ -108,7 +169,6 @@ impl HostKv {
                 let (h, block) = (task / blocks, task % blocks);
                 let first = block * QUERY_BLOCK;
                 let count = QUERY_BLOCK.min(seq - first);
-                let kv = h / group;
                 let queries: Vec<&[f32]> = (first..first + count)
                     .map(|t| &q[(t * heads + h) * d..][..d])
                     .collect();
@@ -116,8 +176,7 @@ impl HostKv {
                     isa,
                     &HeadBlock {
                         queries: &queries,
-                        keys: &self.keys[kv * self.blocks() * d * POSITION_BLOCK..],
-                        values: &self.values[kv * self.capacity * d..],
+                        pages: &pages[h / group],
                         head_dim: d,
                         visible: start + first + 1,
                     },
@@ -135,19 +194,21 @@ impl HostKv {
     }
 }
 
-/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys
-/// (`[blocks, head_dim, 16]`) and values (`[positions, head_dim]`); query `i` sees the
-/// first `visible + i` positions.
+/// One key/value head's keys and values in one page.
+pub(super) type HeadPage<'a> = (&'a [f32], &'a [f32]);
+
+/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys and values,
+/// page by page (keys `[PAGE / 16, head_dim, 16]`, values `[PAGE, head_dim]` in each);
+/// query `i` sees the first `visible + i` positions.
 #[derive(Clone, Copy)]
 pub(super) struct HeadBlock<'a> {
     pub queries: &'a [&'a [f32]],
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    pub pages: &'a [HeadPage<'a>],
     pub head_dim: usize,
     pub visible: usize,
 }
 
-impl HeadBlock<'_> {
+impl<'a> HeadBlock<'a> {
     /// Positions query `i` sees.
     pub fn seen(&self, i: usize) -> usize {
         self.visible + i
@@ -156,6 +217,55 @@ impl HeadBlock<'_> {
     /// Scores are kept for this many positions per query (whole key blocks).
     pub fn width(&self) -> usize {
         self.seen(self.queries.len() - 1).div_ceil(POSITION_BLOCK) * POSITION_BLOCK
+    }
+
+    /// The key blocks of the first [`width`](Self::width) positions, up to `blocks` at a
+    /// time (never across a page): `(first position, keys)`.
+    pub fn key_chunks(&self, blocks: usize) -> impl Iterator<Item = (usize, &'a [f32])> {
+        let chunk = blocks * POSITION_BLOCK;
+        self.chunks(self.width(), chunk, |(keys, _)| keys)
+    }
+
+    /// The value rows of the positions the last query sees, up to `rows` at a time (never
+    /// across a page): `(first position, values)`.
+    pub fn value_chunks(&self, rows: usize) -> impl Iterator<Item = (usize, &'a [f32])> {
+        self.chunks(self.seen(self.queries.len() - 1), rows, |(_, values)| {
+            values
+        })
+    }
+
+    /// The keys of block `b` (positions `16 b..16 b + 16`), `[head_dim, 16]`.
+    pub fn key_block(&self, b: usize) -> &'a [f32] {
+        let per_page = PAGE / POSITION_BLOCK;
+        let len = self.head_dim * POSITION_BLOCK;
+        &self.pages[b / per_page].0[(b % per_page) * len..][..len]
+    }
+
+    /// The value row of position `p`.
+    pub fn value_row(&self, p: usize) -> &'a [f32] {
+        &self.pages[p / PAGE].1[(p % PAGE) * self.head_dim..][..self.head_dim]
+    }
+
+    fn chunks(
+        &self,
+        positions: usize,
+        chunk: usize,
+        part: fn(&HeadPage<'a>) -> &'a [f32],
+    ) -> impl Iterator<Item = (usize, &'a [f32])> {
+        let d = self.head_dim;
+        let pages: &'a [HeadPage<'a>] = self.pages;
+        pages
+            .iter()
+            .enumerate()
+            .take(positions.div_ceil(PAGE))
+            .flat_map(move |(i, page)| {
+                let first = i * PAGE;
+                let used = (positions - first).min(PAGE);
+                part(page)[..used * d]
+                    .chunks(chunk * d)
+                    .enumerate()
+                    .map(move |(c, slice)| (first + c * chunk, slice))
+            })
     }
 }
 
@@ -225,12 +335,12 @@ mod tests {
             let q: Vec<f32> = (0..count * d).map(|_| 4.0 * next()).collect();
             let queries: Vec<&[f32]> = q.chunks_exact(d).collect();
             // The cache's layout: blocks of 16 positions, transposed.
-            let mut kv = HostKv::new(1, d, positions);
+            let mut kv = HostKv::new(1, d, positions, &KvMemory::default());
             kv.write(&keys, &values, 0);
+            let pages = kv.head_pages(0);
             let block = HeadBlock {
                 queries: &queries,
-                keys: &kv.keys,
-                values: &kv.values,
+                pages: &pages,
                 head_dim: d,
                 visible,
             };
@@ -272,7 +382,7 @@ mod tests {
         let k: Vec<f32> = (0..seq * kv_heads * d).map(|_| next()).collect();
         let v: Vec<f32> = (0..seq * kv_heads * d).map(|_| next()).collect();
         let q: Vec<f32> = (0..seq * heads * d).map(|_| next()).collect();
-        let mut kv = HostKv::new(kv_heads, d, 8);
+        let mut kv = HostKv::new(kv_heads, d, 8, &KvMemory::default());
         kv.write(&k, &v, 0);
         for isa in supported("grouped attention") {
             let out = kv.attend(isa, &q, heads, 0);

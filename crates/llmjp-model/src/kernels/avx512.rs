@@ -264,9 +264,8 @@ mod x86 {
         assert!(d.is_multiple_of(16), "head_dim {d} is not a multiple of 16");
         let mut scores = vec![0f32; count * width];
         let block_len = d * P;
-        for (group, keys) in block.keys[..width * d].chunks(4 * block_len).enumerate() {
+        for (first, keys) in block.key_chunks(4) {
             for (i, query) in block.queries.iter().enumerate() {
-                let first = group * 4 * P;
                 if block.seen(i) <= first {
                     continue;
                 }
@@ -283,9 +282,7 @@ mod x86 {
             softmax(row, block.seen(i));
         }
         let mut out = vec![0f32; count * d];
-        let values = &block.values[..block.seen(count - 1) * d];
-        for (group, v) in values.chunks(4 * d).enumerate() {
-            let first = group * 4;
+        for (first, v) in block.value_chunks(4) {
             for (i, (o, p)) in out
                 .chunks_exact_mut(d)
                 .zip(scores.chunks_exact(width))

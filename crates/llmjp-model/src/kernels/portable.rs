@@ -63,7 +63,7 @@ pub(super) fn attend_block(block: &HeadBlock) -> Vec<f32> {
     {
         let seen = block.seen(i);
         for (j, s) in scores[..seen].iter_mut().enumerate() {
-            let keys = &block.keys[(j / POSITION_BLOCK) * d * POSITION_BLOCK..];
+            let keys = block.key_block(j / POSITION_BLOCK);
             let lane = j % POSITION_BLOCK;
             let dot = (0..d).fold(0f32, |acc, c| {
                 acc + query[c] * keys[c * POSITION_BLOCK + lane]
@@ -71,7 +71,8 @@ pub(super) fn attend_block(block: &HeadBlock) -> Vec<f32> {
             *s = dot * scale;
         }
         softmax(&mut scores[..seen]);
-        for (p, value) in scores[..seen].iter().zip(block.values.chunks_exact(d)) {
+        for (j, p) in scores[..seen].iter().enumerate() {
+            let value = block.value_row(j);
             for (o, v) in o.iter_mut().zip(value) {
                 *o += p * v;
             }

@@ -6,7 +6,7 @@ use burn_flex::FlexTensor;
 
 use super::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
 use crate::backend::Cpu;
-use crate::cache::LayerCache;
+use crate::cache::{KvMemory, LayerCache};
 use crate::kernels::{self, HostKv, Isa};
 use crate::layers::{Mlp, RmsNorm, Rope};
 use crate::linear::{Bf16Weight, Linear, Loader};
@@ -88,8 +88,14 @@ impl DecoderOps<Cpu> for CpuKernels {
         capacity: usize,
         _dtype: ComputeDtype,
         _device: &Device,
+        memory: &KvMemory,
     ) -> LayerCache<Cpu> {
-        LayerCache::Host(HostKv::new(heads.kv_heads, heads.head_dim, capacity))
+        LayerCache::Host(HostKv::new(
+            heads.kv_heads,
+            heads.head_dim,
+            capacity,
+            memory,
+        ))
     }
 
     fn embed(

@@ -26,7 +26,7 @@ use burn::tensor::Tensor;
 pub use cpu::CpuKernels;
 pub use reference::Reference;
 
-use crate::cache::LayerCache;
+use crate::cache::{KvMemory, LayerCache};
 use crate::layers::{Mlp, RmsNorm, Rope};
 use crate::linear::{Linear, Loader};
 use crate::{ComputeDtype, Result};
@@ -106,13 +106,14 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         hidden: usize,
     ) -> Result<Linear<B>>;
 
-    /// An empty cache of one layer for one sequence.
+    /// An empty cache of one layer for one sequence, its memory counted in `memory`.
     fn new_layer_cache(
         &self,
         heads: Heads,
         capacity: usize,
         dtype: ComputeDtype,
         device: &B::Device,
+        memory: &KvMemory,
     ) -> LayerCache<B>;
 
     /// The embedding rows of `ids`, in `dtype`.

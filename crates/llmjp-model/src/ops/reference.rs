@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 
 use super::{moe, DecoderOps, Heads, LayerSeq, SeqSpan};
-use crate::cache::LayerCache;
+use crate::cache::{KvMemory, LayerCache};
 use crate::layers::{Mlp, RmsNorm, Rope};
 use crate::linear::{Linear, Loader};
 use crate::{ComputeDtype, ModelError, Result};
@@ -53,13 +53,10 @@ impl<B: Backend> DecoderOps<B> for Reference {
         capacity: usize,
         dtype: ComputeDtype,
         device: &B::Device,
+        memory: &KvMemory,
     ) -> LayerCache<B> {
         let shape = [1, heads.kv_heads, capacity, heads.head_dim];
-        let zeros = || Some(Tensor::zeros(shape, (device, dtype.dtype())));
-        LayerCache::Tensors {
-            keys: zeros(),
-            values: zeros(),
-        }
+        LayerCache::zeros(shape, dtype, device, memory)
     }
 
     fn embed(
@@ -190,7 +187,7 @@ fn append<B: Backend>(
     v: Tensor<B, 4>,
     start: usize,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
-    let LayerCache::Tensors { keys, values } = cache else {
+    let LayerCache::Tensors { keys, values, .. } = cache else {
         return Err(ModelError::CacheMismatch(
             "a host cache given to the reference ops".into(),
         ));
