@@ -6,6 +6,7 @@
 //! llmjp generate [--model DIR|ORG/NAME] [--prompt TEXT] [--raw] [sampling options] [--format text|json]
 //! llmjp chat [--model DIR|ORG/NAME] [sampling options]
 //! llmjp bench [--model DIR|ORG/NAME] [--prompt-tokens 128] [--gen-tokens 32] [--format text|json]
+//! llmjp serve [--model DIR|ORG/NAME] [--host 127.0.0.1] [--port 8080] [--max-batch 16] [--api-key KEY]
 //! ```
 //!
 //! Every failure prints one line on stderr and exits non-zero.
@@ -18,6 +19,7 @@ mod generate;
 mod input;
 mod model_args;
 mod render;
+mod serve;
 mod tokenize;
 
 use std::io::{self, Write};
@@ -50,6 +52,8 @@ enum Command {
     Chat(chat::Args),
     /// Measure load time, prefill and decode speed on a synthetic prompt.
     Bench(bench::Args),
+    /// Serve the OpenAI API (chat completions, completions, models) over HTTP.
+    Serve(serve::Args),
 }
 
 /// How results are printed.
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args, &mut out),
         Command::Chat(args) => chat::run(args, &mut out),
         Command::Bench(args) => bench::run(args, &mut out),
+        Command::Serve(args) => serve::run(args),
     };
     let result = result.and_then(|()| Ok(out.flush()?));
     match result {

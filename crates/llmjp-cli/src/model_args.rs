@@ -31,6 +31,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The folder or Hub id as given.
+    pub fn model_name(&self) -> &str {
+        &self.model
+    }
+
     /// Loads the model, telling on stderr which device and dtype it chose.
     pub fn load(&self) -> Result<Llm> {
         let device = match &self.device {

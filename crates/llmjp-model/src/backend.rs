@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use burn::tensor::backend::Backend;
+/// burn's backend trait, which every model type is generic over.
+pub use burn::tensor::backend::Backend;
 
 use crate::ops::{CpuKernels, DecoderOps, Reference};
 use crate::{ComputeDtype, Result};

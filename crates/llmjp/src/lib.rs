@@ -58,6 +58,7 @@ pub use device::Device;
 pub use error::{LlmError, Result};
 pub use llm::Llm;
 pub use pipeline::{FinishReason, GenerateOptions, Generation, LoadOptions, Pipeline, Timings};
+pub use stop::StopMatcher;
 
 pub use llmjp_chat::{ChatTemplate, Message};
 pub use llmjp_model::{backend, CausalLm, ComputeDtype};

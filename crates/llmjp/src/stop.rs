@@ -3,12 +3,13 @@
 /// Finds stop strings in text that arrives in chunks, holding back only what could still
 /// turn into one.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StopMatcher {
+pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
 }
 
 impl StopMatcher {
+    /// A matcher for `stops` (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
         Self {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),

@@ -33,7 +33,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-pub use attention::{HostKv, POSITION_BLOCK, QUERY_BLOCK};
+pub use attention::{HostKv, PAGE, POSITION_BLOCK, QUERY_BLOCK};
 pub use matrix::Bf16Matrix;
 pub use portable::softmax;
 

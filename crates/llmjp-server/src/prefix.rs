@@ -1,0 +1,231 @@
+//! The prefix cache: keys and values of prompts seen before, in a tree over blocks of
+//! tokens, so that a prompt starting the same way (every llm-jp chat starts with the same
+//! system sentence; a conversation's next turn starts with the previous ones) continues
+//! from there instead of being prefilled again.
+//!
+//! Each node stands for one block of [`BLOCK`] tokens after its parent's (a leaf may hold
+//! fewer: the tail of a prompt) and holds a [`KvCache::fork`] up to its end — on the CPU
+//! kernels' paged layout these share their pages with the sequence that made them and with
+//! each other, so a node costs the pages of its own block only. A lookup may end inside a
+//! block: the matched part of that block's page is used and the rest is overwritten (copy
+//! on write). Leaves are evicted least recently used first.
+
+use llmjp::backend::Backend;
+use llmjp::crates::model::KvCache;
+
+/// Tokens per block: the CPU kernels' page.
+pub const BLOCK: usize = llmjp::crates::model::kernels::PAGE;
+
+#[derive(Debug)]
+struct Node<B: Backend> {
+    parent: usize,
+    /// The block's tokens (fewer than [`BLOCK`] only in a leaf).
+    tokens: Vec<u32>,
+    children: Vec<usize>,
+    /// Keys and values of every token up to the end of this block.
+    cache: Option<KvCache<B>>,
+    last_used: u64,
+}
+
+/// A tree over token blocks holding KV caches of prompts seen before.
+#[derive(Debug)]
+pub struct PrefixCache<B: Backend> {
+    /// Node 0 is the root (no tokens); removed nodes are `None`.
+    nodes: Vec<Option<Node<B>>>,
+    free: Vec<usize>,
+    clock: u64,
+    max_blocks: usize,
+    blocks: usize,
+}
+
+/// A prefix found in the cache.
+#[derive(Debug)]
+pub struct Hit<B: Backend> {
+    /// Tokens matched.
+    pub tokens: usize,
+    /// A cache holding them.
+    pub cache: KvCache<B>,
+}
+
+impl<B: Backend> PrefixCache<B> {
+    /// An empty cache of at most `max_blocks` blocks (0 turns it off).
+    pub fn new(max_blocks: usize) -> Self {
+        let root = Node {
+            parent: 0,
+            tokens: Vec::new(),
+            children: Vec::new(),
+            cache: None,
+            last_used: 0,
+        };
+        Self {
+            nodes: vec![Some(root)],
+            free: Vec::new(),
+            clock: 0,
+            max_blocks,
+            blocks: 0,
+        }
+    }
+
+    /// Blocks held.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    fn node(&self, i: usize) -> &Node<B> {
+        self.nodes[i].as_ref().expect("a live node")
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut Node<B> {
+        self.nodes[i].as_mut().expect("a live node")
+    }
+
+    /// The longest cached prefix of `tokens`, at most `limit` tokens, as a cache for up to
+    /// `capacity` positions.
+    pub fn lookup(&mut self, tokens: &[u32], limit: usize, capacity: usize) -> Option<Hit<B>> {
+        self.clock += 1;
+        let (mut at, mut pos) = (0, 0);
+        let mut best = None;
+        loop {
+            let rest = &tokens[pos..];
+            let mut partial = (0, 0);
+            let mut whole = None;
+            for &child in &self.node(at).children {
+                let key = &self.node(child).tokens;
+                let common = common_prefix(key, rest);
+                if common == BLOCK {
+                    whole = Some(child);
+                    break;
+                }
+                if common > partial.0 {
+                    partial = (common, child);
+                }
+            }
+            if let Some(child) = whole {
+                pos += BLOCK;
+                at = child;
+                self.node_mut(child).last_used = self.clock;
+                best = Some((pos, child));
+                continue;
+            }
+            if partial.0 > 0 {
+                self.node_mut(partial.1).last_used = self.clock;
+                best = Some((pos + partial.0, partial.1));
+            }
+            break;
+        }
+        let (matched, node) = best?;
+        let matched = matched.min(limit);
+        if matched == 0 {
+            return None;
+        }
+        let cache = self.node(node).cache.as_ref()?.fork(matched, capacity);
+        Some(Hit {
+            tokens: cache.len(),
+            cache,
+        })
+    }
+
+    /// Records that `cache` holds the keys and values of `tokens` (its first
+    /// `tokens.len()` positions).
+    pub fn insert(&mut self, tokens: &[u32], cache: &KvCache<B>) {
+        if self.max_blocks == 0 {
+            return;
+        }
+        let tokens = &tokens[..tokens.len().min(cache.len())];
+        self.clock += 1;
+        let (mut at, mut pos) = (0, 0);
+        while pos < tokens.len() {
+            let block = &tokens[pos..(pos + BLOCK).min(tokens.len())];
+            let end = pos + block.len();
+            let children = self.node(at).children.clone();
+            let found = children.iter().copied().find(|&c| {
+                let key = &self.node(c).tokens;
+                if block.len() == BLOCK {
+                    key.as_slice() == block
+                } else {
+                    key.starts_with(block)
+                }
+            });
+            let child = match found {
+                Some(child) => child,
+                None => {
+                    // A shorter tail this block extends is superseded.
+                    for c in children {
+                        let node = self.node(c);
+                        if node.children.is_empty() && block.starts_with(&node.tokens) {
+                            self.remove(c);
+                        }
+                    }
+                    while self.blocks >= self.max_blocks {
+                        if !self.evict_one(Some(at)) {
+                            return;
+                        }
+                    }
+                    self.add(at, block.to_vec(), cache.fork(end, end))
+                }
+            };
+            self.node_mut(child).last_used = self.clock;
+            at = child;
+            pos = end;
+        }
+    }
+
+    fn add(&mut self, parent: usize, tokens: Vec<u32>, cache: KvCache<B>) -> usize {
+        let node = Node {
+            parent,
+            tokens,
+            children: Vec::new(),
+            cache: Some(cache),
+            last_used: self.clock,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = Some(node);
+                i
+            }
+            None => {
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
+            }
+        };
+        self.node_mut(parent).children.push(i);
+        self.blocks += 1;
+        i
+    }
+
+    fn remove(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("a live node");
+        debug_assert!(node.children.is_empty());
+        self.node_mut(node.parent).children.retain(|&c| c != i);
+        self.free.push(i);
+        self.blocks -= 1;
+    }
+
+    /// Drops the least recently used leaf (never `keep`); false when there is none.
+    pub fn evict(&mut self) -> bool {
+        self.evict_one(None)
+    }
+
+    fn evict_one(&mut self, keep: Option<usize>) -> bool {
+        let victim = self
+            .nodes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+            .filter(|(i, n)| n.children.is_empty() && Some(*i) != keep)
+            .min_by_key(|(_, n)| n.last_used)
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => {
+                self.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
