@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result {
     config.engine.kv_budget_bytes = args.kv_cache_mib.saturating_mul(1 << 20);
     config.engine.prefix_cache_blocks = args.prefix_cache_blocks;
     config.engine.max_step_tokens = args.max_step_tokens;
-    config.engine.prefill_chunk = args.max_step_tokens.min(256).max(1);
+    config.engine.prefill_chunk = args.max_step_tokens.clamp(1, 256);
     config.engine.request_timeout = Duration::from_secs(args.request_timeout);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

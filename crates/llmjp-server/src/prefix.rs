@@ -229,3 +229,68 @@ impl<B: Backend> PrefixCache<B> {
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use llmjp::backend::Cpu;
+    use llmjp::crates::model::{CausalLm, ComputeDtype};
+
+    use super::*;
+
+    fn model() -> CausalLm<Cpu> {
+        let dir = llmjp_testdata::fixture_dir("llama-gqa-f32-sharded");
+        CausalLm::from_dir(&dir, ComputeDtype::BF16, &Default::default()).unwrap()
+    }
+
+    fn filled(model: &CausalLm<Cpu>, tokens: &[u32]) -> KvCache<Cpu> {
+        let mut cache = model.new_cache(128);
+        model.forward(tokens, &mut cache).unwrap();
+        cache
+    }
+
+    #[test]
+    fn finds_the_longest_prefix_whole_blocks_and_inside_a_block() {
+        let model = model();
+        let mut prefix = PrefixCache::new(16);
+        let a: Vec<u32> = (0..70).map(|i| i % 90 + 3).collect();
+        prefix.insert(&a, &filled(&model, &a));
+        assert_eq!(prefix.blocks(), 3); // 32 + 32 + a tail of 6
+                                        // Sharing 40 tokens, then different: a match ending inside the second block.
+        let mut b = a[..40].to_vec();
+        b.extend([1, 2, 3]);
+        let hit = prefix.lookup(&b, b.len() - 1, 128).unwrap();
+        assert_eq!(hit.tokens, 40);
+        assert_eq!(hit.cache.len(), 40);
+        // The whole of `a` as a prompt: at most all but its last token.
+        assert_eq!(prefix.lookup(&a, a.len() - 1, 128).unwrap().tokens, 69);
+        assert!(prefix.lookup(&[99, 98], 1, 128).is_none());
+        // A longer sequence supersedes the tail it extends.
+        let mut c = a.clone();
+        c.extend(200..230u32);
+        prefix.insert(&c, &filled(&model, &c));
+        assert_eq!(prefix.blocks(), 4); // 32 + 32 + 32 + a tail of 4
+        assert_eq!(prefix.lookup(&c, c.len(), 128).unwrap().tokens, 100);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_leaves_and_frees_their_pages() {
+        let model = model();
+        let mut prefix = PrefixCache::new(2);
+        let a: Vec<u32> = (0..32).map(|i| i + 3).collect();
+        let b: Vec<u32> = (0..32).map(|i| i + 50).collect();
+        let c: Vec<u32> = (0..32).map(|i| i + 90).collect();
+        for tokens in [&a, &b] {
+            prefix.insert(tokens, &filled(&model, tokens));
+        }
+        let held = model.kv_memory().bytes();
+        assert!(held > 0);
+        prefix.lookup(&a, 31, 128).unwrap(); // `a` is now the more recent
+        prefix.insert(&c, &filled(&model, &c)); // evicts `b`
+        assert_eq!(prefix.blocks(), 2);
+        assert!(prefix.lookup(&b, 31, 128).is_none());
+        assert!(prefix.lookup(&a, 31, 128).is_some());
+        assert_eq!(model.kv_memory().bytes(), held);
+        while prefix.evict() {}
+        assert_eq!(model.kv_memory().bytes(), 0);
+    }
+}
