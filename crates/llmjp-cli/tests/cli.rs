@@ -417,3 +417,47 @@ fn the_instruction_set_can_be_forced() {
     assert!(ids(&portable).is_some_and(|v| v.as_array().is_some_and(|a| a.len() == 4)));
     assert_one_error_line(&run("sse9"), "LLMJP_CPU_ISA=sse9");
 }
+
+#[cfg(unix)]
+#[test]
+fn serve_answers_over_http_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpStream;
+
+    let Some(tokenizer) = model() else { return };
+    let tiny = tiny_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmjp"))
+        .args(["serve", "--model", &tiny, "--tokenizer", &tokenizer])
+        .args(["--port", "0", "--device", "cpu", "--served-model-name", "tiny"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited early");
+        if let Some(addr) = line.trim().strip_prefix("llmjp: serving on http://") {
+            break addr.to_owned();
+        }
+    };
+    let body = r#"{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_tokens": 3}"#;
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"completion_tokens\":3"), "{response}");
+
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("llmjp: stopped"), "{rest}");
+}
