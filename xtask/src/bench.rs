@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::{output, root, run as run_command};
 
-const MODEL_DIR: &str = "target/bench-model-1.8b";
+/// The random-weight checkpoint with the real llm-jp-3.1-1.8b config.
+pub const MODEL_DIR: &str = "target/bench-model-1.8b";
 const METRICS: [&str; 4] = ["load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"];
 
 struct Options {
@@ -44,8 +45,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let options = parse(args)?;
+/// Installs transformers if needed and creates the checkpoint if it is not there.
+pub fn ensure_checkpoint() -> Result<(), String> {
     let model = root().join(MODEL_DIR);
     let python_ok = Command::new("python3")
         .args(["-c", "import torch, transformers, safetensors"])
@@ -66,6 +67,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         eprintln!("creating the 1.8b-shaped checkpoint in {MODEL_DIR}");
         run_command(Command::new("python3").args(["xtask/bench/make_checkpoint.py", MODEL_DIR]))?;
     }
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let options = parse(args)?;
+    let model = root().join(MODEL_DIR);
+    ensure_checkpoint()?;
     run_command(Command::new("cargo").args(["build", "--release", "-p", "llmjp-cli"]))?;
     let weights_mb = weights_size_mb(&model)?;
 

@@ -7,8 +7,13 @@
 //!   `llmjp bench` against the same measurement in transformers (bf16) on a random-weight
 //!   checkpoint with the real llm-jp-3.1-1.8b config, alternating, with the ratios; with
 //!   `--baseline`, another build's `llmjp` binary runs in the same rounds (before/after).
+//! - `cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D]`:
+//!   `llmjp serve` on the same checkpoint under concurrent streaming clients: aggregate
+//!   decode tok/s, time to first token and inter-token latency (p50/p99), and time to first
+//!   token with and without the prefix cache.
 
 mod bench;
+mod serve_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -25,7 +30,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("golden") => GOLDEN_SCRIPTS.iter().try_for_each(|s| run(Command::new("python3").arg(s))),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN]".into()),
+        Some("bench-serve") => serve_bench::run(&args[1..]),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

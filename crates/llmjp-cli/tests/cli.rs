@@ -428,19 +428,30 @@ fn serve_answers_over_http_and_stops_on_sigterm() {
     let tiny = tiny_model();
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmjp"))
         .args(["serve", "--model", &tiny, "--tokenizer", &tokenizer])
-        .args(["--port", "0", "--device", "cpu", "--served-model-name", "tiny"])
+        .args([
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--served-model-name",
+            "tiny",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited early");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
         if let Some(addr) = line.trim().strip_prefix("llmjp: serving on http://") {
             break addr.to_owned();
         }
     };
-    let body = r#"{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_tokens": 3}"#;
+    let body =
+        r#"{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_tokens": 3}"#;
     let mut stream = TcpStream::connect(&addr).unwrap();
     write!(
         stream,

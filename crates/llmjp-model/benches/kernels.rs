@@ -28,7 +28,7 @@ fn main() {
         "{:>6} {:>6} {:>6} | {:>12} {:>12} | {:>12} {:>12} | ratio",
         "rows", "out", "in", "bf16 ms", "GFLOP/s", "flex f32 ms", "GFLOP/s"
     );
-    for rows in [1usize, 128] {
+    for rows in [1usize, 4, 8, 16, 128] {
         for &(n, k) in &shapes {
             let w: Vec<bf16> = (0..n * k)
                 .map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 * 1e-4))

@@ -441,6 +441,12 @@ fn admit<'p, B: Backend>(
             queue.pop_front();
             continue;
         }
+        if request.arrived.elapsed() > config.request_timeout {
+            let request = queue.pop_front().expect("the front request");
+            let timeout = ApiError::timeout(config.request_timeout);
+            let _ = request.events.send(Event::Error(timeout));
+            continue;
+        }
         let prompt_len = request.ids.len();
         let positions = (prompt_len + request.max_tokens).min(context);
         // At least the last prompt token runs, for its logits.

@@ -97,6 +97,15 @@ impl ApiError {
         )
     }
 
+    /// 405: the route takes another method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "this endpoint does not take that method",
+        )
+    }
+
     /// 400: the prompt (with `max_tokens`) does not fit in the context.
     pub fn context_exceeded(message: impl Into<String>) -> Self {
         Self {

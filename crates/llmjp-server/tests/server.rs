@@ -291,6 +291,7 @@ fn bad_requests_get_openai_errors() {
         Some("prompt"),
     );
     assert_error(&server.get("/v1/nothing"), 404, None);
+    assert_error(&server.get("/v1/chat/completions"), 405, None);
     // The server still answers.
     assert_eq!(
         server.post_json(chat, &chat_body("a", 2, false)).status,
@@ -457,4 +458,37 @@ fn shutdown_lets_running_streams_finish() {
     assert_eq!(finish, "length");
     // Nothing listens any more.
     assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn f32_streams_batched_give_exactly_what_they_give_alone() {
+    let Some(_) = tokenizer_dir() else { return };
+    let server = TestServer::start_with(common::pipeline(ComputeDtype::F32), |_| {});
+    let users: Vec<String> = (0..8).map(|i| format!("f32の質問{i}")).collect();
+    let alone: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            server
+                .post_json("/v1/chat/completions", &chat_body(u, 12, false))
+                .json()
+        })
+        .collect();
+    let addr = server.addr;
+    let together: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let body = chat_body(u, 12, false).to_string();
+                scope
+                    .spawn(move || request(addr, "POST", "/v1/chat/completions", &[], &body).json())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, b) in alone.iter().zip(&together) {
+        assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    }
+    let steps = server.metric("llmjp_batch_size_count");
+    let sequences = server.metric("llmjp_batch_size_sum");
+    assert!(sequences > steps, "nothing ran batched");
 }

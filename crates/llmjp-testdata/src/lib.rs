@@ -11,6 +11,8 @@
 //! }
 //! ```
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the folder of the real llm-jp-3 tokenizer.
