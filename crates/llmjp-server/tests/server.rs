@@ -492,3 +492,84 @@ fn f32_streams_batched_give_exactly_what_they_give_alone() {
     let sequences = server.metric("llmjp_batch_size_sum");
     assert!(sequences > steps, "nothing ran batched");
 }
+
+#[test]
+fn prompts_prefilled_in_small_chunks_answer_the_same() {
+    let Some(_) = tokenizer_dir() else { return };
+    let expected = expected_chat("チャンクに分けて読む長めの質問です", 8);
+    let server = TestServer::start(|c| {
+        c.engine.prefill_chunk = 4;
+        c.engine.max_step_tokens = 5;
+        c.engine.prefix_cache_blocks = 0;
+    });
+    let response = server.post_json(
+        "/v1/chat/completions",
+        &chat_body("チャンクに分けて読む長めの質問です", 8, false),
+    );
+    let body = response.json();
+    assert_eq!(body["choices"][0]["message"]["content"], expected.as_str());
+    let prompt = body["usage"]["prompt_tokens"].as_f64().unwrap();
+    // Every prompt token ran, 4 at a time: at least prompt / 4 passes before the first token.
+    assert_eq!(server.metric("llmjp_prefill_tokens_total"), prompt);
+    assert!(server.metric("llmjp_batch_size_count") >= (prompt / 4.0).ceil() + 7.0);
+}
+
+#[test]
+fn requests_wait_for_kv_cache_room_and_oversized_ones_are_refused() {
+    let Some(_) = tokenizer_dir() else { return };
+    let pipeline = common::pipeline(ComputeDtype::BF16);
+    // Room for one request of up to 64 positions (plus a page of slack) at a time.
+    let per_position = pipeline.model().kv_bytes_per_position();
+    let budget = per_position * (64 + 32 + 16);
+    let server = TestServer::start_with(pipeline, |c| {
+        c.engine.kv_budget_bytes = budget;
+        c.engine.prefix_cache_blocks = 0;
+    });
+    let addr = server.addr;
+    let answers: Vec<common::Response> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let body = chat_body(&format!("順番{i}"), 8, false).to_string();
+                scope.spawn(move || request(addr, "POST", "/v1/chat/completions", &[], &body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // They ran one at a time: no pass had two sequences.
+    assert_eq!(
+        server.metric("llmjp_batch_size_sum"),
+        server.metric("llmjp_batch_size_count")
+    );
+    assert!(server.metric("llmjp_kv_cache_bytes") <= budget as f64);
+
+    // A budget smaller than one request's need is an error, not a wait.
+    let server = TestServer::start(|c| c.engine.kv_budget_bytes = 1000);
+    let response = server.post_json("/v1/chat/completions", &chat_body("a", 8, false));
+    let error = assert_error(&response, 400, None);
+    assert!(
+        error["message"].as_str().unwrap().contains("KV cache"),
+        "{error}"
+    );
+}
+
+#[test]
+fn requests_past_the_time_limit_get_408() {
+    let Some(_) = tokenizer_dir() else { return };
+    let server = TestServer::start(|c| c.engine.request_timeout = Duration::ZERO);
+    let error = assert_error(
+        &server.post_json("/v1/chat/completions", &chat_body("a", 4, false)),
+        408,
+        None,
+    );
+    assert_eq!(error["code"], "timeout");
+    // Streamed: the error is an event, then [DONE].
+    let events = server
+        .post_json("/v1/chat/completions", &chat_body("a", 4, true))
+        .events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["code"], "timeout");
+}
