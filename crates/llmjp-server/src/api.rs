@@ -140,9 +140,14 @@ pub enum Prompt {
     Text(String),
 }
 
-impl ChatRequest {
-    /// The job it asks for.
-    pub fn into_job(self, limits: &Limits) -> Result<Job, ApiError> {
+/// A request body that asks for a [`Job`].
+pub trait IntoJob {
+    /// The job it asks for, checked against the server's limits.
+    fn into_job(self, limits: &Limits) -> Result<Job, ApiError>;
+}
+
+impl IntoJob for ChatRequest {
+    fn into_job(self, limits: &Limits) -> Result<Job, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages must not be empty", "messages"));
         }
@@ -155,9 +160,8 @@ impl ChatRequest {
     }
 }
 
-impl CompletionRequest {
-    /// The job it asks for.
-    pub fn into_job(self, limits: &Limits) -> Result<Job, ApiError> {
+impl IntoJob for CompletionRequest {
+    fn into_job(self, limits: &Limits) -> Result<Job, ApiError> {
         let prompt = match self.prompt {
             Value::String(text) => text,
             Value::Array(mut items) if items.len() == 1 && items[0].is_string() => {

@@ -19,7 +19,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{ChatRequest, CompletionRequest, Endpoint, Job, Limits, Prompt, Responder, Usage};
+use crate::api::{
+    ChatRequest, CompletionRequest, Endpoint, IntoJob, Job, Limits, Prompt, Responder, Usage,
+};
 use crate::engine::{Engine, Event, Request};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -153,27 +155,31 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn chat(State(app): State<Arc<App>>, body: Body) -> Response {
-    let endpoint = Endpoint::Chat;
-    let response = match parse::<ChatRequest>(&app, body).await {
-        Ok(request) => match request.into_job(&app.limits) {
-            Ok(job) => answer(&app, endpoint, job).await,
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    finish(&app, "chat", response)
+    handle::<ChatRequest>(&app, Endpoint::Chat, body).await
 }
 
 async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
-    let endpoint = Endpoint::Completions;
-    let response = match parse::<CompletionRequest>(&app, body).await {
-        Ok(request) => match request.into_job(&app.limits) {
-            Ok(job) => answer(&app, endpoint, job).await,
-            Err(e) => Err(e),
-        },
+    handle::<CompletionRequest>(&app, Endpoint::Completions, body).await
+}
+
+/// Parses, validates and answers a request of either endpoint, and counts its status.
+async fn handle<R: DeserializeOwned + IntoJob>(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    body: Body,
+) -> Response {
+    let response = match parse::<R>(app, body)
+        .await
+        .and_then(|r| r.into_job(&app.limits))
+    {
+        Ok(job) => answer(app, endpoint, job).await,
         Err(e) => Err(e),
     };
-    finish(&app, "completions", response)
+    let name = match endpoint {
+        Endpoint::Chat => "chat",
+        Endpoint::Completions => "completions",
+    };
+    finish(app, name, response)
 }
 
 fn finish(app: &App, endpoint: &'static str, response: Result<Response, ApiError>) -> Response {
