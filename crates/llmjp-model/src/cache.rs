@@ -10,8 +10,8 @@ use burn::tensor::Tensor;
 use crate::kernels::HostKv;
 
 /// The bytes of KV cache memory alive for one model, across all its caches: what a server
-/// budgets. Memory shared between caches (pages of a [`KvCache::fork`]) counts once on the
-/// host kernels' layout; a tensor cache counts in every cache that holds it.
+/// budgets. Memory shared between caches (pages or tensors of a [`KvCache::fork`]) counts
+/// once.
 #[derive(Debug, Clone, Default)]
 pub struct KvMemory(Arc<AtomicUsize>);
 
@@ -95,9 +95,28 @@ pub struct KvCache<B: Backend> {
     pub(crate) made_for_context: usize,
 }
 
-/// The bytes a tensor cache holds, counted in the model's [`KvMemory`].
+/// The bytes a tensor cache holds, counted in the model's [`KvMemory`] once however many
+/// forks share the tensors; a fork that writes gets tensors, and a charge, of its own.
 #[derive(Debug, Clone)]
-pub struct TensorCharge(Charge);
+pub struct TensorCharge(Arc<Charge>);
+
+impl TensorCharge {
+    /// Called before the tensors are written: if forks share them, the write copies them,
+    /// and the copy is counted.
+    pub(crate) fn unshare(&mut self) {
+        if Arc::strong_count(&self.0) > 1 {
+            let copy = self.0.memory.charge(self.0.bytes);
+            self.0 = Arc::new(copy);
+        }
+    }
+
+    fn set(&mut self, bytes: usize) {
+        self.unshare();
+        if let Some(charge) = Arc::get_mut(&mut self.0) {
+            charge.set(bytes);
+        }
+    }
+}
 
 impl<B: Backend> LayerCache<B> {
     /// Tensor caches of `[1, kv_heads, capacity, head_dim]` zeros in `dtype`, counted in
@@ -113,7 +132,7 @@ impl<B: Backend> LayerCache<B> {
         Self::Tensors {
             keys: zeros(),
             values: zeros(),
-            charge: TensorCharge(memory.charge(bytes)),
+            charge: TensorCharge(Arc::new(memory.charge(bytes))),
         }
     }
 
@@ -146,7 +165,7 @@ impl<B: Backend> LayerCache<B> {
                     }
                     bytes += tensor.shape().num_elements() * tensor.dtype().size();
                 }
-                charge.0.set(bytes);
+                charge.set(bytes);
             }
         }
     }

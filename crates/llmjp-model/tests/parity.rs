@@ -258,6 +258,16 @@ fn forked_caches_continue_as_a_fresh_prefill_and_copy_on_write() {
             assert_eq!(writer.shared_pages(), 1, "{label}");
             drop((writer, fork, donor));
             assert_eq!(model.kv_memory().bytes(), 0, "{label}");
+        } else {
+            // Tensor caches: forks share the donor's tensors (counted once) until one
+            // writes, which copies them (counted again).
+            let fork = donor.fork(45, 64);
+            assert_eq!(model.kv_memory().bytes(), memory_before, "{label}");
+            let mut writer = donor.fork(45, 64);
+            model.forward_last(&[9], &mut writer).unwrap();
+            assert_eq!(model.kv_memory().bytes(), 2 * memory_before, "{label}");
+            drop((writer, fork, donor));
+            assert_eq!(model.kv_memory().bytes(), 0, "{label}");
         }
     }
 }

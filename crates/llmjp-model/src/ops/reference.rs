@@ -187,12 +187,19 @@ fn append<B: Backend>(
     v: Tensor<B, 4>,
     start: usize,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
-    let LayerCache::Tensors { keys, values, .. } = cache else {
+    let LayerCache::Tensors {
+        keys,
+        values,
+        charge,
+    } = cache
+    else {
         return Err(ModelError::CacheMismatch(
             "a host cache given to the reference ops".into(),
         ));
     };
     let end = start + k.dims()[2];
+    // Tensors a fork shares are copied by this write: count the copy.
+    charge.unshare();
     let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {
         // Taking the tensor out leaves it uniquely owned, so the backend can write in
         // place instead of copying the whole cache.
