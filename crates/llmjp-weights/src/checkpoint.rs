@@ -86,16 +86,9 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
-/// One memory-mapped `.safetensors` file with its validated header.
-struct Shard {
-    path: PathBuf,
-    mmap: Arc<MappedFile>,
-    data_start: usize,
-    metadata: Metadata,
-}
-
-impl Shard {
-    fn open(path: &Path) -> Result<Self> {
+impl MappedFile {
+    /// Maps a regular file read-only.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         crate::regular_file_len(path)?;
         let file = File::open(path).map_err(|source| WeightsError::io(path, source))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on
@@ -114,6 +107,21 @@ impl Shard {
         // can (fewer faults and TLB misses for weights used in place); advice only.
         #[cfg(target_os = "linux")]
         let _ = mmap.advise(memmap2::Advice::HugePage);
+        Ok(mmap)
+    }
+}
+
+/// One memory-mapped `.safetensors` file with its validated header.
+struct Shard {
+    path: PathBuf,
+    mmap: Arc<MappedFile>,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self> {
+        let mmap = MappedFile::open(path)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::InvalidSafetensors {
                 path: path.to_path_buf(),

@@ -70,6 +70,22 @@ pub enum WeightsError {
         /// What is wrong, in words.
         message: String,
     },
+    /// A GGUF file is truncated, corrupt or not GGUF.
+    #[error("{}: invalid GGUF file: {message}", path.display())]
+    InvalidGguf {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, in words.
+        message: String,
+    },
+    /// Data for a block format is not a whole number of blocks.
+    #[error("{len} is not a whole number of blocks of {block}")]
+    NotWholeBlocks {
+        /// The length given.
+        len: usize,
+        /// The block's length.
+        block: usize,
+    },
     /// A tensor the model needs is not in the checkpoint.
     #[error("tensor {name:?} is missing from the checkpoint in {}", dir.display())]
     MissingTensor {

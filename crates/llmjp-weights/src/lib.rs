@@ -9,6 +9,8 @@
 //!   transposed, then releases the mapped pages so that loading holds little more than the
 //!   converted weights; [`Checkpoint::view`] hands out a tensor as stored (any dtype, for
 //!   zero-copy use) and leaves it to the caller to refuse what it cannot run.
+//! - [`gguf`]: llama.cpp's GGUF files: metadata and tensor directory, bounds-checked.
+//! - [`quant`]: llama.cpp's Q8_0 and Q4_0 block formats, quantized and dequantized.
 //! - [`resolve_model`]: a local folder, or `org/name[@revision]` fetched into the standard
 //!   HF cache (`HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
 //!
@@ -49,7 +51,9 @@
 mod checkpoint;
 mod config;
 mod error;
+pub mod gguf;
 mod hub;
+pub mod quant;
 mod sigbus;
 
 use std::path::Path;

@@ -1,0 +1,471 @@
+//! llama.cpp's GGUF files (version 2 and 3): the header, the metadata and the tensor
+//! directory, read from a memory-mapped file with every count, length and offset checked
+//! against the bytes that are there, so that a truncated or hostile file is an
+//! [`WeightsError::InvalidGguf`], never a panic or a huge allocation.
+//!
+//! ```
+//! use llmjp_weights::gguf::{GgmlType, Gguf, GgufValue};
+//!
+//! # fn main() -> Result<(), llmjp_weights::WeightsError> {
+//! // A file with one metadata entry and one 2 × 3 f32 tensor (ne = [3, 2]).
+//! let mut file = b"GGUF".to_vec();
+//! file.extend(3u32.to_le_bytes()); // version
+//! file.extend(1u64.to_le_bytes()); // tensors
+//! file.extend(1u64.to_le_bytes()); // metadata entries
+//! let string = |s: &str| [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat();
+//! file.extend(string("general.architecture"));
+//! file.extend(8u32.to_le_bytes()); // string
+//! file.extend(string("llama"));
+//! file.extend(string("output.weight"));
+//! file.extend(2u32.to_le_bytes()); // dimensions
+//! file.extend(3u64.to_le_bytes());
+//! file.extend(2u64.to_le_bytes());
+//! file.extend(0u32.to_le_bytes()); // F32
+//! file.extend(0u64.to_le_bytes()); // offset in the data
+//! file.resize(file.len().next_multiple_of(32), 0); // the data starts aligned
+//! for x in [1f32, 2., 3., 4., 5., 6.] { file.extend(x.to_le_bytes()); }
+//!
+//! let gguf = Gguf::parse(&file, "example.gguf".as_ref())?;
+//! assert_eq!(gguf.get("general.architecture"), Some(&GgufValue::String("llama".into())));
+//! let tensor = gguf.tensor("output.weight").unwrap();
+//! assert_eq!((tensor.shape(), tensor.kind), (vec![2, 3], GgmlType::F32));
+//! assert_eq!(&gguf.data(&file, tensor)[..4], &1f32.to_le_bytes());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::MappedFile;
+use crate::{Result, WeightsError};
+
+/// `"GGUF"` read as a little-endian u32.
+const MAGIC: &[u8; 4] = b"GGUF";
+/// Where the data starts, and every tensor's offset, unless `general.alignment` says.
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// GGML's most dimensions.
+const MAX_DIMS: u32 = 4;
+/// Nesting of arrays in metadata (real files nest none).
+const MAX_DEPTH: usize = 4;
+/// Metadata values in all (array items included): a vocabulary of 250,000 tokens with its
+/// scores, types and merges is about a million. Bounds the memory a hostile file can make
+/// us allocate (a value takes 32 bytes, where a file may spend one).
+pub const MAX_METADATA_VALUES: u64 = 1 << 22;
+
+/// A GGML tensor type: how elements are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit IEEE floats.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// Blocks of 32: an f16 scale and 16 bytes of 4-bit values (`(q - 8) × d`).
+    Q4_0,
+    /// Blocks of 32: f16 scale and minimum, 4-bit values.
+    Q4_1,
+    /// Blocks of 32: f16 scale, 5-bit values.
+    Q5_0,
+    /// Blocks of 32: f16 scale and minimum, 5-bit values.
+    Q5_1,
+    /// Blocks of 32: an f16 scale and 32 int8 values (`q × d`).
+    Q8_0,
+    /// Blocks of 32: f32 scale and sum, int8 values.
+    Q8_1,
+    /// Any other type (k-quants, i-quants, integers), by its GGML number.
+    Other(u32),
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Self {
+        match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            30 => Self::BF16,
+            other => Self::Other(other),
+        }
+    }
+
+    /// `(elements per block, bytes per block)`, for the types whose layout this crate knows.
+    pub fn block(self) -> Option<(usize, usize)> {
+        match self {
+            Self::F32 => Some((1, 4)),
+            Self::F16 | Self::BF16 => Some((1, 2)),
+            Self::Q4_0 => Some((32, 18)),
+            Self::Q4_1 => Some((32, 20)),
+            Self::Q5_0 => Some((32, 22)),
+            Self::Q5_1 => Some((32, 24)),
+            Self::Q8_0 => Some((32, 34)),
+            Self::Q8_1 => Some((32, 36)),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Other(id) => write!(f, "GGML type {id}"),
+            known => write!(f, "{known:?}"),
+        }
+    }
+}
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// `u8`.
+    U8(u8),
+    /// `i8`.
+    I8(i8),
+    /// `u16`.
+    U16(u16),
+    /// `i16`.
+    I16(i16),
+    /// `u32`.
+    U32(u32),
+    /// `i32`.
+    I32(i32),
+    /// `u64`.
+    U64(u64),
+    /// `i64`.
+    I64(i64),
+    /// `f32`.
+    F32(f32),
+    /// `f64`.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// UTF-8 text (invalid sequences replaced).
+    String(String),
+    /// An array of one type.
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U8(v) => Some(v.into()),
+            Self::U16(v) => Some(v.into()),
+            Self::U32(v) => Some(v.into()),
+            Self::U64(v) => Some(v),
+            Self::I8(v) => u64::try_from(v).ok(),
+            Self::I16(v) => u64::try_from(v).ok(),
+            Self::I32(v) => u64::try_from(v).ok(),
+            Self::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::F32(v) => Some(v.into()),
+            Self::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    /// The value as text, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor's entry in the directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensor {
+    /// Its name (`blk.0.attn_q.weight`, …).
+    pub name: String,
+    /// GGML's `ne`: the fastest-varying dimension first (a PyTorch `[out, in]` weight is
+    /// `[in, out]` here).
+    pub dims: Vec<u64>,
+    /// How its elements are stored.
+    pub kind: GgmlType,
+    /// Where its bytes start in the file.
+    pub start: usize,
+    /// How many bytes it takes (0 for a type whose layout is unknown).
+    pub len: usize,
+}
+
+impl GgufTensor {
+    /// The shape in PyTorch's order (slowest-varying dimension first).
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+
+    /// Its number of elements.
+    pub fn elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A GGUF file's header: its metadata and tensor directory, checked against the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gguf {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The format version (2 or 3).
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, GgufValue)>,
+    /// The tensors in file order.
+    pub tensors: Vec<GgufTensor>,
+}
+
+/// A GGUF file, mapped, with its parsed header.
+pub struct GgufFile {
+    map: MappedFile,
+    header: Gguf,
+}
+
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GgufFile {
+    /// Maps `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = MappedFile::open(path)?;
+        let header = Gguf::parse(&map, path)?;
+        Ok(Self { map, header })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Gguf {
+        &self.header
+    }
+
+    /// A tensor's bytes, as stored.
+    pub fn data(&self, tensor: &GgufTensor) -> &[u8] {
+        self.header.data(&self.map, tensor)
+    }
+}
+
+impl Gguf {
+    /// Reads the header of a GGUF file held in `bytes`; `path` names it in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let mut r = Reader {
+            bytes,
+            at: 0,
+            path,
+            values: 0,
+        };
+        if r.take(4)? != MAGIC {
+            return Err(r.invalid("not a GGUF file (no GGUF magic)"));
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(r.invalid(&format!(
+                "GGUF version {version} is not supported (2 and 3 are)"
+            )));
+        }
+        let tensor_count = r.u64()?;
+        let metadata_count = r.u64()?;
+        // Each entry takes at least 12 bytes: more than the file holds is a lie.
+        r.check_count(tensor_count, 8 + 4 + 4 + 8, "tensors")?;
+        r.check_count(metadata_count, 8 + 4 + 1, "metadata entries")?;
+        let mut metadata = Vec::with_capacity(metadata_count as usize);
+        for _ in 0..metadata_count {
+            let key = r.string()?;
+            let kind = r.u32()?;
+            let value = r.value(kind, 0)?;
+            metadata.push((key, value));
+        }
+        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, v)) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() && a <= 1 << 20 => a,
+                _ => return Err(r.invalid("general.alignment is not a power of two up to 1 MiB")),
+            },
+        };
+        let mut infos = Vec::with_capacity(tensor_count as usize);
+        for _ in 0..tensor_count {
+            let name = r.string()?;
+            let n_dims = r.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(r.invalid(&format!("tensor {name:?} has {n_dims} dimensions")));
+            }
+            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            let kind = GgmlType::from_id(r.u32()?);
+            let offset = r.u64()?;
+            infos.push((name, dims, kind, offset));
+        }
+        let data_start = (r.at as u64).next_multiple_of(alignment);
+        let mut tensors = Vec::with_capacity(infos.len());
+        for (name, dims, kind, offset) in infos {
+            let elements = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| r.invalid(&format!("tensor {name:?}: its size overflows")))?;
+            let len = match kind.block() {
+                Some((block, block_bytes)) => {
+                    if dims[0] % block as u64 != 0 {
+                        return Err(r.invalid(&format!(
+                            "tensor {name:?}: {} values per row is not a whole number of {kind} blocks",
+                            dims[0]
+                        )));
+                    }
+                    (elements / block as u64)
+                        .checked_mul(block_bytes as u64)
+                        .ok_or_else(|| r.invalid(&format!("tensor {name:?}: its size overflows")))?
+                }
+                None => 0,
+            };
+            if offset % alignment != 0 {
+                return Err(r.invalid(&format!("tensor {name:?}: offset {offset} is not aligned")));
+            }
+            let start = data_start.checked_add(offset);
+            let end = start.and_then(|s| s.checked_add(len));
+            match (start, end) {
+                (Some(start), Some(end)) if end <= bytes.len() as u64 => tensors.push(GgufTensor {
+                    name,
+                    dims,
+                    kind,
+                    start: start as usize,
+                    len: len as usize,
+                }),
+                _ => {
+                    return Err(r.invalid(&format!(
+                        "tensor {name:?} lies past the end of the file (truncated?)"
+                    )))
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+        })
+    }
+
+    /// A metadata value by key.
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A tensor by name.
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A tensor's bytes in `file` (the bytes this header was parsed from).
+    pub fn data<'a>(&self, file: &'a [u8], tensor: &GgufTensor) -> &'a [u8] {
+        &file[tensor.start..tensor.start + tensor.len]
+    }
+}
+
+/// A cursor over the file's bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    path: &'a Path,
+    /// Metadata values read so far.
+    values: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn invalid(&self, reason: &str) -> WeightsError {
+        WeightsError::InvalidGguf {
+            path: self.path.to_path_buf(),
+            message: format!("{reason} (at byte {})", self.at),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(self.invalid("the file ends early (truncated?)"));
+        };
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let bytes = self.take(N)?;
+        Ok(bytes.try_into().expect("N bytes"))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Refuses a count of items of at least `min_bytes` each that the rest cannot hold.
+    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<()> {
+        let room = (self.bytes.len() - self.at) as u64;
+        if count.saturating_mul(min_bytes) > room {
+            return Err(self.invalid(&format!("{count} {what} cannot fit in the file")));
+        }
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.u64()?;
+        self.check_count(len, 1, "string bytes")?;
+        let bytes = self.take(len as usize)?;
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn value(&mut self, kind: u32, depth: usize) -> Result<GgufValue> {
+        self.values += 1;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(self.invalid(&format!("more than {MAX_METADATA_VALUES} metadata values")));
+        }
+        Ok(match kind {
+            0 => GgufValue::U8(self.array::<1>()?[0]),
+            1 => GgufValue::I8(self.array::<1>()?[0] as i8),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
+            4 => GgufValue::U32(self.u32()?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
+            7 => match self.array::<1>()?[0] {
+                0 => GgufValue::Bool(false),
+                1 => GgufValue::Bool(true),
+                other => return Err(self.invalid(&format!("a boolean of value {other}"))),
+            },
+            8 => GgufValue::String(self.string()?),
+            9 => {
+                if depth >= MAX_DEPTH {
+                    return Err(self.invalid("arrays nested too deep"));
+                }
+                let item = self.u32()?;
+                let count = self.u64()?;
+                // Every item takes at least one byte (an empty string takes eight).
+                self.check_count(count, if item == 8 { 8 } else { 1 }, "array items")?;
+                // Grown as items are read, not reserved from the count.
+                let mut items = Vec::new();
+                for _ in 0..count {
+                    items.push(self.value(item, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64()?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(self.invalid(&format!("unknown metadata type {other}"))),
+        })
+    }
+}

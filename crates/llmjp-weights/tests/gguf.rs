@@ -1,0 +1,277 @@
+//! GGUF headers: every value type and the tensor directory read back; truncated, corrupt and
+//! hostile files are `InvalidGguf` errors, never panics or huge allocations.
+
+use llmjp_weights::gguf::{GgmlType, Gguf, GgufFile, GgufValue};
+use llmjp_weights::WeightsError;
+use proptest::prelude::*;
+
+/// Writes GGUF files for the tests.
+#[derive(Default)]
+struct Writer {
+    metadata: Vec<u8>,
+    metadata_count: u64,
+    infos: Vec<u8>,
+    tensor_count: u64,
+    data: Vec<u8>,
+}
+
+fn string(s: &str) -> Vec<u8> {
+    [
+        (s.len() as u64).to_le_bytes().to_vec(),
+        s.as_bytes().to_vec(),
+    ]
+    .concat()
+}
+
+impl Writer {
+    fn meta(&mut self, key: &str, kind: u32, value: &[u8]) -> &mut Self {
+        self.metadata.extend(string(key));
+        self.metadata.extend(kind.to_le_bytes());
+        self.metadata.extend(value);
+        self.metadata_count += 1;
+        self
+    }
+
+    fn tensor(&mut self, name: &str, dims: &[u64], kind: u32, data: &[u8]) -> &mut Self {
+        self.data.resize(self.data.len().next_multiple_of(32), 0);
+        self.infos.extend(string(name));
+        self.infos.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            self.infos.extend(d.to_le_bytes());
+        }
+        self.infos.extend(kind.to_le_bytes());
+        self.infos.extend((self.data.len() as u64).to_le_bytes());
+        self.data.extend(data);
+        self.tensor_count += 1;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend(self.tensor_count.to_le_bytes());
+        out.extend(self.metadata_count.to_le_bytes());
+        out.extend(&self.metadata);
+        out.extend(&self.infos);
+        out.resize(out.len().next_multiple_of(32), 0);
+        out.extend(&self.data);
+        out
+    }
+}
+
+fn sample() -> Vec<u8> {
+    let mut w = Writer::default();
+    let mut tokens = 8u32.to_le_bytes().to_vec(); // array of strings
+    tokens.extend(3u64.to_le_bytes());
+    for t in ["<unk>", "<s>", "日本"] {
+        tokens.extend(string(t));
+    }
+    let mut scores = 6u32.to_le_bytes().to_vec(); // array of f32
+    scores.extend(2u64.to_le_bytes());
+    scores.extend(0.5f32.to_le_bytes());
+    scores.extend((-1.5f32).to_le_bytes());
+    w.meta("general.architecture", 8, &string("llama"))
+        .meta("u8", 0, &[7])
+        .meta("i8", 1, &[0xff])
+        .meta("u16", 2, &513u16.to_le_bytes())
+        .meta("i16", 3, &(-2i16).to_le_bytes())
+        .meta("llama.block_count", 4, &24u32.to_le_bytes())
+        .meta("i32", 5, &(-3i32).to_le_bytes())
+        .meta("llama.rope.freq_base", 6, &10000f32.to_le_bytes())
+        .meta("bool", 7, &[1])
+        .meta("tokenizer.ggml.tokens", 9, &tokens)
+        .meta("scores", 9, &scores)
+        .meta("u64", 10, &(1u64 << 40).to_le_bytes())
+        .meta("i64", 11, &(-4i64).to_le_bytes())
+        .meta("f64", 12, &0.25f64.to_le_bytes());
+    let f32s: Vec<u8> = [1f32, 2., 3., 4., 5., 6.]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    w.tensor("output_norm.weight", &[6], 0, &f32s);
+    // Two rows of one Q8_0 block each: [in 32, out 2].
+    w.tensor("output.weight", &[32, 2], 8, &[3u8; 68]);
+    w.tensor("blk.0.ffn_down.weight", &[256, 1], 12, &[]); // a k-quant: type 12
+    w.bytes()
+}
+
+fn parse(bytes: &[u8]) -> Result<Gguf, WeightsError> {
+    Gguf::parse(bytes, "test.gguf".as_ref())
+}
+
+fn invalid(bytes: &[u8], needle: &str) {
+    match parse(bytes) {
+        Err(WeightsError::InvalidGguf { message, .. }) => {
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}")
+        }
+        other => panic!("expected an invalid-GGUF error with {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn reads_every_value_type_and_the_tensor_directory() {
+    let bytes = sample();
+    let gguf = parse(&bytes).unwrap();
+    assert_eq!(gguf.version, 3);
+    assert_eq!(
+        gguf.get("general.architecture").unwrap().as_str(),
+        Some("llama")
+    );
+    assert_eq!(gguf.get("u8"), Some(&GgufValue::U8(7)));
+    assert_eq!(gguf.get("i8"), Some(&GgufValue::I8(-1)));
+    assert_eq!(gguf.get("u16"), Some(&GgufValue::U16(513)));
+    assert_eq!(gguf.get("i16"), Some(&GgufValue::I16(-2)));
+    assert_eq!(gguf.get("llama.block_count").unwrap().as_u64(), Some(24));
+    assert_eq!(gguf.get("i32").unwrap().as_u64(), None);
+    assert_eq!(
+        gguf.get("llama.rope.freq_base").unwrap().as_f64(),
+        Some(10000.0)
+    );
+    assert_eq!(gguf.get("bool"), Some(&GgufValue::Bool(true)));
+    let tokens = GgufValue::Array(
+        ["<unk>", "<s>", "日本"]
+            .map(|t| GgufValue::String(t.into()))
+            .to_vec(),
+    );
+    assert_eq!(gguf.get("tokenizer.ggml.tokens"), Some(&tokens));
+    assert_eq!(
+        gguf.get("scores"),
+        Some(&GgufValue::Array(vec![
+            GgufValue::F32(0.5),
+            GgufValue::F32(-1.5)
+        ]))
+    );
+    assert_eq!(gguf.get("u64").unwrap().as_u64(), Some(1 << 40));
+    assert_eq!(gguf.get("i64"), Some(&GgufValue::I64(-4)));
+    assert_eq!(gguf.get("f64").unwrap().as_f64(), Some(0.25));
+
+    let norm = gguf.tensor("output_norm.weight").unwrap();
+    assert_eq!(
+        (norm.shape(), norm.kind, norm.len),
+        (vec![6], GgmlType::F32, 24)
+    );
+    assert_eq!(&gguf.data(&bytes, norm)[4..8], &2f32.to_le_bytes());
+    let head = gguf.tensor("output.weight").unwrap();
+    assert_eq!(
+        (head.shape(), head.kind, head.len),
+        (vec![2, 32], GgmlType::Q8_0, 68)
+    );
+    assert_eq!(head.start % 32, 0);
+    let kquant = gguf.tensor("blk.0.ffn_down.weight").unwrap();
+    assert_eq!((kquant.kind, kquant.len), (GgmlType::Other(12), 0));
+    assert_eq!(kquant.kind.to_string(), "GGML type 12");
+
+    // The same from a file, mapped.
+    let path = std::env::temp_dir().join(format!("llmjp-gguf-{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(
+        file.data(file.header().tensor("output.weight").unwrap()),
+        &[3u8; 68]
+    );
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    let dir = std::env::temp_dir();
+    assert!(matches!(
+        GgufFile::open(&dir),
+        Err(WeightsError::NotAFile { .. })
+    ));
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let bytes = sample();
+    for end in 0..bytes.len() {
+        match parse(&bytes[..end]) {
+            Err(WeightsError::InvalidGguf { .. }) => {}
+            other => panic!("{end} bytes of {}: {other:?}", bytes.len()),
+        }
+    }
+}
+
+#[test]
+fn hostile_headers_are_refused_without_allocating() {
+    let header = |version: u32, tensors: u64, metadata: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(version.to_le_bytes());
+        b.extend(tensors.to_le_bytes());
+        b.extend(metadata.to_le_bytes());
+        b
+    };
+    invalid(b"GGML\x03\0\0\0", "no GGUF magic");
+    invalid(&header(1, 0, 0), "version 1");
+    invalid(&header(3, u64::MAX, 0), "cannot fit");
+    invalid(&header(3, 0, 1 << 60), "cannot fit");
+    // A string claiming 2^62 bytes.
+    let mut b = header(3, 0, 1);
+    b.extend((1u64 << 62).to_le_bytes());
+    invalid(&b, "cannot fit");
+    // An array claiming 2^40 items, an unknown value type, a bad boolean, deep nesting.
+    let mut b = header(3, 0, 1);
+    b.extend(string("a"));
+    b.extend(9u32.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend((1u64 << 40).to_le_bytes());
+    invalid(&b, "cannot fit");
+    let mut w = Writer::default();
+    w.meta("a", 13, &[0; 8]);
+    invalid(&w.bytes(), "unknown metadata type 13");
+    let mut w = Writer::default();
+    w.meta("a", 7, &[2]);
+    invalid(&w.bytes(), "boolean");
+    let mut nested = Vec::new();
+    for _ in 0..6 {
+        nested.extend(9u32.to_le_bytes());
+        nested.extend(1u64.to_le_bytes());
+    }
+    nested.extend(0u32.to_le_bytes());
+    nested.push(0);
+    let mut w = Writer::default();
+    w.meta("a", 9, &nested);
+    invalid(&w.bytes(), "nested too deep");
+    // Too many values in all, each cheap in the file.
+    let mut many = 0u32.to_le_bytes().to_vec();
+    let count = llmjp_weights::gguf::MAX_METADATA_VALUES + 1;
+    many.extend(count.to_le_bytes());
+    many.resize(many.len() + count as usize, 0);
+    let mut w = Writer::default();
+    w.meta("a", 9, &many);
+    invalid(&w.bytes(), "metadata values");
+    // Tensors: dimensions, overflow, blocks, alignment, bounds.
+    let tensor = |dims: &[u64], kind: u32, data: usize| {
+        let mut w = Writer::default();
+        w.tensor("t", dims, kind, &vec![0; data]);
+        w.bytes()
+    };
+    invalid(&tensor(&[], 0, 0), "0 dimensions");
+    invalid(&tensor(&[1, 1, 1, 1, 1], 0, 4), "5 dimensions");
+    invalid(&tensor(&[1 << 32, 1 << 32, 1 << 32], 0, 0), "overflows");
+    invalid(&tensor(&[16, 2], 8, 68), "whole number of Q8_0 blocks");
+    invalid(&tensor(&[32, 2], 8, 67), "past the end");
+    let mut w = Writer::default();
+    w.meta("general.alignment", 4, &3u32.to_le_bytes());
+    invalid(&w.bytes(), "power of two");
+    let mut bytes = tensor(&[1], 0, 4);
+    // The offset field: after the header (24), the name (8 + 1), n_dims (4), one dim (8)
+    // and the type (4).
+    let offset_at = 24 + 9 + 4 + 8 + 4;
+    bytes[offset_at..offset_at + 8].copy_from_slice(&4u64.to_le_bytes());
+    invalid(&bytes, "not aligned");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any byte changed anywhere: an error or a header whose tensors lie in the file.
+    #[test]
+    fn corrupt_bytes_never_panic(at in 0usize..400, value in any::<u8>()) {
+        let mut bytes = sample();
+        let at = at % bytes.len();
+        bytes[at] = value;
+        if let Ok(gguf) = parse(&bytes) {
+            for t in &gguf.tensors {
+                prop_assert!(t.start + t.len <= bytes.len());
+            }
+        }
+    }
+}
