@@ -275,3 +275,196 @@ proptest! {
         }
     }
 }
+
+mod llama {
+    use llmjp_weights::gguf::llama::{hf_name, hf_row_order, HfTensor};
+    use llmjp_weights::{Architecture, ModelConfig, WeightsError};
+
+    use super::{parse, string, Writer};
+
+    /// llama.cpp's `permute` (convert_hf_to_gguf.py) on row indices: the HF row each GGUF
+    /// row holds. `reshape(n_head, 2, rows / n_head / 2).swapaxes(1, 2).reshape(rows)`.
+    fn llama_cpp_permute(rows: usize, heads: usize) -> Vec<usize> {
+        let half = rows / heads / 2;
+        let mut out = Vec::new();
+        for h in 0..heads {
+            for i in 0..half {
+                for pair in 0..2 {
+                    out.push(h * 2 * half + pair * half + i);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn row_order_undoes_llama_cpp_permutation() {
+        for (rows, heads) in [(8, 2), (2048, 16), (5120, 40), (1024, 8), (64, 1)] {
+            let gguf_holds = llama_cpp_permute(rows, heads);
+            let order = hf_row_order(rows, heads);
+            // HF row r is GGUF row order[r], which holds HF row r.
+            for (r, &g) in order.iter().enumerate() {
+                assert_eq!(gguf_holds[g], r, "rows {rows} heads {heads}");
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_names_map_to_hugging_face() {
+        let dense = |s: &str| Some(HfTensor::Dense(s.into()));
+        assert_eq!(
+            hf_name("token_embd.weight"),
+            dense("model.embed_tokens.weight")
+        );
+        assert_eq!(hf_name("output.weight"), dense("lm_head.weight"));
+        assert_eq!(hf_name("output_norm.weight"), dense("model.norm.weight"));
+        assert_eq!(
+            hf_name("blk.23.ffn_norm.weight"),
+            dense("model.layers.23.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight"),
+            dense("model.layers.0.mlp.down_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.1.ffn_gate_inp.weight"),
+            dense("model.layers.1.block_sparse_moe.gate.weight")
+        );
+        assert_eq!(
+            hf_name("blk.2.ffn_up_exps.weight"),
+            Some(HfTensor::Experts {
+                layer: 2,
+                matrix: "w3"
+            })
+        );
+        for unknown in [
+            "rope_freqs.weight",
+            "blk.x.attn_q.weight",
+            "blk.0.attn_q.bias",
+            "blk.0.nope.weight",
+        ] {
+            assert_eq!(hf_name(unknown), None, "{unknown}");
+        }
+    }
+
+    fn u32_meta(w: &mut Writer, key: &str, value: u32) {
+        w.meta(key, 4, &value.to_le_bytes());
+    }
+
+    /// llama.cpp's metadata for the llm-jp-3.1-1.8b.
+    fn metadata_1_8b() -> Writer {
+        let mut w = Writer::default();
+        w.meta("general.architecture", 8, &string("llama"));
+        for (key, value) in [
+            ("llama.vocab_size", 99584),
+            ("llama.context_length", 4096),
+            ("llama.embedding_length", 2048),
+            ("llama.block_count", 24),
+            ("llama.feed_forward_length", 7168),
+            ("llama.attention.head_count", 16),
+            ("llama.attention.head_count_kv", 16),
+            ("tokenizer.ggml.bos_token_id", 1),
+            ("tokenizer.ggml.eos_token_id", 2),
+        ] {
+            u32_meta(&mut w, key, value);
+        }
+        w.meta("llama.rope.freq_base", 6, &10000f32.to_le_bytes());
+        w.meta(
+            "llama.attention.layer_norm_rms_epsilon",
+            6,
+            &1e-5f32.to_le_bytes(),
+        );
+        // An untied head (its data need not be the model's size for the config).
+        w.tensor("output.weight", &[32, 1], 8, &[0; 34]);
+        w
+    }
+
+    #[test]
+    fn the_config_matches_the_models_config_json() {
+        let gguf = parse(&metadata_1_8b().bytes()).unwrap();
+        let config = gguf.model_config().unwrap();
+        assert_eq!(config.architecture, Architecture::Llama);
+        let expected = llmjp_testdata::configs_dir()
+            .map(|d| ModelConfig::from_file(&d.join("llm-jp-3.1-1.8b.config.json")).unwrap());
+        if let Some(expected) = expected {
+            assert_eq!(config.vocab_size, expected.vocab_size);
+            assert_eq!(config.hidden_size, expected.hidden_size);
+            assert_eq!(config.intermediate_size, expected.intermediate_size);
+            assert_eq!(config.num_hidden_layers, expected.num_hidden_layers);
+            assert_eq!(config.num_attention_heads, expected.num_attention_heads);
+            assert_eq!(config.num_key_value_heads, expected.num_key_value_heads);
+            assert_eq!(config.head_dim, expected.head_dim);
+            assert_eq!(
+                config.max_position_embeddings,
+                expected.max_position_embeddings
+            );
+            assert_eq!(config.rope_theta, expected.rope_theta);
+            assert_eq!(config.tie_word_embeddings, expected.tie_word_embeddings);
+            assert!((config.rms_norm_eps - expected.rms_norm_eps).abs() < 1e-9);
+            assert_eq!(config.bos_token_id, expected.bos_token_id);
+        }
+        assert_eq!(config.eos_token_ids, [2]);
+    }
+
+    #[test]
+    fn mixtures_unsupported_and_bad_metadata() {
+        let mut moe = metadata_1_8b();
+        u32_meta(&mut moe, "llama.expert_count", 8);
+        u32_meta(&mut moe, "llama.expert_used_count", 2);
+        let config = parse(&moe.bytes()).unwrap().model_config().unwrap();
+        assert_eq!(config.architecture, Architecture::Mixtral);
+        assert_eq!(
+            (config.num_local_experts, config.num_experts_per_tok),
+            (8, 2)
+        );
+
+        let mut other = Writer::default();
+        other.meta("general.architecture", 8, &string("gpt2"));
+        let err = parse(&other.bytes()).unwrap().model_config().unwrap_err();
+        assert!(
+            matches!(err, WeightsError::UnsupportedArchitecture { .. }),
+            "{err}"
+        );
+
+        let mut missing = Writer::default();
+        missing.meta("general.architecture", 8, &string("llama"));
+        u32_meta(&mut missing, "llama.vocab_size", 10);
+        let err = parse(&missing.bytes()).unwrap().model_config().unwrap_err();
+        assert!(err.to_string().contains("llama.embedding_length"), "{err}");
+
+        let mut huge = Writer::default();
+        huge.meta("general.architecture", 8, &string("llama"));
+        for (key, value) in [
+            ("llama.vocab_size", 99584),
+            ("llama.embedding_length", u32::MAX),
+            ("llama.block_count", 24),
+            ("llama.feed_forward_length", 7168),
+            ("llama.attention.head_count", 16),
+        ] {
+            u32_meta(&mut huge, key, value);
+        }
+        let err = parse(&huge.bytes()).unwrap().model_config().unwrap_err();
+        assert!(matches!(err, WeightsError::InvalidConfig { .. }), "{err}");
+
+        let mut scaled = metadata_1_8b();
+        scaled.meta("llama.rope.scaling.type", 8, &string("yarn"));
+        let err = parse(&scaled.bytes()).unwrap().model_config().unwrap_err();
+        assert!(matches!(err, WeightsError::InvalidConfig { .. }), "{err}");
+
+        // Without output.weight the head is tied to the embeddings.
+        let mut tied = Writer::default();
+        tied.meta("general.architecture", 8, &string("llama"));
+        for (key, value) in [
+            ("llama.vocab_size", 100),
+            ("llama.embedding_length", 64),
+            ("llama.block_count", 2),
+            ("llama.feed_forward_length", 128),
+            ("llama.attention.head_count", 4),
+        ] {
+            u32_meta(&mut tied, key, value);
+        }
+        let config = parse(&tied.bytes()).unwrap().model_config().unwrap();
+        assert!(config.tie_word_embeddings);
+        assert_eq!(config.head_dim, 16);
+    }
+}

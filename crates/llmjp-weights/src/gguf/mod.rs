@@ -37,6 +37,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod llama;
+
 use crate::checkpoint::MappedFile;
 use crate::{Result, WeightsError};
 
