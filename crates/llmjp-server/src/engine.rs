@@ -243,8 +243,6 @@ struct Active<'p, B: Backend> {
     /// Prompt, then the generated ids; all but the last generated one are in the cache.
     ids: Vec<u32>,
     prompt_len: usize,
-    /// Prompt plus `max_tokens`, at most the context.
-    positions: usize,
     sampler: Sampler,
     decoder: llmjp::crates::tokenizer::StreamDecoder<'p>,
     stops: StopMatcher,
@@ -255,9 +253,10 @@ struct Active<'p, B: Backend> {
 }
 
 impl<B: Backend> Active<'_, B> {
-    /// Bytes its cache may still grow by (whole pages, and a page copied on write).
+    /// Bytes its cache may still grow by, up to its capacity (prompt plus `max_tokens`, at
+    /// most the context): whole pages, and a page copied on write.
     fn growth(&self, bytes_per_position: usize) -> usize {
-        let positions = self.positions.next_multiple_of(BLOCK) + BLOCK;
+        let positions = self.cache.capacity().next_multiple_of(BLOCK) + BLOCK;
         positions.saturating_sub(self.cache.allocated()) * bytes_per_position
     }
 
@@ -278,7 +277,6 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
     let model = pipeline.model();
     let config = &shared.config;
     let metrics = &shared.metrics;
-    let context = model.config().max_position_embeddings;
     let vocab = model.config().vocab_size;
     let mut prefix = PrefixCache::<B>::new(config.prefix_cache_blocks);
     let mut active: Vec<Active<'_, B>> = Vec::new();
@@ -353,6 +351,12 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
                 budget = budget.saturating_sub(n);
             }
         }
+        let prompt_tokens: usize = plan
+            .iter()
+            .zip(&active)
+            .filter_map(|(range, a)| range.as_ref().filter(|r| r.start < a.prompt_len))
+            .map(|r| r.len())
+            .sum();
         let mut order = Vec::new();
         let mut batch = Vec::new();
         for (i, (a, slot)) in active.iter_mut().zip(&plan).enumerate() {
@@ -364,11 +368,6 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
                 });
             }
         }
-        let prefilled: usize = order
-            .iter()
-            .filter_map(|&i| plan[i].as_ref())
-            .map(|r| r.len())
-            .sum::<usize>();
         metrics.batch_size.observe(order.len() as f64);
         let logits = model.forward_batch(&mut batch).and_then(read_f32);
         drop(batch);
@@ -382,17 +381,9 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
                 continue;
             }
         };
-        let decode_rows = order
-            .iter()
-            .filter(|&&i| {
-                plan[i]
-                    .as_ref()
-                    .is_some_and(|r| r.start >= active[i].prompt_len)
-            })
-            .count();
         metrics
             .prefill_tokens
-            .fetch_add((prefilled - decode_rows) as u64, Ordering::Relaxed);
+            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
 
         for (row, &i) in logits.chunks_exact(vocab).zip(&order) {
             let a = &mut active[i];
@@ -403,7 +394,7 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
                 // The prompt is in: later requests starting the same way reuse it.
                 prefix.insert(&a.ids, &a.cache);
             }
-            step(pipeline, a, row, context, metrics);
+            step(pipeline, a, row, metrics);
             if a.done {
                 let cached = a.cache.len();
                 prefix.insert(&a.ids[..cached], &a.cache);
@@ -517,7 +508,6 @@ fn admit<'p, B: Backend>(
             request,
             cache,
             prompt_len,
-            positions,
             sampler,
             decoder: pipeline.tokenizer().stream_decoder(true),
             last_token: None,
@@ -532,7 +522,6 @@ fn step<B: Backend>(
     pipeline: &Pipeline<B>,
     a: &mut Active<'_, B>,
     logits: &[f32],
-    context: usize,
     metrics: &Metrics,
 ) {
     let token = match a.sampler.sample(logits, &a.ids) {
@@ -574,8 +563,7 @@ fn step<B: Backend>(
         }
     }
     let generated = a.ids.len() - a.prompt_len;
-    if finish.is_none()
-        && (generated >= a.request.max_tokens || a.ids.len() >= context.min(a.positions))
+    if finish.is_none() && (generated >= a.request.max_tokens || a.ids.len() >= a.cache.capacity())
     {
         finish = Some(FinishReason::Length);
     }

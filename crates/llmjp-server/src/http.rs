@@ -70,17 +70,8 @@ impl Encoder {
             Prompt::Text(text) => (text.clone(), true),
         };
         // Text far beyond what the context holds is refused before it is encoded.
-        let limit = self
-            .context
-            .saturating_mul(self.tokenizer.max_token_bytes().max(16))
-            .saturating_mul(4);
-        if text.len() > limit {
-            return Err(ApiError::context_exceeded(format!(
-                "the prompt is {} bytes, far more than the context of {} tokens holds",
-                text.len(),
-                self.context
-            )));
-        }
+        llmjp::check_prompt_text(&text, &self.tokenizer, self.context)
+            .map_err(|e| ApiError::context_exceeded(e.to_string()))?;
         self.tokenizer
             .encode(&text, special)
             .map_err(|e| ApiError::invalid(e.to_string(), "prompt"))

@@ -57,7 +57,9 @@ mod stop;
 pub use device::Device;
 pub use error::{LlmError, Result};
 pub use llm::Llm;
-pub use pipeline::{FinishReason, GenerateOptions, Generation, LoadOptions, Pipeline, Timings};
+pub use pipeline::{
+    check_prompt_text, FinishReason, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
+};
 pub use stop::StopMatcher;
 
 pub use llmjp_chat::{ChatTemplate, Message};

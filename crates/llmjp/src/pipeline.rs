@@ -251,22 +251,12 @@ impl<B: Backend> Pipeline<B> {
         Ok(self.tokenizer.encode(text, true)?)
     }
 
-    /// Refuses text far longer than the context can hold before encoding it (encoding costs
-    /// time and about 70 bytes of memory per byte of text): four times the context in the
-    /// vocabulary's longest tokens.
     fn check_prompt_text(&self, text: &str) -> Result<()> {
-        let context = self.model.config().max_position_embeddings;
-        let limit = context
-            .saturating_mul(self.tokenizer.max_token_bytes().max(16))
-            .saturating_mul(4);
-        if text.len() > limit {
-            return Err(LlmError::PromptTextTooLong {
-                bytes: text.len(),
-                limit,
-                context,
-            });
-        }
-        Ok(())
+        check_prompt_text(
+            text,
+            &self.tokenizer,
+            self.model.config().max_position_embeddings,
+        )
     }
 
     /// Answers a chat: renders it, generates, and streams the answer's text to `on_text`
@@ -380,6 +370,24 @@ impl<B: Backend> Pipeline<B> {
             timings,
         })
     }
+}
+
+/// Refuses text far longer than a context of `context` tokens can hold, before it is
+/// encoded (encoding costs time and about 70 bytes of memory per byte of text): more than
+/// four times the context in the vocabulary's longest tokens is
+/// [`LlmError::PromptTextTooLong`].
+pub fn check_prompt_text(text: &str, tokenizer: &Tokenizer, context: usize) -> Result<()> {
+    let limit = context
+        .saturating_mul(tokenizer.max_token_bytes().max(16))
+        .saturating_mul(4);
+    if text.len() > limit {
+        return Err(LlmError::PromptTextTooLong {
+            bytes: text.len(),
+            limit,
+            context,
+        });
+    }
+    Ok(())
 }
 
 /// The ids that end generation: `generation_config.json`'s, else `config.json`'s, else the

@@ -76,13 +76,6 @@ impl HostKv {
     pub fn fork(&self, positions: usize) -> Self {
         Self {
             pages: self.pages[..positions.div_ceil(PAGE).min(self.pages.len())].to_vec(),
-            ..self.clone_empty()
-        }
-    }
-
-    fn clone_empty(&self) -> Self {
-        Self {
-            pages: Vec::new(),
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             memory: self.memory.clone(),
