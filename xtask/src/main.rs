@@ -11,7 +11,10 @@
 //!   `llmjp serve` on the same checkpoint under concurrent streaming clients: aggregate
 //!   decode tok/s, time to first token and inter-token latency (p50/p99), and time to first
 //!   token with and without the prefix cache.
+//! - `cargo xtask accuracy [--model DIR] [--positions N]`: Q8_0 and Q4_0 (quantized on
+//!   load) against bf16 on the same checkpoint: logit errors and top-1 agreement.
 
+mod accuracy;
 mod bench;
 mod serve_bench;
 
@@ -31,7 +34,8 @@ fn main() -> ExitCode {
         Some("golden") => GOLDEN_SCRIPTS.iter().try_for_each(|s| run(Command::new("python3").arg(s))),
         Some("bench") => bench::run(&args[1..]),
         Some("bench-serve") => serve_bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D]".into()),
+        Some("accuracy") => accuracy::run(&args[1..]),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D] | cargo xtask accuracy [--model DIR] [--positions N]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

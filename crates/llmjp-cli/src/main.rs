@@ -7,7 +7,10 @@
 //! llmjp chat [--model DIR|ORG/NAME] [sampling options]
 //! llmjp bench [--model DIR|ORG/NAME] [--prompt-tokens 128] [--gen-tokens 32] [--format text|json]
 //! llmjp serve [--model DIR|ORG/NAME] [--host 127.0.0.1] [--port 8080] [--max-batch 16] [--api-key KEY]
+//! llmjp quantize --model DIR|ORG/NAME [--format q8_0|q4_0] --out DIR
 //! ```
+//!
+//! `--dtype q8_0|q4_0` quantizes a float checkpoint on load.
 //!
 //! Every failure prints one line on stderr and exits non-zero.
 //!
@@ -18,6 +21,7 @@ mod chat;
 mod generate;
 mod input;
 mod model_args;
+mod quantize;
 mod render;
 mod serve;
 mod tokenize;
@@ -54,6 +58,9 @@ enum Command {
     Bench(bench::Args),
     /// Serve the OpenAI API (chat completions, completions, models) over HTTP.
     Serve(serve::Args),
+    /// Write a copy of a model with its linear weights quantized (q8_0, q4_0), which loads
+    /// in place.
+    Quantize(quantize::Args),
 }
 
 /// How results are printed.
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args, &mut out),
         Command::Bench(args) => bench::run(args, &mut out),
         Command::Serve(args) => serve::run(args),
+        Command::Quantize(args) => quantize::run(args, &mut out),
     };
     let result = result.and_then(|()| Ok(out.flush()?));
     match result {

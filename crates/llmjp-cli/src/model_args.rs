@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use llmjp::{ComputeDtype, Device, HubOptions, Llm, LoadOptions, SamplingParams};
+use llmjp::{ComputeDtype, Device, HubOptions, Llm, LoadOptions, SamplingParams, WeightDtype};
 
 use crate::Result;
 
@@ -21,8 +21,9 @@ pub struct ModelArgs {
     /// Take the tokenizer files from this folder instead of the model's.
     #[arg(long, value_name = "DIR")]
     tokenizer: Option<PathBuf>,
-    /// Compute dtype: bf16, f16 or f32 [default: bf16]. On the CPU, bf16 keeps the weights in
-    /// bf16 and computes in f32 (AVX-512 / AMX kernels).
+    /// Weights dtype: bf16, f16, f32, or q8_0 / q4_0 to quantize a float checkpoint on load
+    /// [default: bf16]. On the CPU, bf16 keeps the weights in bf16 and computes in f32
+    /// (AVX-512 / AMX / AVX2 kernels); a quantized checkpoint runs in its own format.
     #[arg(long)]
     dtype: Option<String>,
     /// cpu, cuda or cuda:N [default: CUDA when built with it and a GPU is present].
@@ -43,8 +44,8 @@ impl ModelArgs {
             None => Device::auto(),
         };
         let dtype = match &self.dtype {
-            Some(d) => d.parse::<ComputeDtype>()?,
-            None => ComputeDtype::BF16,
+            Some(d) => d.parse::<WeightDtype>()?,
+            None => ComputeDtype::BF16.into(),
         };
         eprintln!("llmjp: {} on {device} in {dtype}", self.model);
         let mut hub = HubOptions::from_env();
@@ -55,7 +56,12 @@ impl ModelArgs {
             hub,
             tokenizer_dir: self.tokenizer.clone(),
         };
-        let mut progress = ProgressBar::new("loading weights");
+        let label = if dtype.quantize.is_some() {
+            "loading and quantizing weights"
+        } else {
+            "loading weights"
+        };
+        let mut progress = ProgressBar::new(label);
         let llm = Llm::load(&self.model, device, &options, &mut |done, total| {
             progress.update(done, total)
         });
@@ -111,14 +117,14 @@ impl SamplingArgs {
 }
 
 /// A one-line progress bar on stderr, drawn only when stderr is a terminal.
-struct ProgressBar {
+pub struct ProgressBar {
     label: &'static str,
     active: bool,
     drawn: bool,
 }
 
 impl ProgressBar {
-    fn new(label: &'static str) -> Self {
+    pub fn new(label: &'static str) -> Self {
         Self {
             label,
             active: std::io::stderr().is_terminal(),
@@ -126,7 +132,7 @@ impl ProgressBar {
         }
     }
 
-    fn update(&mut self, done: usize, total: usize) {
+    pub fn update(&mut self, done: usize, total: usize) {
         if !self.active || total == 0 {
             return;
         }
@@ -138,7 +144,7 @@ impl ProgressBar {
         self.drawn = true;
     }
 
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if self.drawn {
             eprintln!();
         }

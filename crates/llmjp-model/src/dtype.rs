@@ -2,6 +2,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::{DType, FloatDType};
+use llmjp_weights::quant::BlockFormat;
 
 use crate::ModelError;
 
@@ -43,6 +44,62 @@ impl FromStr for ComputeDtype {
             "f16" | "float16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::BF16),
             _ => Err(ModelError::UnknownDtype(s.to_string())),
+        }
+    }
+}
+
+/// What a model's weights are loaded as: `bf16`, `f16`, `f32`, or `q8_0` / `q4_0`, which
+/// quantize the linear weights of a float checkpoint on load (computing as bf16 does:
+/// f32 activations on the CPU). A quantized checkpoint runs in its stored format whatever
+/// is asked.
+///
+/// ```
+/// use llmjp_model::{ComputeDtype, WeightDtype};
+/// use llmjp_weights::quant::BlockFormat;
+///
+/// let q8: WeightDtype = "q8_0".parse()?;
+/// assert_eq!(q8.quantize, Some(BlockFormat::Q8_0));
+/// assert_eq!(q8.compute, ComputeDtype::BF16);
+/// assert_eq!(WeightDtype::from(ComputeDtype::F32).to_string(), "f32");
+/// assert!("int3".parse::<WeightDtype>().is_err());
+/// # Ok::<(), llmjp_model::ModelError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightDtype {
+    /// The dtype computed in (and of the weights left in float).
+    pub compute: ComputeDtype,
+    /// The block format float linear weights are quantized to on load, if any.
+    pub quantize: Option<BlockFormat>,
+}
+
+impl From<ComputeDtype> for WeightDtype {
+    fn from(compute: ComputeDtype) -> Self {
+        Self {
+            compute,
+            quantize: None,
+        }
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match BlockFormat::from_name(s) {
+            Some(format) => Ok(Self {
+                compute: ComputeDtype::BF16,
+                quantize: Some(format),
+            }),
+            None => s.parse::<ComputeDtype>().map(Self::from),
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.quantize {
+            Some(format) => f.write_str(format.name()),
+            None => self.compute.fmt(f),
         }
     }
 }

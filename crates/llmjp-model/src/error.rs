@@ -26,7 +26,7 @@ pub enum ModelError {
     #[error("no input tokens")]
     EmptyInput,
     /// An unknown compute dtype name.
-    #[error("unknown dtype {0:?}: expected f32, f16 or bf16")]
+    #[error("unknown dtype {0:?}: expected f32, f16, bf16, q8_0 or q4_0")]
     UnknownDtype(String),
     /// The requested device cannot be used.
     #[error("device unavailable: {0}")]
@@ -37,6 +37,10 @@ pub enum ModelError {
     /// The CPU instruction set asked for (`LLMJP_CPU_ISA`) is unknown or not on this CPU.
     #[error("{0}")]
     InvalidIsa(String),
+    /// Quantized weights that do not fit their format (sizes, dtypes, a tensor that cannot
+    /// be quantized).
+    #[error("invalid quantized weights: {0}")]
+    InvalidQuantized(String),
     /// Reading a result back from the device failed.
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),

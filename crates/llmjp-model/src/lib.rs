@@ -11,8 +11,9 @@
 //!   (bf16 weights in place from the mapped files, f32 activations, AMX / AVX-512 / AVX2),
 //!   f32 and f16 the reference.
 //! - [`linear`]: weights behind one interface ([`linear::Weight`]): dense tensors, bf16 in
-//!   place.
+//!   place, Q8_0 / Q4_0 blocks (quantized on load with [`WeightDtype`], or stored so).
 //! - [`kernels`]: the CPU kernels, per instruction set, chosen once (`LLMJP_CPU_ISA`).
+//! - [`quantize`]: writes a quantized checkpoint that loads in place.
 //! - `models/`: one file per architecture.
 //!
 //! ```
@@ -63,6 +64,7 @@ pub mod linear;
 mod model;
 mod models;
 pub mod ops;
+pub mod quantize;
 #[cfg(test)]
 mod testing;
 
@@ -70,7 +72,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 pub use cache::{KvCache, KvMemory};
-pub use dtype::ComputeDtype;
+pub use dtype::{ComputeDtype, WeightDtype};
 pub use error::{ModelError, Result};
 pub use llmjp_weights::{Architecture, ModelConfig};
 pub use model::{CausalLm, Sequence};

@@ -5,22 +5,29 @@
 //! - [`Bf16Weight`]: bf16 on the host, used in place from the memory-mapped checkpoint, run
 //!   by the CPU kernels on f32 activations (burn-flex only: on another backend it cannot be
 //!   built).
+//! - [`QuantWeight`]: Q8_0 / Q4_0 blocks on the host (in place from a quantized checkpoint,
+//!   or quantized on load), run by the CPU kernels' integer dot products.
+//! - [`DeviceQuantWeight`]: the same blocks on any backend's device as 8-bit integers and
+//!   scales, dequantized as each product runs (burn's generic path).
 //!
-//! A new format (int8 next) is one more implementation of [`Weight`], and the
+//! A new format is one more implementation of [`Weight`], and the
 //! [`DecoderOps::load_linear`](crate::ops::DecoderOps::load_linear) of the ops that run it.
+//! Which tensors are quantized, and how, is decided in one place:
+//! [`Loader::quantization`].
 
 use std::fmt;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-use llmjp_weights::{bf16, f16, Checkpoint, Dtype, Layout};
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use llmjp_weights::quant::{BlockFormat, BLOCK};
+use llmjp_weights::{bf16, f16, Checkpoint, Dtype, Layout, TensorView};
 
 use crate::backend::Cpu;
 use crate::dtype::float_dtype;
-use crate::kernels::{Bf16Matrix, Isa};
+use crate::kernels::{Bf16Matrix, Isa, QuantMatrix};
 use crate::ops::cpu::{host_tensor, HostRows};
-use crate::{ComputeDtype, Result};
+use crate::{ComputeDtype, ModelError, Result};
 
 /// A `[out, in]` matrix in some format, and how to multiply by it on backend `B`.
 pub trait Weight<B: Backend>: fmt::Debug + Send + Sync {
@@ -160,6 +167,126 @@ impl Weight<Cpu> for Bf16Weight {
     }
 }
 
+/// Block-quantized `[out, in]` on the host, multiplied by the CPU kernels of one
+/// instruction set on f32 activations (quantized to 8 bits per block as they go).
+#[derive(Debug, Clone)]
+pub struct QuantWeight {
+    matrix: Arc<QuantMatrix>,
+    isa: Isa,
+}
+
+impl QuantWeight {
+    /// A quantized weight multiplied by the kernels of `isa`.
+    pub fn new(matrix: QuantMatrix, isa: Isa) -> Self {
+        Self {
+            matrix: Arc::new(matrix),
+            isa,
+        }
+    }
+
+    /// The quantized matrix.
+    pub fn matrix(&self) -> &QuantMatrix {
+        &self.matrix
+    }
+}
+
+impl Weight<Cpu> for QuantWeight {
+    fn shape(&self) -> [usize; 2] {
+        [self.matrix.rows(), self.matrix.cols()]
+    }
+
+    fn forward(&self, x: Tensor<Cpu, 2>) -> Result<Tensor<Cpu, 2>> {
+        let [rows, _] = x.dims();
+        let x = HostRows::new(x);
+        let out = self.matrix.matmul(self.isa, x.values(), rows);
+        Ok(host_tensor(out, [rows, self.matrix.rows()]))
+    }
+
+    fn rows(
+        &self,
+        ids: &[u32],
+        _dtype: ComputeDtype,
+        _device: &burn_flex::FlexDevice,
+    ) -> Result<Tensor<Cpu, 2>> {
+        let cols = self.matrix.cols();
+        let mut values = vec![0f32; ids.len() * cols];
+        for (dst, &id) in values.chunks_mut(cols).zip(ids) {
+            self.matrix.row_f32(id as usize, dst);
+        }
+        Ok(host_tensor(values, [ids.len(), cols]))
+    }
+}
+
+/// Block-quantized `[out, in]` on any backend's device: the values as 8-bit integers and one
+/// f32 scale per block, dequantized to the activations' dtype for each product (burn's
+/// generic path; the memory at rest is a quarter of f32's, plus one dense matrix while a
+/// product runs).
+#[derive(Debug, Clone)]
+pub struct DeviceQuantWeight<B: Backend> {
+    /// `[out, blocks, 32]`, i8.
+    values: Tensor<B, 3, Int>,
+    /// `[out, blocks, 1]`, f32.
+    scales: Tensor<B, 3>,
+    format: BlockFormat,
+}
+
+impl<B: Backend> DeviceQuantWeight<B> {
+    /// Puts a host matrix's values and scales on `device`.
+    pub fn new(matrix: &QuantMatrix, device: &B::Device) -> Self {
+        let (rows, blocks) = (matrix.rows(), matrix.cols() / BLOCK);
+        let mut values = vec![0i8; rows * matrix.cols()];
+        let mut scales = vec![0f32; rows * blocks];
+        for r in 0..rows {
+            let row = &mut values[r * matrix.cols()..(r + 1) * matrix.cols()];
+            matrix.row_values(r, row, &mut scales[r * blocks..(r + 1) * blocks]);
+        }
+        let values = TensorData::new(values, [rows, blocks, BLOCK]);
+        let scales = TensorData::new(scales, [rows, blocks, 1]);
+        Self {
+            values: Tensor::from_data(values, (device, DType::I8)),
+            scales: Tensor::from_data(scales, (device, DType::F32)),
+            format: matrix.format(),
+        }
+    }
+
+    /// The block format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+}
+
+impl<B: Backend> DeviceQuantWeight<B> {
+    /// The dense `[out, in]` matrix in `dtype`.
+    fn dense(&self, dtype: burn::tensor::FloatDType) -> Tensor<B, 2> {
+        let [rows, blocks, _] = self.values.dims();
+        (self.values.clone().float() * self.scales.clone())
+            .reshape([rows, blocks * BLOCK])
+            .cast(dtype)
+    }
+}
+
+impl<B: Backend> Weight<B> for DeviceQuantWeight<B> {
+    fn shape(&self) -> [usize; 2] {
+        let [rows, blocks, _] = self.values.dims();
+        [rows, blocks * BLOCK]
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        let w = self.dense(float_dtype(x.dtype()));
+        Ok(x.matmul(w.transpose()))
+    }
+
+    fn rows(&self, ids: &[u32], dtype: ComputeDtype, device: &B::Device) -> Result<Tensor<B, 2>> {
+        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+        let [_, blocks, _] = self.values.dims();
+        let values = self.values.clone().select(0, ids.clone()).float();
+        let rows = values * self.scales.clone().select(0, ids);
+        Ok(rows.reshape([n, blocks * BLOCK]).cast(dtype.float()))
+    }
+}
+
 /// Reads checkpoint tensors for a model on `device`: dense tensors in a float dtype, or bf16
 /// matrices for the CPU kernels.
 pub struct Loader<'a, B: Backend> {
@@ -171,7 +298,13 @@ pub struct Loader<'a, B: Backend> {
     pub weights: ComputeDtype,
     /// The dtype activations (and norms) are kept in.
     pub activations: ComputeDtype,
+    /// The block format to quantize float linear weights to, if any.
+    pub quantize: Option<BlockFormat>,
 }
+
+/// The suffix of a quantized weight's scales in a quantized checkpoint: `X.weight` holds the
+/// values, `X.weight_scale` the f16 scales, `[out, in / 32]`.
+pub const SCALE_SUFFIX: &str = "_scale";
 
 impl<B: Backend> Loader<'_, B> {
     /// Tensor `name` of `shape`, converted to `dtype` on the device.
@@ -205,6 +338,27 @@ impl<B: Backend> Loader<'_, B> {
         )?)))
     }
 
+    /// The format linear weight `name` (`[rows, cols]`) runs in: see [`quantization`].
+    pub fn quantization(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<BlockFormat>> {
+        quantization(self.checkpoint, self.quantize, name, rows, cols)
+    }
+
+    /// A `[rows, cols]` matrix in `format`: see [`quant_matrix`].
+    pub fn quant_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        format: BlockFormat,
+    ) -> Result<QuantMatrix> {
+        quant_matrix(self.checkpoint, name, rows, cols, format)
+    }
+
     /// A `[rows, cols]` bf16 matrix: in place in the mapped file when it stores bf16,
     /// converted otherwise (a non-float dtype is an error naming the tensor).
     pub fn bf16_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix> {
@@ -218,4 +372,136 @@ impl<B: Backend> Loader<'_, B> {
             Bf16Matrix::from_vec(values, rows, cols)
         })
     }
+}
+
+/// Row `r` of a float tensor `[rows, cols]` as f32, for quantizing it row by row; a
+/// non-float dtype is an error naming the tensor.
+fn float_row_reader<'a>(
+    view: &'a TensorView,
+    name: &str,
+) -> Result<impl Fn(usize, &mut [f32]) + Sync + 'a> {
+    let width = match view.dtype() {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        other => {
+            return Err(ModelError::InvalidQuantized(format!(
+                "{name}: cannot quantize a tensor stored as {other:?}"
+            )))
+        }
+    };
+    let dtype = view.dtype();
+    Ok(move |r: usize, out: &mut [f32]| {
+        let cols = out.len();
+        let bytes = &view.bytes()[r * cols * width..(r + 1) * cols * width];
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(width)) {
+            *o = match dtype {
+                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dtype::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            };
+        }
+    })
+}
+
+/// The format linear weight `name` (`[rows, cols]`) of `checkpoint` runs in when float
+/// weights are quantized to `quantize`: the stored one when the checkpoint holds it
+/// quantized, else `quantize`, except for
+///
+/// - MoE routers (`…block_sparse_moe.gate.weight`), which stay in float;
+/// - the embedding table and the LM head, kept at Q8_0 when the rest is 4-bit (as
+///   llama.cpp keeps its output matrix at higher precision);
+/// - matrices whose rows are not whole blocks of 32, which stay in float.
+pub fn quantization(
+    checkpoint: &Checkpoint,
+    quantize: Option<BlockFormat>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<BlockFormat>> {
+    if let Some(stored) = stored_format(checkpoint, name, rows, cols)? {
+        return Ok(Some(stored));
+    }
+    let Some(format) = quantize else {
+        return Ok(None);
+    };
+    if name.ends_with("block_sparse_moe.gate.weight") || !cols.is_multiple_of(BLOCK) {
+        return Ok(None);
+    }
+    let outer = name == "lm_head.weight" || name == "model.embed_tokens.weight";
+    Ok(Some(if outer { BlockFormat::Q8_0 } else { format }))
+}
+
+/// The format `name` is stored in when `checkpoint` holds it quantized (values beside
+/// `{name}_scale`): Q8_0 as `I8 [rows, cols]`, Q4_0 as `U8 [rows, cols / 2]`, scales
+/// `F16 [rows, cols / 32]`; anything else is an error naming the tensor.
+pub fn stored_format(
+    checkpoint: &Checkpoint,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<BlockFormat>> {
+    let scale_name = format!("{name}{SCALE_SUFFIX}");
+    if !checkpoint.contains(&scale_name) {
+        return Ok(None);
+    }
+    let invalid = |what: String| ModelError::InvalidQuantized(format!("{name}: {what}"));
+    let values = checkpoint.meta(name)?;
+    let scales = checkpoint.meta(&scale_name)?;
+    let format = match values.dtype.as_str() {
+        "I8" => BlockFormat::Q8_0,
+        "U8" => BlockFormat::Q4_0,
+        other => {
+            return Err(invalid(format!(
+                "quantized values stored as {other}, expected I8 (q8_0) or U8 (q4_0)"
+            )))
+        }
+    };
+    if !cols.is_multiple_of(BLOCK) {
+        return Err(invalid(format!(
+            "{cols} columns are not whole blocks of {BLOCK}"
+        )));
+    }
+    let expected = [rows, cols / BLOCK * format.data_bytes()];
+    if values.shape != expected {
+        return Err(invalid(format!(
+            "{format} values of shape {:?}, expected {expected:?}",
+            values.shape
+        )));
+    }
+    let expected = [rows, cols / BLOCK];
+    if scales.dtype != "F16" || scales.shape != expected {
+        return Err(invalid(format!(
+            "scales {} {:?}, expected F16 {expected:?}",
+            scales.dtype, scales.shape
+        )));
+    }
+    Ok(Some(format))
+}
+
+/// A `[rows, cols]` matrix of `checkpoint` in `format`: in place in the mapped file when
+/// the checkpoint stores it so, else quantized from its float values (in parallel, row by
+/// row, the source's pages released afterwards).
+pub fn quant_matrix(
+    checkpoint: &Checkpoint,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    format: BlockFormat,
+) -> Result<QuantMatrix> {
+    if let Some(stored) = stored_format(checkpoint, name, rows, cols)? {
+        if stored != format {
+            return Err(ModelError::InvalidQuantized(format!(
+                "{name} is stored in {stored}, not {format}"
+            )));
+        }
+        let shape = [rows, cols / BLOCK * format.data_bytes()];
+        let values = checkpoint.view(name, &shape)?;
+        let scales = checkpoint.view(&format!("{name}{SCALE_SUFFIX}"), &[rows, cols / BLOCK])?;
+        return QuantMatrix::mapped(format, values, scales, rows, cols);
+    }
+    let view = checkpoint.view(name, &[rows, cols])?;
+    let read = float_row_reader(&view, name)?;
+    let matrix = QuantMatrix::quantize_with(format, rows, cols, read)?;
+    view.release();
+    Ok(matrix)
 }

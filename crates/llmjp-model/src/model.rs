@@ -13,7 +13,7 @@ use crate::cache::{CacheKind, KvCache, KvMemory};
 use crate::layers::{heads, DecoderLayer, RmsNorm, Rope};
 use crate::linear::{Linear, Loader};
 use crate::ops::{DecoderOps, LayerSeq, SeqSpan};
-use crate::{models, ComputeDtype, ModelError, Result};
+use crate::{models, ComputeDtype, ModelError, Result, WeightDtype};
 
 /// One sequence of a batch: the ids to run after what its cache holds.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct Sequence<'a, B: Backend> {
 pub struct CausalLm<B: Backend> {
     config: ModelConfig,
     dtype: ComputeDtype,
+    /// What the weights were loaded as.
+    weight_dtype: WeightDtype,
     /// The dtype of activations and the KV cache.
     activations: ComputeDtype,
     ops: Arc<dyn DecoderOps<B>>,
@@ -58,7 +60,7 @@ impl<B: DecoderBackend> CausalLm<B> {
     /// default ops for `dtype`.
     pub fn from_dir(
         dir: impl AsRef<Path>,
-        dtype: ComputeDtype,
+        dtype: impl Into<WeightDtype>,
         device: &B::Device,
     ) -> Result<Self> {
         let dir = dir.as_ref();
@@ -72,7 +74,7 @@ impl<B: DecoderBackend> CausalLm<B> {
     pub fn load(
         config: ModelConfig,
         checkpoint: &Checkpoint,
-        dtype: ComputeDtype,
+        dtype: impl Into<WeightDtype>,
         device: &B::Device,
     ) -> Result<Self> {
         Self::load_with_progress(config, checkpoint, dtype, device, &mut |_, _| {})
@@ -83,16 +85,17 @@ impl<B: DecoderBackend> CausalLm<B> {
     pub fn load_with_progress(
         config: ModelConfig,
         checkpoint: &Checkpoint,
-        dtype: ComputeDtype,
+        dtype: impl Into<WeightDtype>,
         device: &B::Device,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        let dtype = dtype.into();
         Self::load_with_ops(
             config,
             checkpoint,
             dtype,
             device,
-            B::default_ops(dtype)?,
+            B::default_ops(dtype.compute)?,
             on_progress,
         )
     }
@@ -104,11 +107,13 @@ impl<B: Backend> CausalLm<B> {
     pub fn load_with_ops(
         config: ModelConfig,
         checkpoint: &Checkpoint,
-        dtype: ComputeDtype,
+        dtype: impl Into<WeightDtype>,
         device: &B::Device,
         ops: Arc<dyn DecoderOps<B>>,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        let weight_dtype = dtype.into();
+        let dtype = weight_dtype.compute;
         let total = config.num_hidden_layers + 2;
         let activations = ops.activation_dtype(dtype);
         let loader = Loader {
@@ -116,6 +121,7 @@ impl<B: Backend> CausalLm<B> {
             device,
             weights: dtype,
             activations,
+            quantize: weight_dtype.quantize,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens =
@@ -144,6 +150,10 @@ impl<B: Backend> CausalLm<B> {
         )));
         Ok(Self {
             dtype,
+            weight_dtype: WeightDtype {
+                compute: dtype,
+                quantize: weight_dtype.quantize.or(config.quantization),
+            },
             activations,
             ops,
             device: device.clone(),
@@ -165,6 +175,12 @@ impl<B: Backend> CausalLm<B> {
     /// The dtype the weights were asked in.
     pub fn dtype(&self) -> ComputeDtype {
         self.dtype
+    }
+
+    /// What the weights were loaded as: the compute dtype, and the block format of its
+    /// quantized weights (asked for, or stored so).
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.weight_dtype
     }
 
     /// The device its weights are on.

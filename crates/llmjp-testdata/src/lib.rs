@@ -110,3 +110,70 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// How closely logits agree with reference logits, over positions of `vocab` logits each:
+/// the measure of a quantized model against its bf16 original.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitAgreement {
+    /// Positions compared.
+    pub positions: usize,
+    /// Largest absolute difference of a logit.
+    pub max_abs: f32,
+    /// RMS of the differences over the RMS of the reference logits.
+    pub rel_rms: f64,
+    /// Positions whose reference top-2 margin is clear (see [`CLEAR_MARGIN`]).
+    pub clear: usize,
+    /// Clear positions where both pick the same top-1 token.
+    pub clear_agree: usize,
+}
+
+/// A position's top-1 is *clear* when the reference's top-2 margin is at least this many
+/// standard deviations of that position's reference logits. Random-weight models have many
+/// near-ties, where any perturbation may swap the top two; at this margin a swap needs an
+/// error far beyond a good quantization's.
+pub const CLEAR_MARGIN: f64 = 0.1;
+
+impl LogitAgreement {
+    /// Compares `ours` with `reference` (both `[positions, vocab]`, row-major).
+    pub fn new(reference: &[f32], ours: &[f32], vocab: usize) -> Self {
+        assert_eq!(reference.len(), ours.len());
+        let (mut err2, mut ref2) = (0f64, 0f64);
+        let (mut clear, mut clear_agree) = (0, 0);
+        for (r, o) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)) {
+            for (a, b) in r.iter().zip(o) {
+                err2 += ((a - b) as f64).powi(2);
+                ref2 += (*a as f64).powi(2);
+            }
+            let mean = r.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64;
+            let std =
+                (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64).sqrt();
+            let top = argmax(r) as usize;
+            let second = r
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != top)
+                .map(|(_, &v)| v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            if (r[top] - second) as f64 >= CLEAR_MARGIN * std {
+                clear += 1;
+                clear_agree += usize::from(argmax(o) as usize == top);
+            }
+        }
+        Self {
+            positions: reference.len() / vocab,
+            max_abs: max_abs_diff(reference, ours),
+            rel_rms: (err2 / ref2.max(f64::MIN_POSITIVE)).sqrt(),
+            clear,
+            clear_agree,
+        }
+    }
+
+    /// The share of clear positions whose top-1 agrees (1 when none is clear).
+    pub fn clear_top1(&self) -> f64 {
+        if self.clear == 0 {
+            1.0
+        } else {
+            self.clear_agree as f64 / self.clear as f64
+        }
+    }
+}

@@ -149,19 +149,25 @@ impl Shard {
     /// does not keep it resident next to the converted weights.
     fn release(&self, info: &TensorInfo) {
         let (start, end) = info.data_offsets;
-        let page = 4096;
-        let first = (self.data_start + start).div_ceil(page) * page;
-        let last = (self.data_start + end) / page * page;
-        #[cfg(unix)]
-        if last > first {
-            // SAFETY: the map is private and read-only; dropped pages are re-read from the
-            // file if touched again, and no reference into them outlives this call.
-            let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
-            };
-        }
+        release_range(&self.mmap, self.data_start + start, self.data_start + end);
     }
+}
+
+/// Drops the whole pages of `start..end` of a mapped file from memory (they are read again
+/// from the file if touched).
+fn release_range(mmap: &MappedFile, start: usize, end: usize) {
+    let page = 4096;
+    let first = start.div_ceil(page) * page;
+    let last = end / page * page;
+    #[cfg(unix)]
+    if last > first {
+        // SAFETY: the map is private and read-only: dropped pages are re-read from the file
+        // if touched again, so references into them stay valid.
+        let _ =
+            unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first) };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, first, last);
 }
 
 #[derive(Deserialize)]
@@ -370,6 +376,12 @@ impl TensorView {
     /// The stored shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
+    }
+
+    /// Drops the tensor's pages from memory (after converting it, so the source does not
+    /// stay resident beside the result); they are read again from the file if touched.
+    pub fn release(&self) {
+        release_range(&self.mmap, self.offset, self.offset + self.len);
     }
 
     /// Maps all of the tensor's pages now (reading them from disk if they are not cached),

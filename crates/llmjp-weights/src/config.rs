@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::quant::BlockFormat;
 use crate::{read_json, Result, WeightsError};
 
 /// The decoder families we run.
@@ -54,7 +55,13 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// Ids that end generation (one or several).
     pub eos_token_ids: Vec<u32>,
+    /// The block format of a quantized checkpoint (`quantization_config` with
+    /// `"quant_method": "llmjp"`, as `llmjp quantize` writes it), if it is one.
+    pub quantization: Option<BlockFormat>,
 }
+
+/// The `quant_method` of the checkpoints `llmjp quantize` writes.
+pub const QUANT_METHOD: &str = "llmjp";
 
 #[derive(Deserialize)]
 struct RawConfig {
@@ -82,6 +89,30 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<TokenIds>,
+    quantization_config: Option<Value>,
+}
+
+/// The block format a `quantization_config` names: only our own (`quant_method` "llmjp",
+/// `format` q8_0 or q4_0, `group_size` 32); other methods (gptq, awq, …) are errors.
+fn quantization_format(q: &Value) -> std::result::Result<BlockFormat, String> {
+    let field = |key: &str| q.get(key).and_then(Value::as_str).unwrap_or("");
+    let method = field("quant_method");
+    if method != QUANT_METHOD {
+        return Err(format!(
+            "quantization_config.quant_method {method:?} is not supported (only \"{QUANT_METHOD}\", \
+             written by `llmjp quantize`)"
+        ));
+    }
+    let name = field("format");
+    let format = BlockFormat::from_name(name).ok_or_else(|| {
+        format!("quantization_config.format {name:?} is unknown: expected q8_0 or q4_0")
+    })?;
+    match q.get("group_size").and_then(Value::as_u64) {
+        None | Some(32) => Ok(format),
+        Some(other) => Err(format!(
+            "quantization_config.group_size {other} is not supported: {format} has groups of 32"
+        )),
+    }
 }
 
 #[derive(Deserialize, Clone)]
@@ -222,6 +253,10 @@ impl ModelConfig {
                 raw.vocab_size
             )));
         }
+        let quantization = match &raw.quantization_config {
+            None | Some(Value::Null) => None,
+            Some(q) => Some(quantization_format(q).map_err(invalid)?),
+        };
         Ok(Self {
             architecture,
             vocab_size: raw.vocab_size,
@@ -240,6 +275,7 @@ impl ModelConfig {
             dtype: raw.torch_dtype.or(raw.dtype),
             bos_token_id,
             eos_token_ids,
+            quantization,
         })
     }
 }

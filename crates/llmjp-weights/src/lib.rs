@@ -59,7 +59,7 @@ mod sigbus;
 use std::path::Path;
 
 pub use checkpoint::{Checkpoint, Dtype, Element, Layout, TensorMeta, TensorView};
-pub use config::{Architecture, GenerationConfig, ModelConfig, MAX_POSITIONS};
+pub use config::{Architecture, GenerationConfig, ModelConfig, MAX_POSITIONS, QUANT_METHOD};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
 pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
@@ -68,7 +68,8 @@ pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
 /// `model.safetensors.index.json`; real ones are a few kilobytes to a few megabytes).
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+/// Reads and parses a JSON file of at most 64 MiB (`config.json` and its kin).
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = read_file(path, MAX_JSON_BYTES)?;
     serde_json::from_str(&text).map_err(|source| WeightsError::Json {
         path: path.to_path_buf(),

@@ -42,6 +42,11 @@ impl BlockFormat {
         }
     }
 
+    /// Bytes of quantized values (scales apart) per block: 32 for Q8_0, 16 for Q4_0.
+    pub fn data_bytes(self) -> usize {
+        self.block_bytes() - 2
+    }
+
     /// The name used in file formats and options (`q8_0`, `q4_0`).
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +54,48 @@ impl BlockFormat {
             Self::Q4_0 => "q4_0",
         }
     }
+
+    /// The format called `name` (`q8_0`, `q4_0`, any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Q8_0, Self::Q4_0]
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl std::fmt::Display for BlockFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Blocks with their scales apart: the quantized values of every block one after another
+/// (`data_bytes` each, as in the block) and the f16 scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitBlocks {
+    /// The blocks' values, in block order.
+    pub data: Vec<u8>,
+    /// One scale per block.
+    pub scales: Vec<f16>,
+}
+
+/// Quantizes `x` (a whole number of blocks) into `format` with the scales apart: the
+/// layout of a quantized safetensors checkpoint.
+pub fn quantize_split(format: BlockFormat, x: &[f32]) -> Result<SplitBlocks> {
+    split(format, &quantize(format, x)?)
+}
+
+/// Splits `format`'s blocks (a whole number) into values and scales.
+pub fn split(format: BlockFormat, blocks: &[u8]) -> Result<SplitBlocks> {
+    whole_blocks(blocks.len(), format.block_bytes())?;
+    let count = blocks.len() / format.block_bytes();
+    let mut data = Vec::with_capacity(count * format.data_bytes());
+    let mut scales = Vec::with_capacity(count);
+    for block in blocks.chunks_exact(format.block_bytes()) {
+        scales.push(f16::from_le_bytes([block[0], block[1]]));
+        data.extend_from_slice(&block[2..]);
+    }
+    Ok(SplitBlocks { data, scales })
 }
 
 /// Quantizes `x` (a whole number of blocks) into `format`'s blocks.

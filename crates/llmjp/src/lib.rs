@@ -63,7 +63,7 @@ pub use pipeline::{
 pub use stop::StopMatcher;
 
 pub use llmjp_chat::{ChatTemplate, Message};
-pub use llmjp_model::{backend, CausalLm, ComputeDtype};
+pub use llmjp_model::{backend, CausalLm, ComputeDtype, WeightDtype};
 pub use llmjp_sampler::processors::LogitsProcessor;
 pub use llmjp_sampler::{Sampler, SamplingParams};
 pub use llmjp_tokenizer::Tokenizer;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use llmjp_chat::{ChatTemplate, Message};
 use llmjp_model::backend::DecoderBackend;
-use llmjp_model::{read_f32, CausalLm, ComputeDtype};
+use llmjp_model::{read_f32, CausalLm, ComputeDtype, WeightDtype};
 use llmjp_sampler::processors::LogitsProcessor;
 use llmjp_sampler::{Sampler, SamplerError, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
@@ -20,8 +20,10 @@ use crate::{LlmError, Result};
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// The dtype weights and activations are computed in; default bf16, the checkpoints'
-    /// dtype (on the CPU, bf16 keeps the weights in bf16 and computes in f32).
-    pub dtype: ComputeDtype,
+    /// dtype (on the CPU, bf16 keeps the weights in bf16 and computes in f32). `q8_0` /
+    /// `q4_0` quantize the linear weights on load (`"q8_0".parse()`); a quantized
+    /// checkpoint (`llmjp quantize`) runs in its own format whatever is asked.
+    pub dtype: WeightDtype,
     /// How to reach the Hub when the model is given as `org/name[@revision]`.
     pub hub: HubOptions,
     /// A folder to take the tokenizer files from instead of the model folder.
@@ -31,7 +33,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            dtype: ComputeDtype::BF16,
+            dtype: ComputeDtype::BF16.into(),
             hub: HubOptions::default(),
             tokenizer_dir: None,
         }

@@ -2,11 +2,13 @@
 //! Zen 4, Intel before Skylake-X): the bf16 matmul, attention, SwiGLU's activation.
 //! Elsewhere every entry point runs the portable kernel.
 
-/// Whether the CPU has AVX2 and FMA.
+/// Whether the CPU has AVX2, FMA and F16C (every AVX2 CPU has F16C).
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -15,7 +17,7 @@ pub(super) fn available() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{attend_block, columns, silu_mul};
+pub(super) use x86::{attend_block, columns, horizontal_sum, silu_mul};
 
 /// Elsewhere: the portable kernel (never chosen: [`available`] is false).
 ///
@@ -184,7 +186,7 @@ mod x86 {
     /// The sum of 8 lanes, always in the same order.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn horizontal_sum(v: __m256) -> f32 {
+    pub(in crate::kernels) fn horizontal_sum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
         let one = _mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair));

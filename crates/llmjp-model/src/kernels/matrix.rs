@@ -1,10 +1,8 @@
 //! [`Bf16Matrix`]: a bf16 `[rows, cols]` matrix on the host and `x @ w.T` on it.
 
+use super::{amx, avx2, avx512, in_column_tasks, portable, Isa, SendPtr};
 use half::bf16;
 use llmjp_weights::TensorView;
-use rayon::prelude::*;
-
-use super::{amx, avx2, avx512, portable, Isa, SendPtr};
 
 /// A `[rows, cols]` bf16 matrix on the host, row-major: a linear layer's `[out, in]` weight
 /// or an embedding table. Used in place in a memory-mapped checkpoint, or owned.
@@ -110,18 +108,11 @@ impl Bf16Matrix {
         if isa == Isa::Amx && rows >= amx::MIN_ROWS && amx::fits(k, n) {
             return amx::matmul(self, x, rows);
         }
-        let mut out = vec![0f32; rows * n];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        // Tasks of weight rows; each reads its rows once for all activation rows.
-        let task_rows = if rows == 1 { 256 } else { 64 };
-        (0..n.div_ceil(task_rows)).into_par_iter().for_each(|task| {
-            let first = task * task_rows;
-            let count = task_rows.min(n - first);
-            // SAFETY: each task writes only output columns first..first + count of the
-            // `[rows, n]` buffer; `isa` is one the CPU has.
-            unsafe { self.columns(isa, x, rows, first, count, out_ptr) };
-        });
-        out
+        in_column_tasks(rows, n, |first, count, out| {
+            // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
+            // buffer; `isa` is one the CPU has.
+            unsafe { self.columns(isa, x, rows, first, count, out) }
+        })
     }
 
     /// Output columns `first..first + count` for every activation row.

@@ -28,6 +28,7 @@ mod avx2;
 mod avx512;
 mod matrix;
 mod portable;
+mod quant;
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +37,7 @@ use std::sync::OnceLock;
 pub use attention::{HostKv, PAGE, POSITION_BLOCK, QUERY_BLOCK};
 pub use matrix::Bf16Matrix;
 pub use portable::softmax;
+pub use quant::QuantMatrix;
 
 use crate::ModelError;
 
@@ -150,6 +152,21 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
         Isa::Avx2 => unsafe { avx2::silu_mul(gate, up) },
         Isa::Portable => portable::silu_mul(gate, up),
     }
+}
+
+/// A `[rows, n]` output computed by tasks of weight rows in parallel: `task(first, count,
+/// out)` writes output columns `first..first + count` of every row, reading its weight rows
+/// once for all activation rows.
+fn in_column_tasks(rows: usize, n: usize, task: impl Fn(usize, usize, SendPtr) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; rows * n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let task_rows = if rows == 1 { 256 } else { 64 };
+    (0..n.div_ceil(task_rows)).into_par_iter().for_each(|t| {
+        let first = t * task_rows;
+        task(first, task_rows.min(n - first), out_ptr);
+    });
+    out
 }
 
 /// A raw output pointer handed to worker threads that write disjoint parts of it.

@@ -9,14 +9,15 @@ use crate::backend::Cpu;
 use crate::cache::{KvMemory, LayerCache};
 use crate::kernels::{self, HostKv, Isa};
 use crate::layers::{Mlp, RmsNorm, Rope};
-use crate::linear::{Bf16Weight, Linear, Loader};
+use crate::linear::{Bf16Weight, Linear, Loader, QuantWeight};
 use crate::{ComputeDtype, ModelError, Result};
 
 type Device = burn_flex::FlexDevice;
 
 /// The CPU's fast path on burn-flex: with weights in bf16, used in place from the mapped
 /// checkpoint (f16/f32 checkpoints converted to bf16) and multiplied by AMX, AVX-512 or
-/// AVX2 kernels on f32 activations; other weight dtypes stay dense burn-flex tensors. RMSNorm,
+/// AVX2 kernels on f32 activations; quantized weights (Q8_0 / Q4_0) by integer dot
+/// products; other weight dtypes stay dense burn-flex tensors. RMSNorm,
 /// RoPE, SwiGLU and attention over an f32 host KV cache run on the tensors' storage.
 /// The instruction set is chosen once, when the ops are made.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +59,11 @@ impl DecoderOps<Cpu> for CpuKernels {
         out: usize,
         inputs: usize,
     ) -> Result<Linear<Cpu>> {
+        if let Some(format) = loader.quantization(name, out, inputs)? {
+            let matrix = loader.quant_matrix(name, out, inputs, format)?;
+            matrix.populate();
+            return Ok(Linear::new(QuantWeight::new(matrix, self.isa)));
+        }
         if loader.weights != ComputeDtype::BF16 {
             return loader.dense(name, out, inputs);
         }
@@ -73,6 +79,10 @@ impl DecoderOps<Cpu> for CpuKernels {
         vocab: usize,
         hidden: usize,
     ) -> Result<Linear<Cpu>> {
+        if let Some(format) = loader.quantization(name, vocab, hidden)? {
+            let matrix = loader.quant_matrix(name, vocab, hidden, format)?;
+            return Ok(Linear::new(QuantWeight::new(matrix, self.isa)));
+        }
         if loader.weights != ComputeDtype::BF16 {
             return loader.dense(name, vocab, hidden);
         }

@@ -9,7 +9,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use super::{moe, DecoderOps, Heads, LayerSeq, SeqSpan};
 use crate::cache::{KvMemory, LayerCache};
 use crate::layers::{Mlp, RmsNorm, Rope};
-use crate::linear::{Linear, Loader};
+use crate::linear::{DeviceQuantWeight, Linear, Loader};
 use crate::{ComputeDtype, ModelError, Result};
 
 /// The op layer written with burn's tensor ops: runs on every backend, weights and
@@ -34,7 +34,7 @@ impl<B: Backend> DecoderOps<B> for Reference {
         out: usize,
         inputs: usize,
     ) -> Result<Linear<B>> {
-        loader.dense(name, out, inputs)
+        load_weight(loader, name, out, inputs)
     }
 
     fn load_embedding(
@@ -44,7 +44,7 @@ impl<B: Backend> DecoderOps<B> for Reference {
         vocab: usize,
         hidden: usize,
     ) -> Result<Linear<B>> {
-        loader.dense(name, vocab, hidden)
+        load_weight(loader, name, vocab, hidden)
     }
 
     fn new_layer_cache(
@@ -224,4 +224,21 @@ fn repeat_kv<B: Backend>(t: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     t.reshape([1, kv_heads, 1, len, dim])
         .expand([1, kv_heads, groups, len, dim])
         .reshape([1, kv_heads * groups, len, dim])
+}
+
+/// A weight on the device: quantized where [`Loader::quantization`] says so (dequantized as
+/// each product runs), else dense in the weights' dtype.
+fn load_weight<B: Backend>(
+    loader: &Loader<'_, B>,
+    name: &str,
+    out: usize,
+    inputs: usize,
+) -> Result<Linear<B>> {
+    Ok(match loader.quantization(name, out, inputs)? {
+        Some(format) => {
+            let matrix = loader.quant_matrix(name, out, inputs, format)?;
+            Linear::new(DeviceQuantWeight::new(&matrix, loader.device))
+        }
+        None => loader.dense(name, out, inputs)?,
+    })
 }

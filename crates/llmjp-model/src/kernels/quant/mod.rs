@@ -1,0 +1,404 @@
+//! [`QuantMatrix`]: a block-quantized `[rows, cols]` matrix on the host (llama.cpp's Q8_0 or
+//! Q4_0 blocks of 32, their f16 scales kept apart) and `x @ w.T` on it.
+//!
+//! As llama.cpp computes it: activations are quantized to 8-bit blocks of 32 with an f32
+//! scale per block (one pass per call), each block's integer dot product is exact in i32,
+//! and the products of the two scales weight them into an f32 sum. A row's outputs do not
+//! depend on the other rows of the call, so decode and prefill agree.
+
+mod avx2;
+mod portable;
+
+use llmjp_weights::quant::{quantize_split, BlockFormat, BLOCK};
+use llmjp_weights::{f16, TensorView};
+use rayon::prelude::*;
+
+use super::{in_column_tasks, Isa, SendPtr};
+use crate::{ModelError, Result};
+
+/// A block-quantized `[rows, cols]` matrix on the host, row-major (`cols` a multiple of
+/// 32): a linear layer's `[out, in]` weight or an embedding table. Its values and scales
+/// are used in place in a memory-mapped checkpoint, or owned.
+///
+/// ```
+/// use llmjp_model::kernels::{Isa, QuantMatrix};
+/// use llmjp_weights::quant::BlockFormat;
+///
+/// // 2 outputs, 32 inputs: w[0] = 1, w[1] = i / 32.
+/// let w: Vec<f32> = (0..32).map(|_| 1.0).chain((0..32).map(|i| i as f32 / 32.0)).collect();
+/// let w = QuantMatrix::quantize(BlockFormat::Q8_0, &w, 2, 32)?;
+/// let x = vec![0.5f32; 32];
+/// let y = w.matmul(Isa::selected()?, &x, 1);
+/// assert!((y[0] - 16.0).abs() < 0.05 && (y[1] - 7.75).abs() < 0.05, "{y:?}");
+/// # Ok::<(), llmjp_model::ModelError>(())
+/// ```
+#[derive(Debug)]
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    format: BlockFormat,
+    /// Every row's blocks of values, `format.data_bytes()` each.
+    data: HostBytes,
+    /// Every row's block scales, little-endian f16.
+    scales: HostBytes,
+}
+
+/// Bytes in a memory-mapped file, or owned.
+#[derive(Debug)]
+enum HostBytes {
+    Mapped(TensorView),
+    Owned(Vec<u8>),
+}
+
+impl HostBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Mapped(view) => view.bytes(),
+            Self::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl QuantMatrix {
+    /// Quantizes a row-major `[rows, cols]` matrix (`cols` a multiple of 32) to `format`.
+    pub fn quantize(format: BlockFormat, values: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        assert_eq!(values.len(), rows * cols, "{rows}x{cols} values");
+        Self::quantize_with(format, rows, cols, |r, out| {
+            out.copy_from_slice(&values[r * cols..(r + 1) * cols])
+        })
+    }
+
+    /// Quantizes a `[rows, cols]` matrix (`cols` a multiple of 32) whose row `r` `read(r,
+    /// out)` writes, rows in parallel.
+    pub fn quantize_with(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        read: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Result<Self> {
+        if !cols.is_multiple_of(BLOCK) || cols == 0 {
+            return Err(llmjp_weights::WeightsError::NotWholeBlocks {
+                len: cols,
+                block: BLOCK,
+            }
+            .into());
+        }
+        let blocks = cols / BLOCK;
+        let mut data = vec![0u8; rows * blocks * format.data_bytes()];
+        let mut scales = vec![0u8; rows * blocks * 2];
+        data.par_chunks_mut(blocks * format.data_bytes())
+            .zip(scales.par_chunks_mut(blocks * 2))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; cols],
+                |row, (r, (data, scales))| {
+                    read(r, row);
+                    let split = quantize_split(format, row).expect("whole blocks");
+                    data.copy_from_slice(&split.data);
+                    for (dst, s) in scales.chunks_exact_mut(2).zip(split.scales) {
+                        dst.copy_from_slice(&s.to_le_bytes());
+                    }
+                },
+            );
+        Ok(Self {
+            rows,
+            cols,
+            format,
+            data: HostBytes::Owned(data),
+            scales: HostBytes::Owned(scales),
+        })
+    }
+
+    /// Uses values and scales in place in their memory-mapped file: `data` holds
+    /// `rows * cols / 32` blocks of `format.data_bytes()`, `scales` as many f16 (an error
+    /// otherwise).
+    pub fn mapped(
+        format: BlockFormat,
+        data: TensorView,
+        scales: TensorView,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let blocks = rows * (cols / BLOCK);
+        let sized = cols.is_multiple_of(BLOCK)
+            && data.bytes().len() == blocks * format.data_bytes()
+            && scales.bytes().len() == blocks * 2;
+        if !sized {
+            return Err(ModelError::InvalidQuantized(format!(
+                "a {rows}x{cols} {format} matrix needs {} bytes of values and {} of scales, \
+                 found {} and {}",
+                blocks * format.data_bytes(),
+                blocks * 2,
+                data.bytes().len(),
+                scales.bytes().len()
+            )));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            format,
+            data: HostBytes::Mapped(data),
+            scales: HostBytes::Mapped(scales),
+        })
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The block format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Whether values and scales are used in place in a memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.data, HostBytes::Mapped(_))
+    }
+
+    /// Bytes of values and scales.
+    pub fn size_bytes(&self) -> usize {
+        self.data.bytes().len() + self.scales.bytes().len()
+    }
+
+    /// Reads a mapped matrix into memory now (see [`super::Bf16Matrix::populate`]).
+    pub fn populate(&self) {
+        for part in [&self.data, &self.scales] {
+            if let HostBytes::Mapped(view) = part {
+                view.populate();
+            }
+        }
+    }
+
+    /// The values of every row's blocks, `format.data_bytes()` per block.
+    pub fn data(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// Every row's block scales, little-endian f16.
+    pub fn scale_bytes(&self) -> &[u8] {
+        self.scales.bytes()
+    }
+
+    /// Blocks per row.
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// The scale of block `b` of row `r`.
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        let i = 2 * (r * self.blocks() + b);
+        let bytes = self.scales.bytes();
+        f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32()
+    }
+
+    /// The integer values of block `b` of row `r`.
+    fn block_values(&self, r: usize, b: usize) -> [i8; BLOCK] {
+        let size = self.format.data_bytes();
+        let start = (r * self.blocks() + b) * size;
+        let bytes = &self.data.bytes()[start..start + size];
+        match self.format {
+            BlockFormat::Q8_0 => std::array::from_fn(|i| bytes[i] as i8),
+            BlockFormat::Q4_0 => std::array::from_fn(|i| {
+                let byte = bytes[i % (BLOCK / 2)];
+                let nibble = if i < BLOCK / 2 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                };
+                nibble as i8 - 8
+            }),
+        }
+    }
+
+    /// Row `r`'s integer values (`cols`) and block scales (`cols / 32`).
+    pub fn row_values(&self, r: usize, values: &mut [i8], scales: &mut [f32]) {
+        for (b, (dst, scale)) in values.chunks_exact_mut(BLOCK).zip(scales).enumerate() {
+            dst.copy_from_slice(&self.block_values(r, b));
+            *scale = self.scale(r, b);
+        }
+    }
+
+    /// Row `r` dequantized into `out` (`cols` values).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        for (b, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let d = self.scale(r, b);
+            for (o, q) in dst.iter_mut().zip(self.block_values(r, b)) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+
+    /// The whole matrix dequantized, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_f32(r, row);
+        }
+        out
+    }
+
+    /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`,
+    /// the activations quantized to 8-bit blocks on the way (see the module docs).
+    pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
+        let x = QuantizedRows::new(x, rows, k);
+        let isa = isa.usable();
+        in_column_tasks(rows, n, |first, count, out| {
+            // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
+            // buffer; `isa` is one the CPU has.
+            unsafe { self.columns(isa, &x, first, count, out) }
+        })
+    }
+
+    /// Output columns `first..first + count` for every activation row.
+    ///
+    /// # Safety
+    /// `out` points to a `[x.rows, self.rows]` buffer nobody else writes in these columns,
+    /// and the CPU runs `isa`.
+    unsafe fn columns(
+        &self,
+        isa: Isa,
+        x: &QuantizedRows,
+        first: usize,
+        count: usize,
+        out: SendPtr,
+    ) {
+        match isa {
+            // SAFETY: forwarded; AVX-512 CPUs have AVX2 (no int8 kernel of their own yet).
+            Isa::Avx2 | Isa::Avx512 | Isa::Amx => unsafe {
+                avx2::columns(self, x, first, count, out.0)
+            },
+            // SAFETY: forwarded.
+            Isa::Portable => unsafe { portable::columns(self, x, first, count, out.0) },
+        }
+    }
+}
+
+/// Activation rows quantized to 8-bit blocks of 32, each with an f32 scale (GGML's Q8_0
+/// rounding, the scale kept in f32).
+#[derive(Debug)]
+pub(super) struct QuantizedRows {
+    rows: usize,
+    cols: usize,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    fn new(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut values = Vec::with_capacity(x.len());
+        let mut scales = Vec::with_capacity(x.len() / BLOCK);
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales.push(d);
+            values.extend(block.iter().map(|&v| (v * id).round() as i8));
+        }
+        Self {
+            rows,
+            cols,
+            values,
+            scales,
+        }
+    }
+
+    /// Block `b` of row `r`.
+    fn block(&self, r: usize, b: usize) -> &[i8] {
+        let start = r * self.cols + b * BLOCK;
+        &self.values[start..start + BLOCK]
+    }
+
+    /// The scale of block `b` of row `r`.
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        self.scales[r * (self.cols / BLOCK) + b]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::supported;
+
+    /// `x @ w.T` in f64 over the dequantized weights and activations.
+    fn reference(w: &QuantMatrix, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (w.rows(), w.cols());
+        let weights = w.dequantize();
+        let xq = QuantizedRows::new(x, rows, k);
+        let mut out = vec![0f32; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let mut acc = 0f64;
+                for i in 0..k {
+                    let xv =
+                        xq.block(r, i / BLOCK)[i % BLOCK] as f64 * xq.scale(r, i / BLOCK) as f64;
+                    acc += xv * weights[c * k + i] as f64;
+                }
+                out[r * n + c] = acc as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_plain_matmul_on_every_shape_format_and_isa() {
+        let mut next = crate::testing::uniform(3);
+        let shapes = [
+            (1, 16, 32),
+            (1, 100, 64),
+            (3, 33, 96),
+            (5, 70, 128),
+            (17, 5, 32),
+            (1, 300, 512),
+            (40, 64, 96),
+            (33, 288, 2048),
+        ];
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+            for (rows, n, k) in shapes {
+                let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+                let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let matrix = QuantMatrix::quantize(format, &w, n, k).unwrap();
+                let expected = reference(&matrix, &x, rows);
+                for isa in supported("quantized matmul") {
+                    let ours = matrix.matmul(isa, &x, rows);
+                    let tolerance = 1e-5 * (k as f32).sqrt();
+                    for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (a - b).abs() <= tolerance,
+                            "{format} {isa} {rows}x{n}x{k} [{i}]: {a} vs {b}"
+                        );
+                    }
+                    // One row at a time (decode) gives the numbers of all rows at once.
+                    for r in 0..rows {
+                        let single = matrix.matmul(isa, &x[r * k..(r + 1) * k], 1);
+                        assert_eq!(single, ours[r * n..(r + 1) * n], "{format} {isa} row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_dequantize_as_the_codec_does() {
+        let mut next = crate::testing::uniform(5);
+        let w: Vec<f32> = (0..3 * 64).map(|_| next()).collect();
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+            let matrix = QuantMatrix::quantize(format, &w, 3, 64).unwrap();
+            let blocks = llmjp_weights::quant::quantize(format, &w).unwrap();
+            let expected = llmjp_weights::quant::dequantize(format, &blocks).unwrap();
+            assert_eq!(matrix.dequantize(), expected, "{format}");
+            assert_eq!(matrix.size_bytes(), 3 * 2 * format.block_bytes());
+            assert!(!matrix.is_mapped());
+        }
+        let err = QuantMatrix::quantize(BlockFormat::Q8_0, &[0.0; 48], 3, 16).unwrap_err();
+        assert!(err.to_string().contains("32"), "{err}");
+    }
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask accuracy [--model DIR] [--positions N]`: each quantized format against bf16
+//! on the same checkpoint (default: the random-weight 1.8b-shaped one of `cargo xtask
+//! bench`), over N teacher-forced positions of one pseudo-random sequence: max abs logit
+//! error, relative RMS error, top-1 agreement where bf16's top-2 margin is clear
+//! (`llmjp_testdata::CLEAR_MARGIN`), on the CPU kernels.
+
+use std::path::PathBuf;
+
+use std::sync::Arc;
+
+use llmjp_model::backend::Cpu;
+use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
+use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, WeightDtype};
+use llmjp_testdata::{LogitAgreement, CLEAR_MARGIN};
+use llmjp_weights::Checkpoint;
+
+use crate::bench::{ensure_checkpoint, MODEL_DIR};
+use crate::root;
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (mut model, mut positions) = (None, 256usize);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--model" => model = Some(PathBuf::from(value)),
+            "--positions" => positions = value.parse().map_err(|e| format!("{flag}: {e}"))?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let dir = match model {
+        Some(dir) => dir,
+        None => {
+            ensure_checkpoint()?;
+            root().join(MODEL_DIR)
+        }
+    };
+    let logits = |dtype: WeightDtype,
+                  ops: Arc<dyn DecoderOps<Cpu>>|
+     -> Result<(Vec<f32>, usize), String> {
+        let config = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+        let checkpoint = Checkpoint::open(&dir).map_err(|e| e.to_string())?;
+        let model = CausalLm::<Cpu>::load_with_ops(
+            config,
+            &checkpoint,
+            dtype,
+            &Default::default(),
+            ops,
+            &mut |_, _| {},
+        )
+        .map_err(|e| e.to_string())?;
+        let vocab = model.config().vocab_size;
+        let ids: Vec<u32> = (0..positions as u64)
+            .map(|i| ((i * 7919 + 13).wrapping_mul(2654435761) % vocab as u64) as u32)
+            .collect();
+        let mut cache = model.new_cache(positions);
+        let logits = model.forward(&ids, &mut cache).map_err(|e| e.to_string())?;
+        Ok((read_f32(logits).map_err(|e| e.to_string())?, vocab))
+    };
+    let kernels: Arc<dyn DecoderOps<Cpu>> = Arc::new(CpuKernels::new().map_err(|e| e.to_string())?);
+    let (reference, vocab) = logits(ComputeDtype::BF16.into(), kernels.clone())?;
+    println!(
+        "{} positions of {}; clear: bf16's top-2 margin >= {CLEAR_MARGIN} std of the position's logits",
+        positions,
+        dir.display()
+    );
+    println!("| format | max abs error | relative RMS error | clear positions | top-1 agreement at clear |");
+    println!("|---|---|---|---|---|");
+    let rows: [(&str, &str, Arc<dyn DecoderOps<Cpu>>); 3] = [
+        (
+            "bf16, bf16 activations (transformers' numerics: the noise floor)",
+            "bf16",
+            Arc::new(Reference),
+        ),
+        ("q8_0", "q8_0", kernels.clone()),
+        ("q4_0", "q4_0", kernels.clone()),
+    ];
+    for (name, dtype, ops) in rows {
+        let dtype: WeightDtype = dtype
+            .parse()
+            .map_err(|e: llmjp_model::ModelError| e.to_string())?;
+        let (ours, _) = logits(dtype, ops)?;
+        let a = LogitAgreement::new(&reference, &ours, vocab);
+        println!(
+            "| {name} | {:.4} | {:.2} % | {} / {} | {:.1} % |",
+            a.max_abs,
+            a.rel_rms * 100.0,
+            a.clear,
+            a.positions,
+            a.clear_top1() * 100.0
+        );
+    }
+    Ok(())
+}
