@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use llmjp_weights::quant::{BlockFormat, BLOCK};
+use llmjp_weights::quant::{BlockFormat, BLOCK, SCALE_SUFFIX};
 use llmjp_weights::{bf16, f16, Checkpoint, Dtype, Layout, TensorView};
 
 use crate::backend::Cpu;
@@ -301,10 +301,6 @@ pub struct Loader<'a, B: Backend> {
     /// The block format to quantize float linear weights to, if any.
     pub quantize: Option<BlockFormat>,
 }
-
-/// The suffix of a quantized weight's scales in a quantized checkpoint: `X.weight` holds the
-/// values, `X.weight_scale` the f16 scales, `[out, in / 32]`.
-pub const SCALE_SUFFIX: &str = "_scale";
 
 impl<B: Backend> Loader<'_, B> {
     /// Tensor `name` of `shape`, converted to `dtype` on the device.

@@ -11,6 +11,7 @@
 //! }
 //! ```
 
+pub mod gguf;
 pub mod http;
 
 use std::path::{Path, PathBuf};

@@ -55,6 +55,7 @@ pub mod gguf;
 mod hub;
 pub mod quant;
 mod sigbus;
+pub mod writer;
 
 use std::path::Path;
 

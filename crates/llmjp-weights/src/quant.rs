@@ -24,6 +24,19 @@ use crate::{Result, WeightsError};
 /// Values per block of either format.
 pub const BLOCK: usize = 32;
 
+/// The suffix of a quantized weight's scales in a quantized checkpoint: `X.weight` holds
+/// the values (`I8 [out, in]` for Q8_0, `U8 [out, in / 2]` for Q4_0), `X.weight_scale` the
+/// f16 scales, `[out, in / 32]`.
+pub const SCALE_SUFFIX: &str = "_scale";
+
+/// The safetensors dtype of `format`'s values in a quantized checkpoint.
+pub fn values_dtype(format: BlockFormat) -> crate::Dtype {
+    match format {
+        BlockFormat::Q8_0 => crate::Dtype::I8,
+        BlockFormat::Q4_0 => crate::Dtype::U8,
+    }
+}
+
 /// A block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockFormat {

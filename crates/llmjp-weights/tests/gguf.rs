@@ -1,63 +1,10 @@
 //! GGUF headers: every value type and the tensor directory read back; truncated, corrupt and
 //! hostile files are `InvalidGguf` errors, never panics or huge allocations.
 
+use llmjp_testdata::gguf::{string, Writer};
 use llmjp_weights::gguf::{GgmlType, Gguf, GgufFile, GgufValue};
 use llmjp_weights::WeightsError;
 use proptest::prelude::*;
-
-/// Writes GGUF files for the tests.
-#[derive(Default)]
-struct Writer {
-    metadata: Vec<u8>,
-    metadata_count: u64,
-    infos: Vec<u8>,
-    tensor_count: u64,
-    data: Vec<u8>,
-}
-
-fn string(s: &str) -> Vec<u8> {
-    [
-        (s.len() as u64).to_le_bytes().to_vec(),
-        s.as_bytes().to_vec(),
-    ]
-    .concat()
-}
-
-impl Writer {
-    fn meta(&mut self, key: &str, kind: u32, value: &[u8]) -> &mut Self {
-        self.metadata.extend(string(key));
-        self.metadata.extend(kind.to_le_bytes());
-        self.metadata.extend(value);
-        self.metadata_count += 1;
-        self
-    }
-
-    fn tensor(&mut self, name: &str, dims: &[u64], kind: u32, data: &[u8]) -> &mut Self {
-        self.data.resize(self.data.len().next_multiple_of(32), 0);
-        self.infos.extend(string(name));
-        self.infos.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
-            self.infos.extend(d.to_le_bytes());
-        }
-        self.infos.extend(kind.to_le_bytes());
-        self.infos.extend((self.data.len() as u64).to_le_bytes());
-        self.data.extend(data);
-        self.tensor_count += 1;
-        self
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = b"GGUF".to_vec();
-        out.extend(3u32.to_le_bytes());
-        out.extend(self.tensor_count.to_le_bytes());
-        out.extend(self.metadata_count.to_le_bytes());
-        out.extend(&self.metadata);
-        out.extend(&self.infos);
-        out.resize(out.len().next_multiple_of(32), 0);
-        out.extend(&self.data);
-        out
-    }
-}
 
 fn sample() -> Vec<u8> {
     let mut w = Writer::default();

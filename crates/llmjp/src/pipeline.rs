@@ -173,8 +173,9 @@ pub struct Pipeline<B: Backend> {
 }
 
 impl<B: DecoderBackend> Pipeline<B> {
-    /// Loads a model folder or Hub id: tokenizer, chat template, config and weights.
-    /// `on_progress(done, total)` is called as weights are loaded.
+    /// Loads a model folder, Hub id or llama.cpp GGUF file (imported once into the cache,
+    /// see [`llmjp_weights::gguf::import::cached`]): tokenizer, chat template, config and
+    /// weights. `on_progress(done, total)` is called as weights are loaded.
     pub fn load(
         model: &str,
         options: &LoadOptions,
@@ -182,7 +183,13 @@ impl<B: DecoderBackend> Pipeline<B> {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let start = Instant::now();
-        let dir = llmjp_weights::resolve_model(model, &options.hub)?;
+        let gguf = Path::new(model);
+        let dir = if model.ends_with(".gguf") && gguf.is_file() {
+            let tokenizer = options.tokenizer_dir.as_deref();
+            llmjp_weights::gguf::import::cached(gguf, tokenizer, on_progress)?
+        } else {
+            llmjp_weights::resolve_model(model, &options.hub)?
+        };
         let tokenizer_dir = options.tokenizer_dir.as_deref().unwrap_or(&dir);
         let tokenizer = Tokenizer::from_dir(tokenizer_dir)?;
         let template = ChatTemplate::from_tokenizer(&tokenizer)?;

@@ -100,6 +100,12 @@ impl Gguf {
     /// The model's configuration, from llama.cpp's `llama.*` metadata (a model with
     /// `llama.expert_count` > 1 is a Mixtral), checked as a `config.json` is.
     pub fn model_config(&self) -> Result<ModelConfig> {
+        ModelConfig::from_json(self.config_json()?, &self.path)
+    }
+
+    /// The `config.json` of the model, from llama.cpp's metadata (unchecked: see
+    /// [`model_config`](Self::model_config)).
+    pub fn config_json(&self) -> Result<Value> {
         let invalid = |message: String| WeightsError::InvalidConfig {
             path: self.path.clone(),
             message,
@@ -211,6 +217,6 @@ impl Gguf {
         }
         let tied = self.tensor("output.weight").is_none();
         config.insert("tie_word_embeddings".into(), json!(tied));
-        ModelConfig::from_json(Value::Object(config), &self.path)
+        Ok(Value::Object(config))
     }
 }

@@ -37,6 +37,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod import;
 pub mod llama;
 
 use crate::checkpoint::MappedFile;

@@ -1,0 +1,214 @@
+//! llama.cpp GGUF files imported (`llmjp_weights::gguf::import`) run with exactly the
+//! numbers of quantizing the original checkpoint on load: the blocks are GGML's, the query
+//! and key rows come back from llama.cpp's order. Unsupported types and broken files are
+//! typed errors. (The same was checked by hand on a 1.8b-shaped file written by llama.cpp's
+//! own converter and `llama-quantize`: identical greedy tokens; docs/performance.md.)
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use llmjp_model::backend::Cpu;
+use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, WeightDtype};
+use llmjp_testdata::gguf::{string, Writer};
+use llmjp_weights::gguf::import::import;
+use llmjp_weights::gguf::llama::hf_row_order;
+use llmjp_weights::quant::{quantize, BlockFormat};
+use llmjp_weights::{Checkpoint, Layout, WeightsError};
+
+const FIXTURE: &str = "llama-mha-bf16";
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("llmjp-gguf-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn u32_meta(w: &mut Writer, key: &str, value: usize) {
+    w.meta(key, 4, &(value as u32).to_le_bytes());
+}
+
+/// The fixture as llama.cpp's converter and `llama-quantize` write it: llama.cpp's names,
+/// q/k rows permuted for its RoPE, matrices in `format` (embedding and head in `outer`),
+/// norms in F32.
+fn gguf_of_fixture(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) -> Vec<u8> {
+    let dir = llmjp_testdata::fixture_dir(FIXTURE);
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let mut w = Writer::default();
+    w.meta("general.architecture", 8, &string("llama"));
+    u32_meta(&mut w, "llama.block_count", config.num_hidden_layers);
+    u32_meta(&mut w, "llama.embedding_length", config.hidden_size);
+    u32_meta(
+        &mut w,
+        "llama.feed_forward_length",
+        config.intermediate_size,
+    );
+    u32_meta(
+        &mut w,
+        "llama.attention.head_count",
+        config.num_attention_heads,
+    );
+    u32_meta(
+        &mut w,
+        "llama.attention.head_count_kv",
+        config.num_key_value_heads,
+    );
+    u32_meta(
+        &mut w,
+        "llama.context_length",
+        config.max_position_embeddings,
+    );
+    u32_meta(&mut w, "llama.vocab_size", config.vocab_size);
+    w.meta(
+        "llama.attention.layer_norm_rms_epsilon",
+        6,
+        &1e-5f32.to_le_bytes(),
+    );
+    w.meta("llama.rope.freq_base", 6, &10000f32.to_le_bytes());
+    u32_meta(&mut w, "tokenizer.ggml.bos_token_id", 1);
+    u32_meta(&mut w, "tokenizer.ggml.eos_token_id", 2);
+    let mut add = |gguf: &str, hf: &str, heads: Option<usize>| {
+        let meta = checkpoint.meta(hf).unwrap();
+        let values = checkpoint
+            .read::<f32>(hf, &meta.shape, Layout::AsStored)
+            .unwrap();
+        if let [rows, cols] = meta.shape[..] {
+            let mut stored = values.clone();
+            if let Some(heads) = heads {
+                for (h, &g) in hf_row_order(rows, heads).iter().enumerate() {
+                    stored[g * cols..(g + 1) * cols]
+                        .copy_from_slice(&values[h * cols..(h + 1) * cols]);
+                }
+            }
+            let outer_tensor = gguf == "token_embd.weight" || gguf == "output.weight";
+            let format = if outer_tensor { outer } else { format };
+            let kind = if format == BlockFormat::Q8_0 { 8 } else { 2 };
+            let dims = [cols as u64, rows as u64];
+            w.tensor(gguf, &dims, kind, &quantize(format, &stored).unwrap());
+        } else {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.tensor(gguf, &[values.len() as u64], 0, &bytes);
+        }
+    };
+    add("token_embd.weight", "model.embed_tokens.weight", None);
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let b = format!("blk.{l}");
+        add(
+            &format!("{b}.attn_norm.weight"),
+            &format!("{p}.input_layernorm.weight"),
+            None,
+        );
+        let heads = Some(config.num_attention_heads);
+        add(
+            &format!("{b}.attn_q.weight"),
+            &format!("{p}.self_attn.q_proj.weight"),
+            heads,
+        );
+        let kv = Some(config.num_key_value_heads);
+        add(
+            &format!("{b}.attn_k.weight"),
+            &format!("{p}.self_attn.k_proj.weight"),
+            kv,
+        );
+        add(
+            &format!("{b}.attn_v.weight"),
+            &format!("{p}.self_attn.v_proj.weight"),
+            None,
+        );
+        add(
+            &format!("{b}.attn_output.weight"),
+            &format!("{p}.self_attn.o_proj.weight"),
+            None,
+        );
+        add(
+            &format!("{b}.ffn_norm.weight"),
+            &format!("{p}.post_attention_layernorm.weight"),
+            None,
+        );
+        add(
+            &format!("{b}.ffn_gate.weight"),
+            &format!("{p}.mlp.gate_proj.weight"),
+            None,
+        );
+        add(
+            &format!("{b}.ffn_up.weight"),
+            &format!("{p}.mlp.up_proj.weight"),
+            None,
+        );
+        add(
+            &format!("{b}.ffn_down.weight"),
+            &format!("{p}.mlp.down_proj.weight"),
+            None,
+        );
+    }
+    add("output_norm.weight", "model.norm.weight", None);
+    add("output.weight", "lm_head.weight", None);
+    if odd_tensor {
+        // A k-quant (Q4_K, GGML type 12): 144 bytes per 256 values.
+        w.tensor("blk.0.ffn_gate_inp.weight", &[256, 1], 12, &[0; 144]);
+    }
+    w.bytes()
+}
+
+fn logits(dir: &Path, dtype: WeightDtype) -> Vec<f32> {
+    let model = CausalLm::<Cpu>::from_dir(dir, dtype, &Default::default()).unwrap();
+    let mut cache = model.new_cache(16);
+    read_f32(
+        model
+            .forward(&[1, 17, 42, 99, 5, 300, 7], &mut cache)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn imported_gguf_runs_as_quantizing_on_load() {
+    let fixture = llmjp_testdata::fixture_dir(FIXTURE);
+    for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+        let dir = temp(format.name());
+        let file = dir.join("model.gguf");
+        fs::write(&file, gguf_of_fixture(format, BlockFormat::Q8_0, false)).unwrap();
+        let out = dir.join("imported");
+        let imported = import(&file, &fixture, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(imported.format, Some(format));
+        assert_eq!(imported.tensors, 2 + 2 * 9 + 1);
+        let on_load = WeightDtype {
+            compute: ComputeDtype::BF16,
+            quantize: Some(format),
+        };
+        assert_eq!(
+            logits(&out, ComputeDtype::BF16.into()),
+            logits(&fixture, on_load),
+            "{format}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn unsupported_types_and_broken_files_are_typed_errors() {
+    let fixture = llmjp_testdata::fixture_dir(FIXTURE);
+    let dir = temp("errors");
+    let file = dir.join("model.gguf");
+    let bytes = gguf_of_fixture(BlockFormat::Q8_0, BlockFormat::Q8_0, true);
+    fs::write(&file, &bytes).unwrap();
+    let err = import(&file, &fixture, &dir.join("out"), &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, WeightsError::InvalidGguf { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("blk.0.ffn_gate_inp.weight") && text.contains("type 12"),
+        "{text}"
+    );
+    // Truncated anywhere: an error, never a panic.
+    for cut in [10, bytes.len() / 3, bytes.len() - 1] {
+        fs::write(&file, &bytes[..cut]).unwrap();
+        let err = import(&file, &fixture, &dir.join("out"), &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(err, WeightsError::InvalidGguf { .. }),
+            "cut {cut}: {err}"
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,265 @@
+//! GGUF files of Llama / Mixtral models as quantized checkpoint folders: what llama.cpp's
+//! users have, run by the same loader as `llmjp quantize`'s output.
+//!
+//! Q8_0 and Q4_0 blocks are split into values and scales (a copy, no re-quantization),
+//! F32 / F16 / BF16 tensors copied, the query and key rows put back in Hugging Face's order,
+//! stacked experts split per expert; `config.json` comes from the metadata. Any other
+//! GGML type is an error naming the tensor and its type. The tokenizer files come from a
+//! folder given alongside (llm-jp's tokenizer).
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::llama::{hf_name, hf_row_order, HfTensor};
+use super::{GgmlType, GgufFile, GgufTensor};
+use crate::quant::{split, values_dtype, BlockFormat, BLOCK, SCALE_SUFFIX};
+use crate::writer::{write_json, CheckpointWriter};
+use crate::{Dtype, Result, WeightsError, QUANT_METHOD};
+
+/// The tokenizer files copied from the folder given alongside.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// What [`import`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The block format most weights are in (`None`: a float GGUF).
+    pub format: Option<BlockFormat>,
+    /// Tensors written (experts counted one by one).
+    pub tensors: usize,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+}
+
+/// Writes the model in the GGUF file `gguf` as a checkpoint folder `out` (see the module
+/// docs), with the tokenizer files of `tokenizer_dir`, calling `on_progress(done, total)`
+/// per GGUF tensor.
+pub fn import(
+    gguf: &Path,
+    tokenizer_dir: &Path,
+    out: &Path,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Imported> {
+    let file = GgufFile::open(gguf)?;
+    let header = file.header();
+    let config = header.model_config()?;
+    let mut raw = header.config_json()?;
+    let invalid = |message: String| WeightsError::InvalidGguf {
+        path: gguf.to_path_buf(),
+        message,
+    };
+    let mut writer = CheckpointWriter::new(out)?;
+    let (mut tensors, mut counts) = (0, [0usize; 2]);
+    let total = header.tensors.len();
+    for (done, tensor) in header.tensors.iter().enumerate() {
+        let target = match hf_name(&tensor.name) {
+            Some(target) => target,
+            // llama.cpp's precomputed RoPE factors: ours come from the config.
+            None if tensor.name == "rope_freqs.weight" => continue,
+            None => return Err(invalid(format!("unknown tensor {}", tensor.name))),
+        };
+        let shape = tensor.shape();
+        let data = file.data(tensor);
+        let pieces: Vec<(String, Vec<usize>, &[u8])> = match target {
+            HfTensor::Dense(name) => vec![(name, shape.clone(), data)],
+            HfTensor::Experts { layer, matrix } => {
+                let [experts, rows, cols] = shape[..] else {
+                    return Err(invalid(format!("{} is not 3-D", tensor.name)));
+                };
+                let each = data.len() / experts.max(1);
+                (0..experts)
+                    .map(|e| {
+                        let name = format!(
+                            "model.layers.{layer}.block_sparse_moe.experts.{e}.{matrix}.weight"
+                        );
+                        (name, vec![rows, cols], &data[e * each..(e + 1) * each])
+                    })
+                    .collect()
+            }
+        };
+        for (name, shape, bytes) in pieces {
+            let heads = if name.ends_with("self_attn.q_proj.weight") {
+                Some(config.num_attention_heads)
+            } else if name.ends_with("self_attn.k_proj.weight") {
+                Some(config.num_key_value_heads)
+            } else {
+                None
+            };
+            let rows = shape.first().copied().unwrap_or(1);
+            let order = heads.map(|h| hf_row_order(rows, h));
+            tensors += add(&mut writer, tensor, name, shape, bytes, order.as_deref())
+                .map_err(|m| invalid(format!("{}: {m}", tensor.name)))?;
+            if let Some(i) = [GgmlType::Q8_0, GgmlType::Q4_0]
+                .iter()
+                .position(|&k| k == tensor.kind)
+            {
+                counts[i] += 1;
+            }
+        }
+        on_progress(done + 1, total);
+    }
+    let written = writer.finish()?;
+    let format = match counts {
+        [0, 0] => None,
+        [q8, q4] if q8 >= q4 => Some(BlockFormat::Q8_0),
+        _ => Some(BlockFormat::Q4_0),
+    };
+    if let Some(format) = format {
+        raw["quantization_config"] = json!({
+            "quant_method": QUANT_METHOD,
+            "format": format.name(),
+            "group_size": BLOCK,
+        });
+    }
+    write_json(&out.join("config.json"), &raw)?;
+    for name in TOKENIZER_FILES {
+        let from = tokenizer_dir.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name)).map_err(|e| WeightsError::io(&from, e))?;
+        }
+    }
+    Ok(Imported {
+        format,
+        tensors,
+        bytes: written.bytes,
+    })
+}
+
+/// Adds one tensor (rows in `order` when given); returns how many tensors it wrote.
+fn add(
+    writer: &mut CheckpointWriter<'_>,
+    tensor: &GgufTensor,
+    name: String,
+    shape: Vec<usize>,
+    bytes: &[u8],
+    order: Option<&[usize]>,
+) -> std::result::Result<usize, String> {
+    let rows = shape.first().copied().unwrap_or(1);
+    let reordered = |bytes: &[u8]| -> Vec<u8> {
+        let row = bytes.len() / rows.max(1);
+        match order {
+            Some(order) => order
+                .iter()
+                .flat_map(|&r| &bytes[r * row..(r + 1) * row])
+                .copied()
+                .collect(),
+            None => bytes.to_vec(),
+        }
+    };
+    let float = |dtype: Dtype| (dtype, Cow::Owned(reordered(bytes)));
+    let (dtype, data) = match tensor.kind {
+        GgmlType::F32 => float(Dtype::F32),
+        GgmlType::F16 => float(Dtype::F16),
+        GgmlType::BF16 => float(Dtype::BF16),
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            let format = if tensor.kind == GgmlType::Q8_0 {
+                BlockFormat::Q8_0
+            } else {
+                BlockFormat::Q4_0
+            };
+            let [rows, cols] = shape[..] else {
+                return Err(format!(
+                    "a {format} tensor of shape {shape:?} is not a matrix"
+                ));
+            };
+            let blocks = split(format, &reordered(bytes)).map_err(|e| e.to_string())?;
+            let values = vec![rows, cols / BLOCK * format.data_bytes()];
+            writer
+                .add(
+                    name.clone(),
+                    values_dtype(format),
+                    values,
+                    Cow::Owned(blocks.data),
+                )
+                .map_err(|e| e.to_string())?;
+            let scales = blocks.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let scale_name = format!("{name}{SCALE_SUFFIX}");
+            writer
+                .add(
+                    scale_name,
+                    Dtype::F16,
+                    vec![rows, cols / BLOCK],
+                    Cow::Owned(scales),
+                )
+                .map_err(|e| e.to_string())?;
+            return Ok(1);
+        }
+        other => {
+            return Err(format!(
+                "GGML type {other} is not supported (F32, F16, BF16, Q8_0 and Q4_0 are)"
+            ))
+        }
+    };
+    writer
+        .add(name, dtype, shape, data)
+        .map_err(|e| e.to_string())?;
+    Ok(1)
+}
+
+/// The environment variable naming the cache folder GGUF imports are kept in (default
+/// `$XDG_CACHE_HOME/llmjp`, else `~/.cache/llmjp`).
+pub const CACHE_ENV: &str = "LLMJP_CACHE_DIR";
+
+/// The checkpoint folder of a GGUF file, imported once into the cache (`CACHE_ENV`) and
+/// reused while the file keeps its size and modification time. The tokenizer files come
+/// from `tokenizer_dir`, else from the GGUF's own folder; without either, an error asks
+/// for one.
+pub fn cached(
+    gguf: &Path,
+    tokenizer_dir: Option<&Path>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<std::path::PathBuf> {
+    let meta = std::fs::metadata(gguf).map_err(|e| WeightsError::io(gguf, e))?;
+    let parent = gguf.parent().unwrap_or(Path::new("."));
+    let tokenizer_dir = match tokenizer_dir {
+        Some(dir) => dir,
+        None if parent.join("tokenizer.json").is_file() => parent,
+        None => {
+            return Err(WeightsError::InvalidGguf {
+                path: gguf.to_path_buf(),
+                message: "the tokenizer is read from a folder: pass llm-jp's tokenizer folder \
+                          (--tokenizer DIR), or put tokenizer.json and tokenizer_config.json \
+                          beside the GGUF file"
+                    .into(),
+            })
+        }
+    };
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let stem = gguf.file_stem().unwrap_or_default().to_string_lossy();
+    let root = cache_root().join("gguf");
+    let dir = root.join(format!("{stem}-{}-{modified}", meta.len()));
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    let staging = root.join(format!(".{stem}-{}.partial", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    import(gguf, tokenizer_dir, &staging, on_progress)?;
+    let done = staging.join(".complete");
+    std::fs::write(&done, gguf.display().to_string()).map_err(|e| WeightsError::io(&done, e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir).map_err(|e| WeightsError::io(&dir, e))?;
+    Ok(dir)
+}
+
+/// Where llmjp keeps what it derives from files it is given.
+fn cache_root() -> std::path::PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var(CACHE_ENV) {
+        return dir.into();
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("llmjp");
+    }
+    let home = var("HOME").unwrap_or_else(|| ".".into());
+    Path::new(&home).join(".cache").join("llmjp")
+}
