@@ -27,7 +27,7 @@ pub fn tokenizer_dir() -> Option<PathBuf> {
 pub fn pipeline(dtype: llmjp::ComputeDtype) -> Pipeline<Cpu> {
     let options = LoadOptions {
         tokenizer_dir: tokenizer_dir(),
-        dtype,
+        dtype: dtype.into(),
         ..LoadOptions::default()
     };
     let model = llmjp_testdata::fixture_dir("tiny-llmjp");
