@@ -19,7 +19,7 @@ fn load_from(dir: &std::path::Path) -> Option<Pipeline<Cpu>> {
     let tokenizer_dir = llmjp_testdata::tokenizer_dir()?;
     // The references are transformers' f32 computations.
     let options = LoadOptions {
-        dtype: ComputeDtype::F32,
+        dtype: ComputeDtype::F32.into(),
         tokenizer_dir: Some(tokenizer_dir),
         ..LoadOptions::default()
     };
