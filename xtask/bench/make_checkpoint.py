@@ -50,27 +50,32 @@ def main():
         config["num_hidden_layers"] = layers
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    shards, current, size = [], {}, 0
+    # Shards are planned from the shapes first, then each is generated and written alone
+    # (a 13b-shaped checkpoint does not fit in memory at once).
+    plan, current, size = [], [], 0
     for name, shape in tensors(config):
-        if name.endswith("norm.weight"):
-            t = 1.0 + 0.05 * torch.randn(shape)
-        else:
-            t = 0.02 * torch.randn(shape)
-        t = t.to(torch.bfloat16)
-        nbytes = t.numel() * 2
+        nbytes = 2 * int(torch.Size(shape).numel())
         if current and size + nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = t
+            plan.append(current)
+            current, size = [], 0
+        current.append((name, shape))
         size += nbytes
-    shards.append(current)
+    plan.append(current)
     weight_map, total = {}, 0
-    for k, shard in enumerate(shards):
-        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / file), metadata={"format": "pt"})
-        for name, t in shard.items():
+    for k, names in enumerate(plan):
+        file = f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+        shard = {}
+        for name, shape in names:
+            if name.endswith("norm.weight"):
+                t = 1.0 + 0.05 * torch.randn(shape)
+            else:
+                t = 0.02 * torch.randn(shape)
+            shard[name] = t.to(torch.bfloat16)
             weight_map[name] = file
-            total += t.numel() * 2
+            total += shard[name].numel() * 2
+        save_file(shard, str(out / file), metadata={"format": "pt"})
+        del shard
+    shards = plan
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -17,6 +17,10 @@ struct Options {
     dtype: String,
     /// Another build's `llmjp` binary, measured in the same rounds (before/after).
     baseline: Option<String>,
+    /// A llama.cpp source tree with `build/bin/llama-bench`: a llama.cpp column.
+    llama_cpp: Option<String>,
+    /// Another dtype of ours measured in the same rounds (`q8_0` against `bf16`, …).
+    compare_dtype: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -26,6 +30,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         gen_tokens: "32".into(),
         dtype: "bf16".into(),
         baseline: None,
+        llama_cpp: None,
+        compare_dtype: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -39,6 +45,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--gen-tokens" => options.gen_tokens = value,
             "--dtype" => options.dtype = value,
             "--baseline" => options.baseline = Some(value),
+            "--llama-cpp" => options.llama_cpp = Some(value),
+            "--compare-dtype" => options.compare_dtype = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -77,11 +85,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     run_command(Command::new("cargo").args(["build", "--release", "-p", "llmjp-cli"]))?;
     let weights_mb = weights_size_mb(&model)?;
 
-    let llmjp_cmd = |binary: std::path::PathBuf, o: &Options| {
+    let llmjp_cmd = |binary: std::path::PathBuf, o: &Options, dtype: &str| {
         let mut c = Command::new(binary);
         c.args([
-            "bench", "--model", MODEL_DIR, "--dtype", &o.dtype, "--device", "cpu", "--format",
-            "json",
+            "bench", "--model", MODEL_DIR, "--dtype", dtype, "--device", "cpu", "--format", "json",
         ])
         .args([
             "--prompt-tokens",
@@ -103,18 +110,39 @@ pub fn run(args: &[String]) -> Result<(), String> {
         c
     };
     let ours_binary = root().join("target/release/llmjp");
+    let llama = match &options.llama_cpp {
+        Some(src) => Some(crate::llama_cpp::LlamaCpp::prepare(src, &options.dtype)?),
+        None => None,
+    };
     let (mut ours, mut hf, mut reads, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut llama_runs, mut other) = (Vec::new(), Vec::new());
     for round in 1..=options.rounds {
         reads.push(read_files_once(&model)?);
         eprintln!("round {round}/{}: llmjp", options.rounds);
         ours.push(last_json(&output(&mut llmjp_cmd(
             ours_binary.clone(),
             &options,
+            &options.dtype,
         ))?)?);
+        if let Some(dtype) = &options.compare_dtype {
+            eprintln!("round {round}/{}: llmjp {dtype}", options.rounds);
+            let binary = ours_binary.clone();
+            other.push(last_json(&output(&mut llmjp_cmd(
+                binary, &options, dtype,
+            ))?)?);
+        }
         if let Some(baseline) = &options.baseline {
             eprintln!("round {round}/{}: baseline {baseline}", options.rounds);
             let binary = std::path::PathBuf::from(baseline);
-            base.push(last_json(&output(&mut llmjp_cmd(binary, &options))?)?);
+            base.push(last_json(&output(&mut llmjp_cmd(
+                binary,
+                &options,
+                &options.dtype,
+            ))?)?);
+        }
+        if let Some(llama) = &llama {
+            eprintln!("round {round}/{}: llama.cpp", options.rounds);
+            llama_runs.push(llama.bench(&options.prompt_tokens, &options.gen_tokens)?);
         }
         eprintln!("round {round}/{}: transformers", options.rounds);
         hf.push(last_json(&output(&mut hf_cmd(&options))?)?);
@@ -148,6 +176,39 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         println!("baseline: {baseline}");
     }
+    if let Some(dtype) = &options.compare_dtype {
+        println!(
+            "{:<16} {:>14} {:>22} {:>8}",
+            "metric",
+            format!("llmjp {}", options.dtype),
+            format!("llmjp {dtype}"),
+            "ratio"
+        );
+        for metric in METRICS {
+            let a = median(&ours, metric)?;
+            let b = median(&other, metric)?;
+            println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+        }
+    }
+    if let Some(llama) = &llama {
+        println!(
+            "{:<16} {:>14} {:>22} {:>8}",
+            "metric",
+            format!("llmjp {}", options.dtype),
+            format!("llama.cpp {}", llama.format),
+            "ratio"
+        );
+        for metric in ["prefill_tok_s", "decode_tok_s"] {
+            let a = median(&ours, metric)?;
+            let b = median(&llama_runs, metric)?;
+            println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+        }
+        println!(
+            "llama.cpp: {} ({} threads)",
+            llama.gguf.display(),
+            llama.threads
+        );
+    }
     let rss = median(&ours, "peak_rss_mb")?;
     println!("llmjp peak RSS / weights size: {:.2}", rss / weights_mb);
     reads.sort_by(f64::total_cmp);
@@ -175,7 +236,7 @@ fn read_files_once(dir: &std::path::Path) -> Result<f64, String> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn last_json(text: &str) -> Result<Value, String> {
+pub fn last_json(text: &str) -> Result<Value, String> {
     let line = text
         .lines()
         .rev()

@@ -6,7 +6,10 @@
 //!   [--baseline BIN]`:
 //!   `llmjp bench` against the same measurement in transformers (bf16) on a random-weight
 //!   checkpoint with the real llm-jp-3.1-1.8b config, alternating, with the ratios; with
-//!   `--baseline`, another build's `llmjp` binary runs in the same rounds (before/after).
+//!   `--baseline`, another build's `llmjp` binary runs in the same rounds (before/after);
+//!   with `--llama-cpp SRC` (a built llama.cpp tree), llama.cpp's `llama-bench` on the same
+//!   checkpoint converted with its own converter to the same format (bf16, Q8_0, Q4_0);
+//!   with `--compare-dtype D`, ours in another dtype in the same rounds (q8_0 vs bf16).
 //! - `cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D]`:
 //!   `llmjp serve` on the same checkpoint under concurrent streaming clients: aggregate
 //!   decode tok/s, time to first token and inter-token latency (p50/p99), and time to first
@@ -16,6 +19,7 @@
 
 mod accuracy;
 mod bench;
+mod llama_cpp;
 mod serve_bench;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("bench-serve") => serve_bench::run(&args[1..]),
         Some("accuracy") => accuracy::run(&args[1..]),
-        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D] | cargo xtask accuracy [--model DIR] [--positions N]".into()),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] [--llama-cpp SRC] [--compare-dtype D] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D] | cargo xtask accuracy [--model DIR] [--positions N]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -381,7 +381,18 @@ impl TensorView {
     /// Drops the tensor's pages from memory (after converting it, so the source does not
     /// stay resident beside the result); they are read again from the file if touched.
     pub fn release(&self) {
-        release_range(&self.mmap, self.offset, self.offset + self.len);
+        self.release_bytes(0..self.len);
+    }
+
+    /// Drops the whole pages of bytes `range` of the tensor from memory (see
+    /// [`release`](Self::release)).
+    pub fn release_bytes(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        release_range(
+            &self.mmap,
+            self.offset + range.start.min(end),
+            self.offset + end,
+        );
     }
 
     /// Maps all of the tensor's pages now (reading them from disk if they are not cached),

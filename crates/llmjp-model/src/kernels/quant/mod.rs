@@ -63,18 +63,20 @@ impl QuantMatrix {
     /// Quantizes a row-major `[rows, cols]` matrix (`cols` a multiple of 32) to `format`.
     pub fn quantize(format: BlockFormat, values: &[f32], rows: usize, cols: usize) -> Result<Self> {
         assert_eq!(values.len(), rows * cols, "{rows}x{cols} values");
-        Self::quantize_with(format, rows, cols, |r, out| {
-            out.copy_from_slice(&values[r * cols..(r + 1) * cols])
-        })
+        let read =
+            |r: usize, out: &mut [f32]| out.copy_from_slice(&values[r * cols..(r + 1) * cols]);
+        Self::quantize_with(format, rows, cols, read, |_| {})
     }
 
     /// Quantizes a `[rows, cols]` matrix (`cols` a multiple of 32) whose row `r` `read(r,
-    /// out)` writes, rows in parallel.
+    /// out)` writes: rows in parallel, in chunks of about 16 M values, `done(rows)` called
+    /// after each chunk (to release its source).
     pub fn quantize_with(
         format: BlockFormat,
         rows: usize,
         cols: usize,
         read: impl Fn(usize, &mut [f32]) + Sync,
+        mut done: impl FnMut(std::ops::Range<usize>),
     ) -> Result<Self> {
         if !cols.is_multiple_of(BLOCK) || cols == 0 {
             return Err(llmjp_weights::WeightsError::NotWholeBlocks {
@@ -83,23 +85,33 @@ impl QuantMatrix {
             }
             .into());
         }
+        const CHUNK_VALUES: usize = 1 << 24;
         let blocks = cols / BLOCK;
-        let mut data = vec![0u8; rows * blocks * format.data_bytes()];
-        let mut scales = vec![0u8; rows * blocks * 2];
-        data.par_chunks_mut(blocks * format.data_bytes())
-            .zip(scales.par_chunks_mut(blocks * 2))
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; cols],
-                |row, (r, (data, scales))| {
-                    read(r, row);
-                    let split = quantize_split(format, row).expect("whole blocks");
-                    data.copy_from_slice(&split.data);
-                    for (dst, s) in scales.chunks_exact_mut(2).zip(split.scales) {
-                        dst.copy_from_slice(&s.to_le_bytes());
-                    }
-                },
-            );
+        let (row_data, row_scales) = (blocks * format.data_bytes(), blocks * 2);
+        let chunk_rows = (CHUNK_VALUES / cols).max(1);
+        let mut data = vec![0u8; rows * row_data];
+        let mut scales = vec![0u8; rows * row_scales];
+        let chunks = data
+            .chunks_mut(chunk_rows * row_data)
+            .zip(scales.chunks_mut(chunk_rows * row_scales));
+        for (i, (data, scales)) in chunks.enumerate() {
+            let first = i * chunk_rows;
+            data.par_chunks_mut(row_data)
+                .zip(scales.par_chunks_mut(row_scales))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; cols],
+                    |row, (r, (data, scales))| {
+                        read(first + r, row);
+                        let split = quantize_split(format, row).expect("whole blocks");
+                        data.copy_from_slice(&split.data);
+                        for (dst, s) in scales.chunks_exact_mut(2).zip(split.scales) {
+                            dst.copy_from_slice(&s.to_le_bytes());
+                        }
+                    },
+                );
+            done(first..first + data.len() / row_data);
+        }
         Ok(Self {
             rows,
             cols,
