@@ -527,3 +527,71 @@ fn chat_survives_a_bad_line() {
     // The valid line after them was answered (a summary line per answer).
     assert_eq!(stderr.matches("finish:").count(), 1, "{stderr}");
 }
+
+#[test]
+fn quantized_models_run_and_hostile_quantized_inputs_are_refused() {
+    let Some(tokenizer) = tokenizer() else { return };
+    let tiny = tiny();
+    let tiny = tiny.to_str().unwrap();
+    // Quantize on load, and save a quantized copy that runs (the tiny model's 32-wide
+    // matrices are quantized, its 16-wide ones stay in float).
+    assert_ok(
+        "q8_0 on load",
+        &generate(tiny, &tokenizer, &["--dtype", "q8_0"]),
+    );
+    let out = TempDir::new("quantized");
+    let saved = run(
+        &[
+            "quantize",
+            "--model",
+            tiny,
+            "--format",
+            "q4_0",
+            "--out",
+            out.path(),
+        ],
+        b"",
+    );
+    assert!(assert_ok("quantize", &saved).contains("tensors quantized"));
+    assert_ok("saved q4_0", &generate(out.path(), &tokenizer, &[]));
+    assert_refused(
+        "unknown quantize format",
+        &run(
+            &[
+                "quantize",
+                "--model",
+                tiny,
+                "--format",
+                "q2_k",
+                "--out",
+                out.path(),
+            ],
+            b"",
+        ),
+        "q2_k",
+    );
+    assert_refused(
+        "unknown dtype",
+        &generate(tiny, &tokenizer, &["--dtype", "int3"]),
+        "int3",
+    );
+    let config = json!({"quantization_config": {"quant_method": "llmjp", "format": "q3_k"}});
+    let unknown = model_with_config("unknown-quantization", config);
+    assert_refused(
+        "unknown quantization format",
+        &generate(unknown.path(), &tokenizer, &[]),
+        "q3_k",
+    );
+    // A GGUF header claiming 2^64 - 1 tensors, and one cut short.
+    let dir = TempDir::new("gguf");
+    let hostile = dir.0.join("hostile.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(u64::MAX.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    std::fs::write(&hostile, &bytes).unwrap();
+    let path = hostile.to_str().unwrap();
+    assert_refused("hostile GGUF", &generate(path, &tokenizer, &[]), "GGUF");
+    std::fs::write(&hostile, &bytes[..10]).unwrap();
+    assert_refused("truncated GGUF", &generate(path, &tokenizer, &[]), "GGUF");
+}
