@@ -64,7 +64,6 @@ pub fn quantize_checkpoint(
     }
     let checkpoint = Checkpoint::open(src)?;
     std::fs::create_dir_all(out).map_err(|e| WeightsError::io(out, e))?;
-    let total = checkpoint.names().len();
     let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
     if same(src, out) {
         return Err(ModelError::InvalidQuantized(
@@ -72,6 +71,7 @@ pub fn quantize_checkpoint(
         ));
     }
     let names: Vec<String> = checkpoint.names().into_iter().map(String::from).collect();
+    let total = names.len();
     let (mut quantized, mut copied) = (0, 0);
     let mut writer = CheckpointWriter::new(out)?;
     for (done, name) in names.iter().enumerate() {
@@ -82,12 +82,17 @@ pub fn quantize_checkpoint(
         };
         match (format, &meta.shape[..]) {
             (Some(format), &[rows, cols]) => {
-                let m = quant_matrix(&checkpoint, name, rows, cols, format)?;
+                let (values, scales) =
+                    quant_matrix(&checkpoint, name, rows, cols, format)?.into_parts();
                 let blocks = cols / BLOCK;
                 let shape = vec![rows, blocks * format.data_bytes()];
-                let values = Cow::Owned(m.data().to_vec());
-                writer.add(name.clone(), values_dtype(format), shape, values)?;
-                let scales = Cow::Owned(m.scale_bytes().to_vec());
+                writer.add(
+                    name.clone(),
+                    values_dtype(format),
+                    shape,
+                    Cow::Owned(values),
+                )?;
+                let scales = Cow::Owned(scales);
                 let scale_name = format!("{name}{SCALE_SUFFIX}");
                 writer.add(scale_name, Dtype::F16, vec![rows, blocks], scales)?;
                 quantized += 1;

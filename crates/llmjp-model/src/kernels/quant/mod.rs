@@ -198,6 +198,16 @@ impl QuantMatrix {
         self.scales.bytes()
     }
 
+    /// The values and the scales (see [`data`](Self::data), [`scale_bytes`](Self::scale_bytes)),
+    /// moved out when owned, copied from the file when mapped.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
+        let owned = |bytes: HostBytes| match bytes {
+            HostBytes::Owned(bytes) => bytes,
+            HostBytes::Mapped(view) => view.bytes().to_vec(),
+        };
+        (owned(self.data), owned(self.scales))
+    }
+
     /// Blocks per row.
     fn blocks(&self) -> usize {
         self.cols / BLOCK
