@@ -1,9 +1,13 @@
 """A random-weight checkpoint with the real llm-jp-3.1-1.8b config, stored bf16 and sharded
 as on the Hub, plus the real tokenizer files, for benchmarks (never committed).
 
-Usage: python3 make_checkpoint.py OUT_DIR [CONFIG_JSON] [--layers N]
+Usage: python3 make_checkpoint.py OUT_DIR [CONFIG_JSON] [--layers N] [--device cuda]
+
+The shared folder (configs, tokenizer) is ../shared beside the repository, or
+$LLMJP_SHARED_DIR. `--device cuda` draws the weights on a GPU (a 13b shape in seconds).
 """
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("LLMJP_SHARED_DIR", ROOT.parent / "shared"))
 SHARD_BYTES = 2 * 1024**3
 
 
@@ -38,7 +42,11 @@ def tensors(config):
 
 def main():
     args = sys.argv[1:]
-    layers = None
+    layers, device = None, "cpu"
+    if "--device" in args:
+        at = args.index("--device")
+        device = args[at + 1]
+        del args[at:at + 2]
     if "--layers" in args:
         at = args.index("--layers")
         layers = int(args[at + 1])
@@ -67,10 +75,10 @@ def main():
         shard = {}
         for name, shape in names:
             if name.endswith("norm.weight"):
-                t = 1.0 + 0.05 * torch.randn(shape)
+                t = 1.0 + 0.05 * torch.randn(shape, device=device)
             else:
-                t = 0.02 * torch.randn(shape)
-            shard[name] = t.to(torch.bfloat16)
+                t = 0.02 * torch.randn(shape, device=device)
+            shard[name] = t.to(torch.bfloat16).cpu()
             weight_map[name] = file
             total += shard[name].numel() * 2
         save_file(shard, str(out / file), metadata={"format": "pt"})

@@ -16,9 +16,13 @@
 //!   token with and without the prefix cache.
 //! - `cargo xtask accuracy [--model DIR] [--positions N]`: Q8_0 and Q4_0 (quantized on
 //!   load) against bf16 on the same checkpoint: logit errors and top-1 agreement.
+//! - `cargo xtask gpu-check`: builds the CUDA CLI and kernel tests, stripped and
+//!   compressed, with the tokenizer, into `target/gpu-check/` for `xtask/gpu/check.sh` on a
+//!   GPU machine (docs/cuda.md).
 
 mod accuracy;
 mod bench;
+mod gpu_check;
 mod llama_cpp;
 mod serve_bench;
 
@@ -39,7 +43,8 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("bench-serve") => serve_bench::run(&args[1..]),
         Some("accuracy") => accuracy::run(&args[1..]),
-        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] [--llama-cpp SRC] [--compare-dtype D] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D] | cargo xtask accuracy [--model DIR] [--positions N]".into()),
+        Some("gpu-check") => gpu_check::run_check(&args[1..]),
+        _ => Err("usage: cargo xtask golden | cargo xtask bench [--rounds N] [--prompt-tokens N] [--gen-tokens N] [--dtype bf16|f32] [--baseline BIN] [--llama-cpp SRC] [--compare-dtype D] | cargo xtask bench-serve [--gen-tokens N] [--concurrency 1,4,8,16] [--dtype D] | cargo xtask accuracy [--model DIR] [--positions N] | cargo xtask gpu-check".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,8 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report {
     load_s: f64,
+    /// Time to the first token after loading: the prompt's prefill and its sampling.
+    ttft_s: f64,
     prefill_tok_s: f64,
     decode_tok_s: f64,
     peak_rss_mb: f64,
@@ -68,6 +70,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
     let t = generation.timings;
     let report = Report {
         load_s: t.load_s,
+        ttft_s: t.prefill_s,
         prefill_tok_s: t.prefill_tok_s(),
         decode_tok_s: t.decode_tok_s(),
         peak_rss_mb: peak_rss_mb(),
@@ -79,8 +82,8 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         Format::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
         Format::Text => writeln!(
             out,
-            "load {:.2} s, prefill {:.1} tok/s ({} tokens), decode {:.2} tok/s ({} tokens), peak RSS {:.0} MB on {}",
-            report.load_s, report.prefill_tok_s, report.prompt_tokens, report.decode_tok_s, report.gen_tokens, report.peak_rss_mb, report.device
+            "load {:.2} s, first token {:.3} s, prefill {:.1} tok/s ({} tokens), decode {:.2} tok/s ({} tokens), peak RSS {:.0} MB on {}",
+            report.load_s, report.ttft_s, report.prefill_tok_s, report.prompt_tokens, report.decode_tok_s, report.gen_tokens, report.peak_rss_mb, report.device
         )?,
     }
     Ok(())

@@ -25,6 +25,7 @@ mod quantize;
 mod render;
 mod serve;
 mod tokenize;
+mod warmup;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     Chat(chat::Args),
     /// Measure load time, prefill and decode speed on a synthetic prompt.
     Bench(bench::Args),
+    /// Run a generation's kernels once so a GPU compiles and caches them ahead of use.
+    Warmup(warmup::Args),
     /// Serve the OpenAI API (chat completions, completions, models) over HTTP.
     Serve(serve::Args),
     /// Write a copy of a model with its linear weights quantized (q8_0, q4_0), which loads
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args, &mut out),
         Command::Chat(args) => chat::run(args, &mut out),
         Command::Bench(args) => bench::run(args, &mut out),
+        Command::Warmup(args) => warmup::run(args, &mut out),
         Command::Serve(args) => serve::run(args),
         Command::Quantize(args) => quantize::run(args, &mut out),
     };

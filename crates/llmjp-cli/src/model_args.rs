@@ -29,6 +29,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N [default: CUDA when built with it and a GPU is present].
     #[arg(long)]
     device: Option<String>,
+    /// On a GPU: the folder compiled kernels and autotune results are kept in [default:
+    /// $LLMJP_KERNEL_CACHE, else ~/.cache/llmjp/cubecl; LLMJP_KERNEL_CACHE=off turns it off].
+    #[arg(long, value_name = "DIR")]
+    kernel_cache: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -55,6 +59,7 @@ impl ModelArgs {
             dtype,
             hub,
             tokenizer_dir: self.tokenizer.clone(),
+            kernel_cache_dir: self.kernel_cache.clone(),
         };
         let label = if dtype.quantize.is_some() {
             "loading and quantizing weights"
@@ -66,8 +71,32 @@ impl ModelArgs {
             progress.update(done, total)
         });
         progress.finish();
-        Ok(llm?)
+        let llm = llm?;
+        report_kernel_cache(&llm);
+        Ok(llm)
     }
+}
+
+/// On a GPU, says where kernels are cached, and that a first run compiles them as they are
+/// first used (seconds to a minute before the first token).
+fn report_kernel_cache(llm: &Llm) {
+    #[cfg(feature = "cuda")]
+    if matches!(llm.device(), Device::Cuda(_)) {
+        use llmjp::crates::model::cube::kernel_cache::{configured, KernelCache};
+        match configured() {
+            Some(KernelCache::Dir { path, cold: true }) => eprintln!(
+                "llmjp: first run on this machine: GPU kernels compile as they are first used \
+                 (cached in {}; `llmjp warmup` compiles them ahead)",
+                path.display()
+            ),
+            Some(KernelCache::Unavailable(why)) => {
+                eprintln!("llmjp: kernel cache not in effect ({why}): kernels compile in every run")
+            }
+            _ => {}
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = llm;
 }
 
 #[derive(clap::Args, Debug)]

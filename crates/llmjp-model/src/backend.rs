@@ -11,10 +11,18 @@ use crate::{ComputeDtype, Result};
 /// The CPU backend (burn-flex: pure Rust, SIMD, multi-threaded).
 pub type Cpu = burn_flex::Flex;
 
-/// The CUDA backend (burn-cuda), with the `cuda` feature.
+/// The CUDA backend (burn-cuda's `CubeBackend` on the CUDA runtime, without burn's fusion),
+/// with the `cuda` feature.
 #[cfg(feature = "cuda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
-pub type Cuda = burn_cuda::Cuda;
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// The Vulkan backend (burn-wgpu's `CubeBackend` on its SPIR-V path, without burn's
+/// fusion), with the `vulkan` feature: the CUDA kernels on any Vulkan device, Mesa's
+/// lavapipe included (f32 and f16 there; no bf16).
+#[cfg(feature = "vulkan")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vulkan")))]
+pub type Vulkan = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// A backend the models know: the [`DecoderOps`] a model loaded on it runs unless told
 /// otherwise ([`CausalLm::load_with_ops`](crate::CausalLm::load_with_ops) takes any, on any
@@ -36,12 +44,21 @@ impl DecoderBackend for Cpu {
     }
 }
 
-/// The reference on burn-cuda's ops, until CUDA kernels of our own land.
+/// The cubecl kernels ([`CubeKernels`](crate::cube::CubeKernels)) for every dtype.
 #[cfg(feature = "cuda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 impl DecoderBackend for Cuda {
     fn default_ops(_dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>> {
-        Ok(Arc::new(Reference))
+        Ok(Arc::new(crate::cube::CubeKernels))
+    }
+}
+
+/// The cubecl kernels ([`CubeKernels`](crate::cube::CubeKernels)) for every dtype.
+#[cfg(feature = "vulkan")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vulkan")))]
+impl DecoderBackend for Vulkan {
+    fn default_ops(_dtype: ComputeDtype) -> Result<Arc<dyn DecoderOps<Self>>> {
+        Ok(Arc::new(crate::cube::CubeKernels))
     }
 }
 

@@ -56,6 +56,9 @@
 
 pub mod backend;
 pub mod cache;
+#[cfg(feature = "cube")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "cuda", feature = "vulkan"))))]
+pub mod cube;
 mod dtype;
 mod error;
 pub mod kernels;

@@ -51,6 +51,7 @@ impl Llm {
                             .into(),
                     ));
                 }
+                llmjp_model::cube::kernel_cache::configure(options.kernel_cache_dir.as_deref());
                 let device = burn_cuda_device(index);
                 Ok(Self::Cuda(Pipeline::load(
                     model,

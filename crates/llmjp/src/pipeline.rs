@@ -28,6 +28,11 @@ pub struct LoadOptions {
     pub hub: HubOptions,
     /// A folder to take the tokenizer files from instead of the model folder.
     pub tokenizer_dir: Option<PathBuf>,
+    /// On a GPU: the folder compiled kernels and autotune results persist in (default
+    /// `$LLMJP_KERNEL_CACHE`, else `cubecl/` in llmjp's cache folder; see
+    /// `llmjp_model::cube::kernel_cache`). The first model loaded on a GPU in a process
+    /// decides it.
+    pub kernel_cache_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +41,7 @@ impl Default for LoadOptions {
             dtype: ComputeDtype::BF16.into(),
             hub: HubOptions::default(),
             tokenizer_dir: None,
+            kernel_cache_dir: None,
         }
     }
 }

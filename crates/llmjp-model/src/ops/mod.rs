@@ -15,7 +15,7 @@
 
 pub(crate) mod cpu;
 pub mod moe;
-mod reference;
+pub(crate) mod reference;
 
 use std::fmt;
 use std::ops::Range;

@@ -181,7 +181,7 @@ impl<B: Backend> DecoderOps<B> for Reference {
 
 /// Writes `k`/`v` (`[1, kv_heads, n, d]`) at positions `start..` of a tensor cache and
 /// returns the keys and values of all positions up to their end.
-fn append<B: Backend>(
+pub(crate) fn append<B: Backend>(
     cache: &mut LayerCache<B>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,

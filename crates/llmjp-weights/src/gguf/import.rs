@@ -251,8 +251,9 @@ pub fn cached(
     Ok(dir)
 }
 
-/// Where llmjp keeps what it derives from files it is given.
-fn cache_root() -> std::path::PathBuf {
+/// Where llmjp keeps what it derives from files it is given: `$LLMJP_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/llmjp`, else `~/.cache/llmjp`.
+pub fn cache_root() -> std::path::PathBuf {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var(CACHE_ENV) {
         return dir.into();

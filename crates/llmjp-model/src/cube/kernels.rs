@@ -1,0 +1,223 @@
+//! The `#[cube]` kernels of decoding, generic over the cubecl runtime (CUDA, Vulkan, …).
+//!
+//! Activations, norms, RoPE tables and the KV cache are f32; only linear weights come in
+//! their own float type `W` (bf16 on a GPU, f16 or f32 where bf16 is not supported), read
+//! once, in vectors, and accumulated in f32. Every kernel takes its sizes as runtime
+//! arguments: the set compiled does not grow with the prompt or the output length.
+
+// The `#[cube]` macro generates launch modules and types without docs.
+#![allow(missing_docs)]
+
+use cubecl::prelude::*;
+
+/// The sum of `value` over the cube's units (a shared-memory tree; every unit gets it).
+/// `shared` holds one f32 per unit; the cube's size must be a power of two.
+#[cube]
+fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    shared[unit] = value;
+    sync_cube();
+    let mut stride = CUBE_DIM as usize / 2;
+    while stride > 0 {
+        if unit < stride {
+            shared[unit] = shared[unit] + shared[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// The maximum of `value` over the cube's units (as [`cube_sum`]).
+#[cube]
+fn cube_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    shared[unit] = value;
+    sync_cube();
+    let mut stride = CUBE_DIM as usize / 2;
+    while stride > 0 {
+        if unit < stride {
+            shared[unit] = f32::max(shared[unit], shared[unit + stride]);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// `y = x @ w.T` for a few activation rows: one cube per (output feature, row), its units
+/// striding over the input features in vectors of `N`, then summing in shared memory.
+///
+/// `x`: `[rows, k]` f32; `w`: `[out, k]` in `W`; `y`: `[rows, out]` f32; `k_vectors` =
+/// k / N. The cube count is `(gx, gy, rows)` with `gx * gy >= out` (grid limits).
+#[cube(launch_unchecked)]
+pub fn gemv<W: Float, N: Size>(
+    x: &Array<Vector<f32, N>>,
+    w: &Array<Vector<W, N>>,
+    y: &mut Array<f32>,
+    k_vectors: usize,
+    out_features: usize,
+    #[comptime] units: usize,
+    #[define(W)] _weights: StorageType,
+) {
+    let feature = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    if feature >= out_features {
+        terminate!();
+    }
+    let row = CUBE_POS_Z as usize;
+    let w_start = feature * k_vectors;
+    let x_start = row * k_vectors;
+    let mut acc = Vector::<f32, N>::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < k_vectors {
+        acc += Vector::<f32, N>::cast_from(w[w_start + i]) * x[x_start + i];
+        i += CUBE_DIM as usize;
+    }
+    let mut partial = 0.0f32;
+    #[unroll]
+    for lane in 0..N::value() {
+        partial += acc[lane];
+    }
+    let mut shared = SharedMemory::<f32>::new(units);
+    let total = cube_sum(partial, &mut shared);
+    if UNIT_POS == 0 {
+        y[row * out_features + feature] = total;
+    }
+}
+
+/// RMSNorm of each row (one cube per row): `x / sqrt(mean(x²) + eps) * weight`, as the
+/// reference computes it in f32.
+#[cube(launch_unchecked)]
+pub fn rms_norm(
+    x: &Array<f32>,
+    weight: &Array<f32>,
+    out: &mut Array<f32>,
+    cols: usize,
+    eps: f32,
+    #[comptime] units: usize,
+) {
+    let start = CUBE_POS_X as usize * cols;
+    let mut squares = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < cols {
+        let v = x[start + i];
+        squares += v * v;
+        i += CUBE_DIM as usize;
+    }
+    let mut shared = SharedMemory::<f32>::new(units);
+    let total = cube_sum(squares, &mut shared);
+    let inverse = 1.0f32 / f32::sqrt(total / f32::cast_from(cols) + eps);
+    let mut i = UNIT_POS as usize;
+    while i < cols {
+        out[start + i] = x[start + i] * inverse * weight[i];
+        i += CUBE_DIM as usize;
+    }
+}
+
+/// SwiGLU's activation, element-wise: `silu(gate) * up`.
+#[cube(launch_unchecked)]
+pub fn swiglu(gate: &Array<f32>, up: &Array<f32>, out: &mut Array<f32>) {
+    let i = ABSOLUTE_POS;
+    if i < out.len() {
+        let g = gate[i];
+        out[i] = g / (1.0f32 + f32::exp(-g)) * up[i];
+    }
+}
+
+/// Rotate-half RoPE of `x` (`[rows, heads * head_dim]`), each row at `positions[row]`, with
+/// `[positions, head_dim]` cos/sin tables: `x * cos + rotate_half(x) * sin`.
+#[cube(launch_unchecked)]
+pub fn rope(
+    x: &Array<f32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    positions: &Array<u32>,
+    out: &mut Array<f32>,
+    width: usize,
+    head_dim: usize,
+) {
+    let i = ABSOLUTE_POS;
+    if i < out.len() {
+        let row = i / width;
+        let j = (i % width) % head_dim;
+        let half = head_dim / 2;
+        let table = positions[row] as usize * head_dim + j;
+        let rotated = if j < half { -x[i + half] } else { x[i - half] };
+        out[i] = x[i] * cos[table] + rotated * sin[table];
+    }
+}
+
+/// Causal attention of one sequence's query rows over its cache: one cube per (head, query
+/// row). Row `r` stands at position `start + r` and sees positions `0..=start + r`.
+///
+/// `q`, `out`: `[rows, heads * head_dim]` (the sequence's rows begin at `row0`); `keys`,
+/// `values`: `[kv_heads, capacity, head_dim]`. Scores and softmax in f32; at most
+/// `max_len` positions (the shared memory holding the scores).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Array<f32>,
+    keys: &Array<f32>,
+    values: &Array<f32>,
+    out: &mut Array<f32>,
+    row0: usize,
+    start: usize,
+    heads: usize,
+    groups: usize,
+    head_dim: usize,
+    capacity: usize,
+    scale: f32,
+    #[comptime] units: usize,
+    #[comptime] max_len: usize,
+) {
+    let head = CUBE_POS_X as usize;
+    let r = CUBE_POS_Y as usize;
+    let len = start + r + 1;
+    let q_start = (row0 + r) * heads * head_dim + head * head_dim;
+    let cache_start = (head / groups) * capacity * head_dim;
+    let unit = UNIT_POS as usize;
+    let step = CUBE_DIM as usize;
+
+    let mut scores = SharedMemory::<f32>::new(max_len);
+    let mut shared = SharedMemory::<f32>::new(units);
+
+    let mut local_max = f32::new(-3.0e38);
+    let mut p = unit;
+    while p < len {
+        let k_start = cache_start + p * head_dim;
+        let mut dot = 0.0f32;
+        for j in 0..head_dim {
+            dot += q[q_start + j] * keys[k_start + j];
+        }
+        let score = dot * scale;
+        scores[p] = score;
+        local_max = f32::max(local_max, score);
+        p += step;
+    }
+    let max = cube_max(local_max, &mut shared);
+
+    let mut local_sum = 0.0f32;
+    let mut p = unit;
+    while p < len {
+        let e = f32::exp(scores[p] - max);
+        scores[p] = e;
+        local_sum += e;
+        p += step;
+    }
+    // The sum's barriers also make every score visible to every unit.
+    let sum = cube_sum(local_sum, &mut shared);
+
+    let mut j = unit;
+    while j < head_dim {
+        let mut acc = 0.0f32;
+        for p in 0..len {
+            acc += scores[p] * values[cache_start + p * head_dim + j];
+        }
+        out[q_start + j] = acc / sum;
+        j += step;
+    }
+}

@@ -1,0 +1,414 @@
+//! [`CubeKernels`]: the op layer on burn's cubecl backends, run by the kernels of
+//! [`super::kernels`].
+
+use burn::tensor::{DType, FloatDType, Tensor, TensorMetadata, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+use super::kernels;
+use crate::cache::{KvMemory, LayerCache};
+use crate::layers::{Mlp, RmsNorm, Rope};
+use crate::linear::{DenseWeight, Linear, Loader, Weight};
+use crate::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
+use crate::{ComputeDtype, ModelError, Result};
+
+/// Units per cube of the reducing kernels (a power of two).
+const UNITS: usize = 128;
+/// Units per cube of the element-wise kernels.
+const ELEMENTWISE_UNITS: u32 = 256;
+/// Activation rows up to which a linear layer runs the GEMV kernel (each weight read once
+/// per row); more rows (a prefill) run burn's matmul.
+pub const GEMV_MAX_ROWS: usize = 8;
+/// Positions the attention kernel holds scores for (the models' context); a longer cache
+/// runs the reference attention.
+pub const ATTENTION_MAX_LEN: usize = 4096;
+/// Elements per vector of the GEMV's loads.
+const VECTOR: usize = 4;
+/// Cubes along one grid axis (Vulkan guarantees 65,535).
+const GRID_AXIS: usize = 32_768;
+
+/// The decoding kernels on burn's cubecl backends (`CubeBackend<R, ..>`: CUDA, Vulkan, …),
+/// written once in cubecl: GEMV (weights in their float dtype read once, f32 accumulation),
+/// RMSNorm, RoPE, attention over the KV cache, SwiGLU. Activations and the KV cache are
+/// f32. Prefill products (more than [`GEMV_MAX_ROWS`] rows), embeddings, cache writes and
+/// quantized weights run burn's ops ([`Reference`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CubeKernels;
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+impl<R, F, I, BT> DecoderOps<Cube<R, F, I, BT>> for CubeKernels
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn name(&self) -> &'static str {
+        "cube kernels"
+    }
+
+    fn activation_dtype(&self, _weights: ComputeDtype) -> ComputeDtype {
+        ComputeDtype::F32
+    }
+
+    fn load_linear(
+        &self,
+        loader: &Loader<'_, Cube<R, F, I, BT>>,
+        name: &str,
+        out: usize,
+        inputs: usize,
+    ) -> Result<Linear<Cube<R, F, I, BT>>> {
+        if loader.quantization(name, out, inputs)?.is_some() {
+            return Reference.load_linear(loader, name, out, inputs);
+        }
+        let weight = loader.tensor(name, [out, inputs], loader.weights)?;
+        Ok(Linear::new(GemvWeight {
+            dense: DenseWeight::new(weight.clone()),
+            weight,
+        }))
+    }
+
+    fn load_embedding(
+        &self,
+        loader: &Loader<'_, Cube<R, F, I, BT>>,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Linear<Cube<R, F, I, BT>>> {
+        // A tied head multiplies by the table too.
+        self.load_linear(loader, name, vocab, hidden)
+    }
+
+    fn new_layer_cache(
+        &self,
+        heads: Heads,
+        capacity: usize,
+        _dtype: ComputeDtype,
+        device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
+        memory: &KvMemory,
+    ) -> LayerCache<Cube<R, F, I, BT>> {
+        let shape = [1, heads.kv_heads, capacity, heads.head_dim];
+        LayerCache::zeros(shape, ComputeDtype::F32, device, memory)
+    }
+
+    fn embed(
+        &self,
+        table: &Linear<Cube<R, F, I, BT>>,
+        ids: &[u32],
+        _dtype: ComputeDtype,
+        device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        table.rows(ids, ComputeDtype::F32, device)
+    }
+
+    fn rms_norm(
+        &self,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+        norm: &RmsNorm<Cube<R, F, I, BT>>,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        let [rows, cols] = x.dims();
+        let x = f32_cube(x);
+        let weight = f32_cube(norm.weight.clone());
+        let out = empty_like(&x);
+        // SAFETY: one cube per row of `cols` elements; `weight` holds `cols`.
+        unsafe {
+            kernels::rms_norm::launch_unchecked(
+                &x.client,
+                CubeCount::Static(rows as u32, 1, 1),
+                CubeDim::new_1d(UNITS as u32),
+                x.clone().into_array_arg(),
+                weight.into_array_arg(),
+                out.clone().into_array_arg(),
+                cols,
+                norm.eps as f32,
+                UNITS,
+            );
+        }
+        Ok(tensor(out))
+    }
+
+    fn linear(
+        &self,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+        weight: &Linear<Cube<R, F, I, BT>>,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        weight.forward(x)
+    }
+
+    fn rope(
+        &self,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+        heads: usize,
+        rope: &Rope<Cube<R, F, I, BT>>,
+        batch: &[SeqSpan],
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        let [_, width] = x.dims();
+        let positions: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.positions())
+            .map(|p| p as u32)
+            .collect();
+        if positions.iter().any(|&p| p as usize >= rope.positions()) {
+            return Err(ModelError::ContextOverflow {
+                needed: positions.iter().max().map_or(0, |&p| p as usize + 1),
+                limit: rope.positions(),
+                reason: "the RoPE tables' positions",
+            });
+        }
+        let (cos, sin) = rope.tables();
+        let (cos, sin) = (f32_cube(cos), f32_cube(sin));
+        let x = f32_cube(x);
+        let out = empty_like(&x);
+        let positions = upload_u32(&x.client, &positions);
+        let elements = out.meta.num_elements();
+        // SAFETY: one unit per element of `out` (the kernel checks the bound); every
+        // position indexes within the tables (checked above).
+        unsafe {
+            kernels::rope::launch_unchecked(
+                &x.client,
+                elementwise_count(elements),
+                CubeDim::new_1d(ELEMENTWISE_UNITS),
+                x.clone().into_array_arg(),
+                cos.into_array_arg(),
+                sin.into_array_arg(),
+                positions,
+                out.clone().into_array_arg(),
+                width,
+                width / heads,
+            );
+        }
+        Ok(tensor(out))
+    }
+
+    fn attention(
+        &self,
+        q: Tensor<Cube<R, F, I, BT>, 2>,
+        k: Tensor<Cube<R, F, I, BT>, 2>,
+        v: Tensor<Cube<R, F, I, BT>, 2>,
+        heads: Heads,
+        batch: &mut [LayerSeq<'_, Cube<R, F, I, BT>>],
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        let too_long = batch
+            .iter()
+            .any(|s| s.span.start + s.span.len() > ATTENTION_MAX_LEN);
+        if too_long {
+            return Reference.attention(q, k, v, heads, batch);
+        }
+        let d = heads.head_dim;
+        let q = f32_cube(q);
+        let out = empty_like(&q);
+        for seq in batch.iter_mut() {
+            let (rows, n) = (seq.span.rows.clone(), seq.span.len());
+            let split = |t: &Tensor<Cube<R, F, I, BT>, 2>| {
+                t.clone()
+                    .slice([rows.clone(), 0..heads.kv_heads * d])
+                    .reshape([1, n, heads.kv_heads, d])
+                    .swap_dims(1, 2)
+            };
+            crate::ops::reference::append(seq.cache, split(&k), split(&v), seq.span.start)?;
+            let LayerCache::Tensors {
+                keys: Some(keys),
+                values: Some(values),
+                ..
+            } = &*seq.cache
+            else {
+                return Err(ModelError::CacheMismatch(
+                    "the cube kernels need a device cache".into(),
+                ));
+            };
+            let capacity = keys.dims()[2];
+            let (keys, values) = (f32_cube(keys.clone()), f32_cube(values.clone()));
+            // SAFETY: one cube per (head, row of this sequence); rows `rows` of `q` and
+            // `out` exist, positions `..start + n` lie within the cache's capacity (the
+            // write above checked them), and at most ATTENTION_MAX_LEN (checked above).
+            unsafe {
+                kernels::attention::launch_unchecked(
+                    &q.client,
+                    CubeCount::Static(heads.heads as u32, n as u32, 1),
+                    CubeDim::new_1d(UNITS as u32),
+                    q.clone().into_array_arg(),
+                    keys.into_array_arg(),
+                    values.into_array_arg(),
+                    out.clone().into_array_arg(),
+                    rows.start,
+                    seq.span.start,
+                    heads.heads,
+                    heads.heads / heads.kv_heads,
+                    d,
+                    capacity,
+                    1.0 / (d as f32).sqrt(),
+                    UNITS,
+                    ATTENTION_MAX_LEN,
+                );
+            }
+        }
+        Ok(tensor(out))
+    }
+
+    fn swiglu(
+        &self,
+        gate: Tensor<Cube<R, F, I, BT>, 2>,
+        up: Tensor<Cube<R, F, I, BT>, 2>,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        let (gate, up) = (f32_cube(gate), f32_cube(up));
+        let out = empty_like(&gate);
+        let elements = out.meta.num_elements();
+        // SAFETY: one unit per element (bounds checked in the kernel); same shapes.
+        unsafe {
+            kernels::swiglu::launch_unchecked(
+                &gate.client,
+                elementwise_count(elements),
+                CubeDim::new_1d(ELEMENTWISE_UNITS),
+                gate.clone().into_array_arg(),
+                up.into_array_arg(),
+                out.clone().into_array_arg(),
+            );
+        }
+        Ok(tensor(out))
+    }
+
+    fn moe(
+        &self,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+        router: &Linear<Cube<R, F, I, BT>>,
+        experts: &[Mlp<Cube<R, F, I, BT>>],
+        top_k: usize,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        moe::dispatch(self, x, router, experts, top_k)
+    }
+
+    fn lm_head(
+        &self,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+        head: &Linear<Cube<R, F, I, BT>>,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        Ok(head.forward(x)?.cast(FloatDType::F32))
+    }
+}
+
+/// A dense weight on a cubecl backend: a few activation rows run the GEMV kernel, more run
+/// burn's matmul ([`DenseWeight`]).
+#[derive(Debug)]
+struct GemvWeight<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
+    weight: Tensor<Cube<R, F, I, BT>, 2>,
+    dense: DenseWeight<Cube<R, F, I, BT>>,
+}
+
+impl<R, F, I, BT> Weight<Cube<R, F, I, BT>> for GemvWeight<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn shape(&self) -> [usize; 2] {
+        self.weight.dims()
+    }
+
+    fn forward(&self, x: Tensor<Cube<R, F, I, BT>, 2>) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        let [rows, k] = x.dims();
+        let [out, _] = self.weight.dims();
+        if rows > GEMV_MAX_ROWS || k % VECTOR != 0 || x.dtype() != DType::F32 {
+            return self.dense.forward(x);
+        }
+        Ok(tensor(gemv(
+            f32_cube(x),
+            into_contiguous(self.weight.clone().into_primitive().tensor()),
+            rows,
+            out,
+            k,
+        )))
+    }
+
+    fn rows(
+        &self,
+        ids: &[u32],
+        dtype: ComputeDtype,
+        device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
+        self.dense.rows(ids, dtype, device)
+    }
+}
+
+/// `x @ w.T` by the GEMV kernel: `x` `[rows, k]` f32, `w` `[out, k]` contiguous.
+fn gemv<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    rows: usize,
+    out: usize,
+    k: usize,
+) -> CubeTensor<R> {
+    let y = empty_device_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        [rows, out].into(),
+        DType::F32,
+    );
+    let gx = out.min(GRID_AXIS);
+    let gy = out.div_ceil(gx);
+    let dtype = w.dtype;
+    // SAFETY: cubes cover (feature, row) for every feature < out (the kernel drops the
+    // rest) and row < rows; each reads row `feature` of `w` and row `row` of `x`, both of
+    // k / VECTOR vectors, and writes one element of `y` ([rows, out]).
+    unsafe {
+        kernels::gemv::launch_unchecked(
+            &x.client,
+            CubeCount::Static(gx as u32, gy as u32, rows as u32),
+            CubeDim::new_1d(UNITS as u32),
+            VECTOR,
+            x.clone().into_array_arg(),
+            w.into_array_arg(),
+            y.clone().into_array_arg(),
+            k / VECTOR,
+            out,
+            UNITS,
+            dtype.into(),
+        );
+    }
+    y
+}
+
+/// A float tensor as a contiguous f32 cube tensor.
+fn f32_cube<R, F, I, BT, const D: usize>(t: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    into_contiguous(t.cast(FloatDType::F32).into_primitive().tensor())
+}
+
+/// A cube tensor back as a burn tensor.
+fn tensor<R, F, I, BT, const D: usize>(t: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, D>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// An uninitialised tensor of `t`'s shape and dtype on its device.
+fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_device_dtype(t.client.clone(), t.device.clone(), t.shape(), t.dtype)
+}
+
+/// `values` on the device, as a kernel's array argument.
+fn upload_u32<R: CubeRuntime>(client: &ComputeClient<R>, values: &[u32]) -> ArrayArg<R> {
+    let handle = client.create_from_slice(u32::as_bytes(values));
+    // SAFETY: the handle holds exactly `values.len()` u32s.
+    unsafe { ArrayArg::from_raw_parts(handle, values.len()) }
+}
+
+/// Cubes of [`ELEMENTWISE_UNITS`] covering `elements`, within the grid's axis limits.
+fn elementwise_count(elements: usize) -> CubeCount {
+    let cubes = elements.div_ceil(ELEMENTWISE_UNITS as usize).max(1);
+    let gx = cubes.min(GRID_AXIS);
+    CubeCount::Static(gx as u32, cubes.div_ceil(gx) as u32, 1)
+}
