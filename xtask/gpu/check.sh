@@ -43,19 +43,19 @@ say "kernel tests, cold kernel cache"
 export LLMJP_TEST_KERNEL_CACHE=$work/test-cache
 rm -rf "$LLMJP_TEST_KERNEL_CACHE"
 t=$SECONDS
-timeout 240 "$pack/bin/cube-test" --test-threads 1 --nocapture cuda 2>&1 | grep -v "^\s*[0-9]*:\|^\s*at " | tee "$out/tests.txt" | tail -25
+timeout 180 "$pack/bin/cube-test" --test-threads 1 --nocapture cuda 2>&1 | grep -v "^\s*[0-9]*:\|^\s*at " | tee "$out/tests.txt" | tail -25
 echo "kernel tests: rc ${PIPESTATUS[0]}, $((SECONDS - t)) s" | tee -a "$out/tests.txt"
 
 bench() { # name model args...
     local name=$1 model=$2; shift 2
     say "llmjp bench $name"
-    timeout 300 "$llmjp" bench --model "$model" --device cuda --dtype bf16 --format json "$@" \
+    timeout 240 "$llmjp" bench --model "$model" --device cuda --dtype bf16 --format json "$@" \
         2> >(tail -5 >&2) | tail -1 > "$out/$name.json"
     cat "$out/$name.json"
 }
 hf() { # name model
     say "transformers $1"
-    timeout 300 python3 "$root/xtask/bench/hf_bench.py" "$2" --device cuda --dtype bf16 \
+    timeout 200 python3 "$root/xtask/bench/hf_bench.py" "$2" --device cuda --dtype bf16 \
         2> >(tail -3 >&2) | tail -1 > "$out/$1.json"
     cat "$out/$1.json"
 }

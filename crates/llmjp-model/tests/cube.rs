@@ -122,11 +122,18 @@ fn assert_f32_parity<B: DecoderBackend>() {
     }
 }
 
-/// Half-precision weights keep about 3 significant digits: logits agree loosely (the CPU
-/// bf16 tolerance), greedy paths until two candidates are closer than that.
+/// Half-precision weights with f32 activations: the CPU bf16 kernels' tolerances. Weights
+/// stored in bf16 lose nothing: logits within 0.02 and every greedy token; converted ones
+/// within 0.1 and the first token.
 fn assert_half_parity<B: DecoderBackend>(dtype: ComputeDtype) {
-    for (name, err, _) in parity::<B>(dtype) {
-        assert!(err <= 0.25, "{name} {dtype}: {err}");
+    for (name, err, agree) in parity::<B>(dtype) {
+        let stored_bf16 = name.ends_with("-bf16");
+        let (tolerance, needed) = if stored_bf16 { (0.02, 32) } else { (0.1, 1) };
+        assert!(err <= tolerance, "{name} {dtype}: {err}");
+        assert!(
+            agree.iter().all(|&n| n >= needed),
+            "{name} {dtype}: {agree:?}"
+        );
     }
 }
 
@@ -229,5 +236,78 @@ mod cuda {
         if available() {
             assert_kernel_set_is_fixed::<Cuda>();
         }
+    }
+}
+
+/// The cache folder's upkeep (no device needed).
+mod kernel_cache_folder {
+    use super::*;
+    use llmjp_model::cube::kernel_cache::prepare;
+    use std::path::Path;
+
+    const STAMP_FILE: &str = "llmjp-kernel-cache";
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("llmjp-kc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A compilation cache as cubecl 0.10 lays it out: a table of contents naming chunks.
+    fn write_cache(dir: &Path, chunk_exists: bool) -> PathBuf {
+        let spirv = dir.join("compilation/vulkan/0.10.0/spirv");
+        std::fs::create_dir_all(&spirv).unwrap();
+        std::fs::write(
+            spirv.join("toc.json.log"),
+            "{\"key\":[1,2],\"value\":\"chunk0.cbor\"}\n",
+        )
+        .unwrap();
+        if chunk_exists {
+            std::fs::write(spirv.join("chunk0.cbor"), b"\xa0").unwrap();
+        }
+        spirv
+    }
+
+    #[test]
+    fn a_fresh_folder_is_cold_and_stamped() {
+        let dir = scratch("fresh");
+        assert!(prepare(&dir).unwrap());
+        let stamp = std::fs::read_to_string(dir.join(STAMP_FILE)).unwrap();
+        assert!(stamp.starts_with("llmjp-model "), "{stamp}");
+    }
+
+    #[test]
+    fn a_consistent_cache_of_this_version_is_kept_warm() {
+        let dir = scratch("warm");
+        prepare(&dir).unwrap();
+        let spirv = write_cache(&dir, true);
+        assert!(!prepare(&dir).unwrap(), "a cache with kernels is warm");
+        assert!(spirv.join("chunk0.cbor").is_file());
+    }
+
+    #[test]
+    fn another_versions_cache_is_emptied() {
+        let dir = scratch("stale");
+        write_cache(&dir, true);
+        std::fs::write(dir.join(STAMP_FILE), "llmjp-model 0.0.0, cubecl 0.9\n").unwrap();
+        assert!(prepare(&dir).unwrap(), "emptied, so cold");
+        assert!(!dir.join("compilation").exists());
+    }
+
+    #[test]
+    fn a_table_of_contents_naming_a_missing_chunk_empties_the_cache() {
+        // cubecl panics on such a cache; it is rebuilt instead.
+        let dir = scratch("corrupt");
+        prepare(&dir).unwrap();
+        write_cache(&dir, false);
+        assert!(prepare(&dir).unwrap());
+        assert!(!dir.join("compilation").exists());
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_made_is_an_error_for_the_caller_to_report() {
+        let file = scratch("file");
+        std::fs::write(&file, "not a folder").unwrap();
+        assert!(prepare(&file.join("cubecl")).is_err());
     }
 }

@@ -69,9 +69,10 @@ pub fn configured() -> Option<&'static KernelCache> {
     CONFIGURED.get()
 }
 
-/// Makes the folder, empties it when another version wrote it or its compilation cache is
-/// inconsistent; returns whether it holds no cached kernels.
-fn prepare(dir: &Path) -> std::io::Result<bool> {
+/// Makes a cache folder ready for use ([`configure`] calls it): makes it, empties it when
+/// another version wrote it or its compilation cache names missing files (cubecl would
+/// panic on those), and returns whether it holds no compiled kernels (a cold start).
+pub fn prepare(dir: &Path) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let stamp = dir.join(STAMP_FILE);
     let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s == STAMP);

@@ -89,6 +89,124 @@ pub fn gemv<W: Float, N: Size>(
     }
 }
 
+/// Rows of a [`gemm`] tile.
+pub const GEMM_ROWS: usize = 32;
+/// Output features of a [`gemm`] tile.
+pub const GEMM_FEATURES: usize = 64;
+/// Inputs per step of a [`gemm`] tile.
+const GEMM_DEPTH: usize = 16;
+
+/// `y = x @ w.T` for many activation rows (a prefill): tiles of [`GEMM_ROWS`] ×
+/// [`GEMM_FEATURES`] per cube of 16 × 16 units, each unit computing 2 rows × 4 features,
+/// the inputs staged in shared memory [`GEMM_DEPTH`] at a time, weights converted to f32
+/// as they are staged, f32 accumulation (no tensor cores: exact f32 products, as the CPU).
+///
+/// `x`: `[rows, k]` f32; `w`: `[out, k]` in `W`; `y`: `[rows, out]` f32. The cube count
+/// is `(out / GEMM_FEATURES, rows / GEMM_ROWS)`, rounded up; the cube dim `(16, 16)`.
+#[cube(launch_unchecked)]
+pub fn gemm<W: Float>(
+    x: &Array<f32>,
+    w: &Array<W>,
+    y: &mut Array<f32>,
+    rows: usize,
+    k: usize,
+    out_features: usize,
+    #[define(W)] _weights: StorageType,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let row0 = CUBE_POS_Y as usize * GEMM_ROWS;
+    let feature0 = CUBE_POS_X as usize * GEMM_FEATURES;
+    let mut xs = SharedMemory::<f32>::new(GEMM_ROWS * GEMM_DEPTH);
+    let mut ws = SharedMemory::<f32>::new(GEMM_DEPTH * GEMM_FEATURES);
+
+    let mut a00 = 0.0f32;
+    let mut a01 = 0.0f32;
+    let mut a02 = 0.0f32;
+    let mut a03 = 0.0f32;
+    let mut a10 = 0.0f32;
+    let mut a11 = 0.0f32;
+    let mut a12 = 0.0f32;
+    let mut a13 = 0.0f32;
+
+    let mut k0 = 0usize;
+    while k0 < k {
+        // Stage x: 32 × 16 values, two per unit; w: 64 × 16, four per unit, transposed.
+        #[unroll]
+        for i in 0..2usize {
+            let e = unit + i * 256usize;
+            let (r, c) = (e / GEMM_DEPTH, e % GEMM_DEPTH);
+            let mut v = 0.0f32;
+            if row0 + r < rows && k0 + c < k {
+                v = x[(row0 + r) * k + k0 + c];
+            }
+            xs[r * GEMM_DEPTH + c] = v;
+        }
+        #[unroll]
+        for i in 0..4usize {
+            let e = unit + i * 256usize;
+            let (f, c) = (e / GEMM_DEPTH, e % GEMM_DEPTH);
+            let mut v = 0.0f32;
+            if feature0 + f < out_features && k0 + c < k {
+                v = f32::cast_from(w[(feature0 + f) * k + k0 + c]);
+            }
+            ws[c * GEMM_FEATURES + f] = v;
+        }
+        sync_cube();
+        #[unroll]
+        for kk in 0..GEMM_DEPTH {
+            let x0 = xs[(ty * 2) * GEMM_DEPTH + kk];
+            let x1 = xs[(ty * 2 + 1) * GEMM_DEPTH + kk];
+            let wb = kk * GEMM_FEATURES + tx * 4;
+            let (w0, w1, w2, w3) = (ws[wb], ws[wb + 1], ws[wb + 2], ws[wb + 3]);
+            a00 += x0 * w0;
+            a01 += x0 * w1;
+            a02 += x0 * w2;
+            a03 += x0 * w3;
+            a10 += x1 * w0;
+            a11 += x1 * w1;
+            a12 += x1 * w2;
+            a13 += x1 * w3;
+        }
+        sync_cube();
+        k0 += GEMM_DEPTH;
+    }
+
+    let r = row0 + ty * 2;
+    let f = feature0 + tx * 4;
+    if r < rows {
+        let base = r * out_features;
+        if f < out_features {
+            y[base + f] = a00;
+        }
+        if f + 1 < out_features {
+            y[base + f + 1] = a01;
+        }
+        if f + 2 < out_features {
+            y[base + f + 2] = a02;
+        }
+        if f + 3 < out_features {
+            y[base + f + 3] = a03;
+        }
+    }
+    if r + 1 < rows {
+        let base = (r + 1) * out_features;
+        if f < out_features {
+            y[base + f] = a10;
+        }
+        if f + 1 < out_features {
+            y[base + f + 1] = a11;
+        }
+        if f + 2 < out_features {
+            y[base + f + 2] = a12;
+        }
+        if f + 3 < out_features {
+            y[base + f + 3] = a13;
+        }
+    }
+}
+
 /// RMSNorm of each row (one cube per row): `x / sqrt(mean(x²) + eps) * weight`, as the
 /// reference computes it in f32.
 #[cube(launch_unchecked)]

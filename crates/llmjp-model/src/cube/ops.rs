@@ -20,7 +20,7 @@ const UNITS: usize = 128;
 /// Units per cube of the element-wise kernels.
 const ELEMENTWISE_UNITS: u32 = 256;
 /// Activation rows up to which a linear layer runs the GEMV kernel (each weight read once
-/// per row); more rows (a prefill) run burn's matmul.
+/// per row); more rows (a prefill) run the tiled GEMM kernel.
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Positions the attention kernel holds scores for (the models' context); a longer cache
 /// runs the reference attention.
@@ -31,10 +31,11 @@ const VECTOR: usize = 4;
 const GRID_AXIS: usize = 32_768;
 
 /// The decoding kernels on burn's cubecl backends (`CubeBackend<R, ..>`: CUDA, Vulkan, …),
-/// written once in cubecl: GEMV (weights in their float dtype read once, f32 accumulation),
-/// RMSNorm, RoPE, attention over the KV cache, SwiGLU. Activations and the KV cache are
-/// f32. Prefill products (more than [`GEMV_MAX_ROWS`] rows), embeddings, cache writes and
-/// quantized weights run burn's ops ([`Reference`]).
+/// written once in cubecl: GEMV for decode (weights in their float dtype read once, f32
+/// accumulation), a tiled GEMM for prefill (more than [`GEMV_MAX_ROWS`] rows; f32 products,
+/// no tensor cores), RMSNorm, RoPE, attention over the KV cache, SwiGLU. Activations and
+/// the KV cache are f32. Embeddings, cache writes, MoE routing and quantized weights run
+/// burn's ops ([`Reference`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CubeKernels;
 
@@ -290,8 +291,8 @@ where
     }
 }
 
-/// A dense weight on a cubecl backend: a few activation rows run the GEMV kernel, more run
-/// burn's matmul ([`DenseWeight`]).
+/// A dense weight on a cubecl backend: a few activation rows run the GEMV kernel, more the
+/// GEMM kernel ([`DenseWeight`]'s burn matmul only for activations that are not f32).
 #[derive(Debug)]
 struct GemvWeight<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
     weight: Tensor<Cube<R, F, I, BT>, 2>,
@@ -312,16 +313,18 @@ where
     fn forward(&self, x: Tensor<Cube<R, F, I, BT>, 2>) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
         let [rows, k] = x.dims();
         let [out, _] = self.weight.dims();
-        if rows > GEMV_MAX_ROWS || k % VECTOR != 0 || x.dtype() != DType::F32 {
+        if x.dtype() != DType::F32 {
             return self.dense.forward(x);
         }
-        Ok(tensor(gemv(
+        let (x, w) = (
             f32_cube(x),
             into_contiguous(self.weight.clone().into_primitive().tensor()),
-            rows,
-            out,
-            k,
-        )))
+        );
+        Ok(tensor(if rows <= GEMV_MAX_ROWS && k % VECTOR == 0 {
+            gemv(x, w, rows, out, k)
+        } else {
+            gemm(x, w, rows, out, k)
+        }))
     }
 
     fn rows(
@@ -366,6 +369,45 @@ fn gemv<R: CubeRuntime>(
             k / VECTOR,
             out,
             UNITS,
+            dtype.into(),
+        );
+    }
+    y
+}
+
+/// `x @ w.T` by the tiled GEMM kernel: `x` `[rows, k]` f32, `w` `[out, k]` contiguous.
+fn gemm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    rows: usize,
+    out: usize,
+    k: usize,
+) -> CubeTensor<R> {
+    let y = empty_device_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        [rows, out].into(),
+        DType::F32,
+    );
+    let dtype = w.dtype;
+    let count = CubeCount::Static(
+        out.div_ceil(kernels::GEMM_FEATURES) as u32,
+        rows.div_ceil(kernels::GEMM_ROWS) as u32,
+        1,
+    );
+    // SAFETY: the tiles cover [rows, out]; the kernel bounds every read of `x` ([rows, k])
+    // and `w` ([out, k]) and every write of `y` ([rows, out]).
+    unsafe {
+        kernels::gemm::launch_unchecked(
+            &x.client,
+            count,
+            CubeDim::new_2d(16, 16),
+            x.clone().into_array_arg(),
+            w.into_array_arg(),
+            y.clone().into_array_arg(),
+            rows,
+            k,
+            out,
             dtype.into(),
         );
     }
