@@ -14,8 +14,8 @@ use crate::Result;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Longest prompt to prepare for: prefills of 16, 32, 64, … tokens up to this run once
-    /// (burn's matmul is autotuned per power-of-two size class).
+    /// Longest prompt to prepare for: prefills of 1, 16, 32, … tokens up to this run once
+    /// (whatever burn's ops autotune is tuned per power-of-two size class).
     #[arg(long, default_value_t = 512)]
     max_prompt: usize,
 }

@@ -48,8 +48,11 @@
 //!
 //! # Features
 //!
-//! - `cuda`: the burn-cuda backend, `backend::Cuda`. It compiles without a CUDA toolkit
-//!   (docs.rs builds it); running needs a driver and NVRTC. Off by default.
+//! - `cuda`: the burn-cuda backend, `backend::Cuda`, running the cubecl kernels of the
+//!   `cube` module, with persistent kernel caches. It compiles without a CUDA toolkit (docs.rs
+//!   builds it); running needs a driver and NVRTC. Off by default.
+//! - `vulkan`: the same kernels on any Vulkan device, `backend::Vulkan` (burn-wgpu's SPIR-V
+//!   path): Mesa's lavapipe runs them on a CPU, where CI tests them. Off by default.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
