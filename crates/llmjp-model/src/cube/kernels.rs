@@ -30,7 +30,7 @@ fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     total
 }
 
-/// The maximum of `value` over the cube's units (as [`cube_sum`]).
+/// The maximum of `value` over the cube's units (as `cube_sum`).
 #[cube]
 fn cube_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     let unit = UNIT_POS as usize;
@@ -89,16 +89,16 @@ pub fn gemv<W: Float, N: Size>(
     }
 }
 
-/// Rows of a [`gemm`] tile.
+/// Rows of a `gemm` tile.
 pub const GEMM_ROWS: usize = 32;
-/// Output features of a [`gemm`] tile.
+/// Output features of a `gemm` tile.
 pub const GEMM_FEATURES: usize = 64;
-/// Inputs per step of a [`gemm`] tile.
-const GEMM_DEPTH: usize = 16;
+/// Inputs per step of a `gemm` tile.
+pub const GEMM_DEPTH: usize = 16;
 
-/// `y = x @ w.T` for many activation rows (a prefill): tiles of [`GEMM_ROWS`] ×
-/// [`GEMM_FEATURES`] per cube of 16 × 16 units, each unit computing 2 rows × 4 features,
-/// the inputs staged in shared memory [`GEMM_DEPTH`] at a time, weights converted to f32
+/// `y = x @ w.T` for many activation rows (a prefill): tiles of `GEMM_ROWS` ×
+/// `GEMM_FEATURES` per cube of 16 × 16 units, each unit computing 2 rows × 4 features,
+/// the inputs staged in shared memory `GEMM_DEPTH` at a time, weights converted to f32
 /// as they are staged, f32 accumulation (no tensor cores: exact f32 products, as the CPU).
 ///
 /// `x`: `[rows, k]` f32; `w`: `[out, k]` in `W`; `y`: `[rows, out]` f32. The cube count
