@@ -67,10 +67,7 @@ where
             return Reference.load_linear(loader, name, out, inputs);
         }
         let weight = loader.tensor(name, [out, inputs], loader.weights)?;
-        Ok(Linear::new(GemvWeight {
-            dense: DenseWeight::new(weight.clone()),
-            weight,
-        }))
+        Ok(Linear::new(GemvWeight { weight }))
     }
 
     fn load_embedding(
@@ -296,7 +293,19 @@ where
 #[derive(Debug)]
 struct GemvWeight<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
     weight: Tensor<Cube<R, F, I, BT>, 2>,
-    dense: DenseWeight<Cube<R, F, I, BT>>,
+}
+
+impl<R, F, I, BT> GemvWeight<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    /// The same tensor behind burn's ops (shares the device memory).
+    fn dense(&self) -> DenseWeight<Cube<R, F, I, BT>> {
+        DenseWeight::new(self.weight.clone())
+    }
 }
 
 impl<R, F, I, BT> Weight<Cube<R, F, I, BT>> for GemvWeight<R, F, I, BT>
@@ -314,7 +323,7 @@ where
         let [rows, k] = x.dims();
         let [out, _] = self.weight.dims();
         if x.dtype() != DType::F32 {
-            return self.dense.forward(x);
+            return self.dense().forward(x);
         }
         let (x, w) = (
             f32_cube(x),
@@ -333,7 +342,7 @@ where
         dtype: ComputeDtype,
         device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
-        self.dense.rows(ids, dtype, device)
+        self.dense().rows(ids, dtype, device)
     }
 }
 
@@ -345,12 +354,7 @@ fn gemv<R: CubeRuntime>(
     out: usize,
     k: usize,
 ) -> CubeTensor<R> {
-    let y = empty_device_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        [rows, out].into(),
-        DType::F32,
-    );
+    let y = empty_f32(&x, [rows, out]);
     let gx = out.min(GRID_AXIS);
     let gy = out.div_ceil(gx);
     let dtype = w.dtype;
@@ -383,12 +387,7 @@ fn gemm<R: CubeRuntime>(
     out: usize,
     k: usize,
 ) -> CubeTensor<R> {
-    let y = empty_device_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        [rows, out].into(),
-        DType::F32,
-    );
+    let y = empty_f32(&x, [rows, out]);
     let dtype = w.dtype;
     let count = CubeCount::Static(
         out.div_ceil(kernels::GEMM_FEATURES) as u32,
@@ -434,6 +433,16 @@ where
     BT: BoolElement,
 {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// An uninitialised f32 tensor of `shape` on `like`'s device.
+fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 2]) -> CubeTensor<R> {
+    empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        DType::F32,
+    )
 }
 
 /// An uninitialised tensor of `t`'s shape and dtype on its device.
