@@ -39,6 +39,12 @@ pub trait Weight<B: Backend>: fmt::Debug + Send + Sync {
 
     /// Rows `ids` of the matrix (an embedding lookup), `[ids.len(), in]` in `dtype`.
     fn rows(&self, ids: &[u32], dtype: ComputeDtype, device: &B::Device) -> Result<Tensor<B, 2>>;
+
+    /// The `[out, in]` float tensor itself, for a format that is one (what a fused
+    /// kernel reads directly); `None` for the others.
+    fn dense(&self) -> Option<&Tensor<B, 2>> {
+        None
+    }
 }
 
 /// A bias-free linear layer (or an embedding table, or a head tied to one): a shared
@@ -66,6 +72,11 @@ impl<B: Backend> Linear<B> {
     /// `x @ w.T`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
         self.0.forward(x)
+    }
+
+    /// The weight as a plain float tensor, where its format is one ([`Weight::dense`]).
+    pub fn dense(&self) -> Option<&Tensor<B, 2>> {
+        self.0.dense()
     }
 
     /// Rows `ids` (an embedding lookup).
@@ -114,6 +125,10 @@ impl<B: Backend> Weight<B> for DenseWeight<B> {
         let n = ids.len();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
         Ok(self.weight.clone().select(0, ids).cast(dtype.float()))
+    }
+
+    fn dense(&self) -> Option<&Tensor<B, 2>> {
+        Some(&self.weight)
     }
 }
 

@@ -2,16 +2,24 @@
 //! with `--features cuda` (f32 and bf16; skipped with a message without a driver), and on
 //! any Vulkan device with `--features vulkan` (f32 and f16: Mesa's lavapipe runs them on the
 //! CPU in CI; skipped without a Vulkan driver). Also: the set of compiled kernels does not
-//! grow with the prompt or the output length, and a second process finds them cached.
+//! grow with the prompt or the output length, and a second process finds them cached; the
+//! attention kernels (per row and split over positions) match attention's definition, and
+//! the device MoE step the host dispatch.
 #![cfg(any(feature = "cuda", feature = "vulkan"))]
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
 use llmjp_model::backend::DecoderBackend;
+use llmjp_model::cache::LayerCache;
 use llmjp_model::cube::kernel_cache::{self, KernelCache};
-use llmjp_model::{read_f32, CausalLm, ComputeDtype};
+use llmjp_model::cube::{kernels, CubeKernels, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
+use llmjp_model::layers::Mlp;
+use llmjp_model::linear::{DenseWeight, Linear};
+use llmjp_model::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
+use llmjp_model::{read_f32, CausalLm, ComputeDtype, KvMemory};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference, MODEL_FIXTURES as FIXTURES};
 
 /// One kernel cache per test process, in the target folder; the tests take turns (the
@@ -157,6 +165,168 @@ fn assert_kernel_set_is_fixed<B: DecoderBackend>() {
     );
 }
 
+/// A random `[rows, cols]` f32 tensor.
+fn random<B: Backend>(rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Causal attention as defined, on the host: `q` `[rows, heads * d]`; `keys`, `values`
+/// `[kv_heads, positions, d]` of one sequence whose rows `rows` stand from `start`.
+fn host_attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    heads: Heads,
+    positions: usize,
+    rows: std::ops::Range<usize>,
+    start: usize,
+    out: &mut [f32],
+) {
+    let (h, d) = (heads.heads, heads.head_dim);
+    let groups = heads.heads / heads.kv_heads;
+    for (i, row) in rows.enumerate() {
+        for head in 0..h {
+            let qv = &q[(row * h + head) * d..][..d];
+            let kv = head / groups;
+            let seen = start + i + 1;
+            let scores: Vec<f32> = (0..seen)
+                .map(|p| {
+                    let k = &keys[(kv * positions + p) * d..][..d];
+                    qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (d as f32).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for j in 0..d {
+                let acc: f32 = (0..seen)
+                    .map(|p| e[p] * values[(kv * positions + p) * d + j])
+                    .sum();
+                out[(row * h + head) * d + j] = acc / sum;
+            }
+        }
+    }
+}
+
+/// The kernels' attention against its definition: prefill rows (one cube per row), decode
+/// steps and caches past one cube's scores (split over chunks of positions, combined),
+/// chunk edges, grouped heads, two sequences in one batch.
+fn assert_attention_matches_definition<B: DecoderBackend>()
+where
+    CubeKernels: DecoderOps<B>,
+{
+    let device = B::Device::default();
+    let heads = Heads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+    let (d, capacity) = (heads.head_dim, ATTENTION_MAX_LEN + 300);
+    let memory = KvMemory::default();
+    // (first position, rows) of each sequence of a batch.
+    let cases: [&[(usize, usize)]; 6] = [
+        &[(0, 5)],
+        &[(100, 30)],
+        &[(700, 1)],
+        &[(ATTENTION_MAX_LEN + 200, 1)],
+        &[(ATTENTION_MAX_LEN - 10, 20)],
+        &[(511, 2), (kernels::ATTENTION_CHUNK, 1)],
+    ];
+    for case in cases {
+        let rows: usize = case.iter().map(|&(_, n)| n).sum();
+        let q = random::<B>(rows, heads.heads * d, &device);
+        let k = random::<B>(rows, heads.kv_heads * d, &device);
+        let v = random::<B>(rows, heads.kv_heads * d, &device);
+        let mut caches = Vec::new();
+        let mut spans = Vec::new();
+        for &(start, n) in case {
+            let mut cache =
+                CubeKernels.new_layer_cache(heads, capacity, ComputeDtype::F32, &device, &memory);
+            if let LayerCache::Tensors { keys, values, .. } = &mut cache {
+                let shape = [1, heads.kv_heads, capacity, d];
+                *keys = Some(random::<B>(capacity, 2 * d, &device).reshape(shape));
+                *values = Some(random::<B>(capacity, 2 * d, &device).reshape(shape));
+            }
+            let first = spans.last().map_or(0, |s: &SeqSpan| s.rows.end);
+            spans.push(SeqSpan {
+                rows: first..first + n,
+                start,
+            });
+            caches.push(cache);
+        }
+        let mut batch: Vec<_> = spans
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(span, cache)| LayerSeq {
+                span: span.clone(),
+                cache,
+            })
+            .collect();
+        let got = CubeKernels
+            .attention(q.clone(), k, v, heads, &mut batch)
+            .unwrap();
+        let got = read_f32(got).unwrap();
+        // The caches as written (the new rows in place) define the expected result.
+        let q = read_f32(q).unwrap();
+        let mut expected = vec![0f32; got.len()];
+        for (span, cache) in spans.iter().zip(&caches) {
+            let LayerCache::Tensors {
+                keys: Some(keys),
+                values: Some(values),
+                ..
+            } = cache
+            else {
+                panic!("a device cache");
+            };
+            let (keys, values) = (
+                read_f32(keys.clone()).unwrap(),
+                read_f32(values.clone()).unwrap(),
+            );
+            host_attention(
+                &q,
+                &keys,
+                &values,
+                heads,
+                capacity,
+                span.rows.clone(),
+                span.start,
+                &mut expected,
+            );
+        }
+        let err = max_abs_diff(&got, &expected);
+        eprintln!("attention {case:?}: max abs error {err:.2e}");
+        assert!(err <= 1e-4, "{case:?}: {err}");
+    }
+}
+
+/// A decode step's mixture of experts on the device (routing, experts, weighted sum)
+/// against the host dispatch on the reference ops, for top-1 and top-2 and several rows.
+fn assert_device_moe_matches_dispatch<B: DecoderBackend>()
+where
+    CubeKernels: DecoderOps<B>,
+{
+    let device = B::Device::default();
+    let (hidden, inter, experts) = (32, 48, 8);
+    let linear = |out, inputs| Linear::new(DenseWeight::new(random::<B>(out, inputs, &device)));
+    let router = linear(experts, hidden);
+    let mlps: Vec<Mlp<B>> = (0..experts)
+        .map(|_| Mlp {
+            gate: linear(inter, hidden),
+            up: linear(inter, hidden),
+            down: linear(hidden, inter),
+        })
+        .collect();
+    for (rows, top_k) in [(1, 2), (5, 2), (GEMV_MAX_ROWS, 1)] {
+        let x = random::<B>(rows, hidden, &device);
+        let expected = moe::dispatch(&Reference, x.clone(), &router, &mlps, top_k).unwrap();
+        let got = CubeKernels.moe(x, &router, &mlps, top_k).unwrap();
+        let err = max_abs_diff(&read_f32(got).unwrap(), &read_f32(expected).unwrap());
+        eprintln!("moe rows {rows} top-{top_k}: max abs error {err:.2e}");
+        assert!(err <= 1e-3, "rows {rows} top-{top_k}: {err}");
+    }
+}
+
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use super::*;
@@ -199,6 +369,22 @@ mod vulkan {
             assert_kernel_set_is_fixed::<Vulkan>();
         }
     }
+
+    #[test]
+    fn attention_matches_its_definition_on_vulkan() {
+        let _turn = setup();
+        if available() {
+            assert_attention_matches_definition::<Vulkan>();
+        }
+    }
+
+    #[test]
+    fn device_moe_matches_the_host_dispatch_on_vulkan() {
+        let _turn = setup();
+        if available() {
+            assert_device_moe_matches_dispatch::<Vulkan>();
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -235,6 +421,22 @@ mod cuda {
         let _turn = setup();
         if available() {
             assert_kernel_set_is_fixed::<Cuda>();
+        }
+    }
+
+    #[test]
+    fn attention_matches_its_definition_on_cuda() {
+        let _turn = setup();
+        if available() {
+            assert_attention_matches_definition::<Cuda>();
+        }
+    }
+
+    #[test]
+    fn device_moe_matches_the_host_dispatch_on_cuda() {
+        let _turn = setup();
+        if available() {
+            assert_device_moe_matches_dispatch::<Cuda>();
         }
     }
 }

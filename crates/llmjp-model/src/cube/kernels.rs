@@ -339,3 +339,301 @@ pub fn attention(
         j += step;
     }
 }
+
+/// Positions per cube of `attention_partial` (the scores it holds in shared memory).
+pub const ATTENTION_CHUNK: usize = 256;
+
+/// Split-K (flash-decoding) attention, first pass: one cube per (head, query row, chunk
+/// of `ATTENTION_CHUNK` positions) computes its chunk's scores, their maximum `m`, the sum
+/// of `exp(score - m)` and the values weighted by those, unnormalised. Chunks past a row's
+/// length do nothing (`attention_combine` reads only the row's own).
+///
+/// `q`: `[rows, heads * head_dim]` (the sequence's rows begin at `row0`); `keys`,
+/// `values`: `[kv_heads, capacity, head_dim]`; `maxes`, `sums`: `[n, heads, chunks]`;
+/// `partial`: `[n, heads, chunks, head_dim]`, for the sequence's `n` rows. The cube count
+/// is `(heads, n, chunks)`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_partial(
+    q: &Array<f32>,
+    keys: &Array<f32>,
+    values: &Array<f32>,
+    maxes: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    partial: &mut Array<f32>,
+    row0: usize,
+    start: usize,
+    heads: usize,
+    groups: usize,
+    head_dim: usize,
+    capacity: usize,
+    scale: f32,
+    #[comptime] units: usize,
+) {
+    let head = CUBE_POS_X as usize;
+    let r = CUBE_POS_Y as usize;
+    let chunk = CUBE_POS_Z as usize;
+    let chunks = CUBE_COUNT_Z as usize;
+    let len = start + r + 1;
+    let first = chunk * ATTENTION_CHUNK;
+    if first >= len {
+        terminate!();
+    }
+    let mut end = first + ATTENTION_CHUNK;
+    if end > len {
+        end = len;
+    }
+    let q_start = (row0 + r) * heads * head_dim + head * head_dim;
+    let cache_start = (head / groups) * capacity * head_dim;
+    let slot = (r * heads + head) * chunks + chunk;
+    let unit = UNIT_POS as usize;
+    let step = CUBE_DIM as usize;
+
+    let mut scores = SharedMemory::<f32>::new(ATTENTION_CHUNK);
+    let mut shared = SharedMemory::<f32>::new(units);
+
+    let mut local_max = f32::new(-3.0e38);
+    let mut p = first + unit;
+    while p < end {
+        let k_start = cache_start + p * head_dim;
+        let mut dot = 0.0f32;
+        for j in 0..head_dim {
+            dot += q[q_start + j] * keys[k_start + j];
+        }
+        let score = dot * scale;
+        scores[p - first] = score;
+        local_max = f32::max(local_max, score);
+        p += step;
+    }
+    let max = cube_max(local_max, &mut shared);
+
+    let mut local_sum = 0.0f32;
+    let mut p = first + unit;
+    while p < end {
+        let e = f32::exp(scores[p - first] - max);
+        scores[p - first] = e;
+        local_sum += e;
+        p += step;
+    }
+    // The sum's barriers also make every score visible to every unit.
+    let sum = cube_sum(local_sum, &mut shared);
+    if unit == 0 {
+        maxes[slot] = max;
+        sums[slot] = sum;
+    }
+
+    let mut j = unit;
+    while j < head_dim {
+        let mut acc = 0.0f32;
+        for p in first..end {
+            acc += scores[p - first] * values[cache_start + p * head_dim + j];
+        }
+        partial[slot * head_dim + j] = acc;
+        j += step;
+    }
+}
+
+/// Split-K attention, second pass: one cube per (head, query row) rescales its chunks'
+/// partial results to their common maximum and normalises: the softmax-weighted values.
+/// Shapes as `attention_partial`; the cube count is `(heads, n)`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_combine(
+    maxes: &Array<f32>,
+    sums: &Array<f32>,
+    partial: &Array<f32>,
+    out: &mut Array<f32>,
+    row0: usize,
+    start: usize,
+    heads: usize,
+    head_dim: usize,
+    chunks: usize,
+) {
+    let head = CUBE_POS_X as usize;
+    let r = CUBE_POS_Y as usize;
+    let len = start + r + 1;
+    // Chunks holding the row's positions (len ≥ 1).
+    let used = (len - 1) / ATTENTION_CHUNK + 1;
+    let base = (r * heads + head) * chunks;
+
+    let mut max = f32::new(-3.0e38);
+    for c in 0..used {
+        max = f32::max(max, maxes[base + c]);
+    }
+    let mut sum = 0.0f32;
+    for c in 0..used {
+        sum += sums[base + c] * f32::exp(maxes[base + c] - max);
+    }
+    let out_start = (row0 + r) * heads * head_dim + head * head_dim;
+    let mut j = UNIT_POS as usize;
+    while j < head_dim {
+        let mut acc = 0.0f32;
+        for c in 0..used {
+            acc += partial[(base + c) * head_dim + j] * f32::exp(maxes[base + c] - max);
+        }
+        out[out_start + j] = acc / sum;
+        j += CUBE_DIM as usize;
+    }
+}
+
+/// Mixture-of-experts routing on the device, one unit per row: a softmax over the row's
+/// router logits in f32, the `top_k` most probable experts (ties to the lower index),
+/// their probabilities renormalised to sum to one — as the host's `moe::route`. At most
+/// 32 experts (a bit mask tracks the chosen).
+///
+/// `logits`: `[rows, experts]`; `chosen` (expert indices), `weights`: `[rows, top_k]`.
+#[cube(launch_unchecked)]
+pub fn moe_route(
+    logits: &Array<f32>,
+    chosen: &mut Array<u32>,
+    weights: &mut Array<f32>,
+    rows: usize,
+    experts: usize,
+    top_k: usize,
+) {
+    let row = ABSOLUTE_POS;
+    if row < rows {
+        let base = row * experts;
+        let mut max = f32::new(-3.0e38);
+        for e in 0..experts {
+            max = f32::max(max, logits[base + e]);
+        }
+        let mut sum = 0.0f32;
+        for e in 0..experts {
+            sum += f32::exp(logits[base + e] - max);
+        }
+        let mut taken = 0u32;
+        let mut total = 0.0f32;
+        for slot in 0..top_k {
+            // The most probable expert not yet taken; the first on a tie.
+            let mut best = 0usize;
+            let mut best_p = f32::new(-1.0);
+            for e in 0..experts {
+                let p = f32::exp(logits[base + e] - max) / sum;
+                let free = (taken >> e as u32) & 1u32 == 0u32;
+                if free && p > best_p {
+                    best = e;
+                    best_p = p;
+                }
+            }
+            taken |= 1u32 << best as u32;
+            chosen[row * top_k + slot] = best as u32;
+            weights[row * top_k + slot] = best_p;
+            total += best_p;
+        }
+        for slot in 0..top_k {
+            weights[row * top_k + slot] = weights[row * top_k + slot] / total;
+        }
+    }
+}
+
+/// The slot of `expert` among `row`'s chosen experts, or `top_k` if the row did not
+/// choose it.
+#[cube]
+fn moe_slot(chosen: &Array<u32>, row: usize, top_k: usize, expert: u32) -> usize {
+    let mut slot = top_k;
+    for s in 0..top_k {
+        if chosen[row * top_k + s] == expert {
+            slot = s;
+        }
+    }
+    slot
+}
+
+/// One expert's SwiGLU input half for the rows that chose it: `h = silu(x @ gate.T) *
+/// (x @ up.T)`, each dot as `gemv` computes it; cubes of rows that did not choose
+/// `expert` return at once (its weights are read only for rows that use it).
+///
+/// `x`: `[rows, k]` f32; `gate`, `up`: `[out, k]` in `W`; `h`: `[rows, out]` f32;
+/// `chosen`: `[rows, top_k]`. The cube count is `(gx, gy, rows)` with `gx * gy >= out`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn moe_gate_up<W: Float, N: Size>(
+    x: &Array<Vector<f32, N>>,
+    gate: &Array<Vector<W, N>>,
+    up: &Array<Vector<W, N>>,
+    chosen: &Array<u32>,
+    h: &mut Array<f32>,
+    expert: u32,
+    top_k: usize,
+    k_vectors: usize,
+    out_features: usize,
+    #[comptime] units: usize,
+    #[define(W)] _weights: StorageType,
+) {
+    let feature = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let row = CUBE_POS_Z as usize;
+    if feature >= out_features || moe_slot(chosen, row, top_k, expert) == top_k {
+        terminate!();
+    }
+    let w_start = feature * k_vectors;
+    let x_start = row * k_vectors;
+    let mut g = Vector::<f32, N>::new(0.0);
+    let mut u = Vector::<f32, N>::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < k_vectors {
+        let xv = x[x_start + i];
+        g += Vector::<f32, N>::cast_from(gate[w_start + i]) * xv;
+        u += Vector::<f32, N>::cast_from(up[w_start + i]) * xv;
+        i += CUBE_DIM as usize;
+    }
+    let mut g_partial = 0.0f32;
+    let mut u_partial = 0.0f32;
+    #[unroll]
+    for lane in 0..N::value() {
+        g_partial += g[lane];
+        u_partial += u[lane];
+    }
+    let mut shared = SharedMemory::<f32>::new(units);
+    let g_total = cube_sum(g_partial, &mut shared);
+    let u_total = cube_sum(u_partial, &mut shared);
+    if UNIT_POS == 0 {
+        h[row * out_features + feature] = g_total / (1.0f32 + f32::exp(-g_total)) * u_total;
+    }
+}
+
+/// One expert's down projection for the rows that chose it, added into `out` scaled by
+/// the row's routing weight: `out += weight * (h @ down.T)` (experts run in order, so the
+/// sum is the host dispatch's). Shapes as `moe_gate_up`, `down`: `[out, k]`, `out`:
+/// `[rows, out]`, `weights`: `[rows, top_k]`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn moe_down<W: Float, N: Size>(
+    h: &Array<Vector<f32, N>>,
+    down: &Array<Vector<W, N>>,
+    chosen: &Array<u32>,
+    weights: &Array<f32>,
+    out: &mut Array<f32>,
+    expert: u32,
+    top_k: usize,
+    k_vectors: usize,
+    out_features: usize,
+    #[comptime] units: usize,
+    #[define(W)] _weight_type: StorageType,
+) {
+    let feature = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let row = CUBE_POS_Z as usize;
+    let slot = moe_slot(chosen, row, top_k, expert);
+    if feature >= out_features || slot == top_k {
+        terminate!();
+    }
+    let w_start = feature * k_vectors;
+    let x_start = row * k_vectors;
+    let mut acc = Vector::<f32, N>::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < k_vectors {
+        acc += Vector::<f32, N>::cast_from(down[w_start + i]) * h[x_start + i];
+        i += CUBE_DIM as usize;
+    }
+    let mut partial = 0.0f32;
+    #[unroll]
+    for lane in 0..N::value() {
+        partial += acc[lane];
+    }
+    let mut shared = SharedMemory::<f32>::new(units);
+    let total = cube_sum(partial, &mut shared);
+    if UNIT_POS == 0 {
+        let at = row * out_features + feature;
+        out[at] = out[at] + total * weights[row * top_k + slot];
+    }
+}

@@ -3,7 +3,7 @@
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -22,9 +22,11 @@ const ELEMENTWISE_UNITS: u32 = 256;
 /// Activation rows up to which a linear layer runs the GEMV kernel (each weight read once
 /// per row); more rows (a prefill) run the tiled GEMM kernel.
 pub const GEMV_MAX_ROWS: usize = 8;
-/// Positions the attention kernel holds scores for (the models' context); a longer cache
-/// runs the reference attention.
+/// Positions the one-cube-per-row attention kernel holds scores for (the models' context);
+/// a longer cache runs the split-K kernels.
 pub const ATTENTION_MAX_LEN: usize = 4096;
+/// Experts up to which routing runs on the device (the routing kernel's bit mask).
+const DEVICE_MOE_MAX_EXPERTS: usize = 32;
 /// Elements per vector of the GEMV's loads.
 const VECTOR: usize = 4;
 /// Cubes along one grid axis (Vulkan guarantees 65,535).
@@ -33,9 +35,11 @@ const GRID_AXIS: usize = 32_768;
 /// The decoding kernels on burn's cubecl backends (`CubeBackend<R, ..>`: CUDA, Vulkan, …),
 /// written once in cubecl: GEMV for decode (weights in their float dtype read once, f32
 /// accumulation), a tiled GEMM for prefill (more than [`GEMV_MAX_ROWS`] rows; f32 products,
-/// no tensor cores), RMSNorm, RoPE, attention over the KV cache, SwiGLU. Activations and
-/// the KV cache are f32. Embeddings, cache writes, MoE routing and quantized weights run
-/// burn's ops ([`Reference`]).
+/// no tensor cores), RMSNorm, RoPE, attention over the KV cache (split over the positions,
+/// flash-decoding style, when decoding or past [`ATTENTION_MAX_LEN`]), SwiGLU, and a decode
+/// step's mixture of experts (routing and experts on the device, no host round trip).
+/// Activations and the KV cache are f32. Embeddings, cache writes, a prefill's MoE routing
+/// (read back once per layer) and quantized weights run burn's ops ([`Reference`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CubeKernels;
 
@@ -190,12 +194,6 @@ where
         heads: Heads,
         batch: &mut [LayerSeq<'_, Cube<R, F, I, BT>>],
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
-        let too_long = batch
-            .iter()
-            .any(|s| s.span.start + s.span.len() > ATTENTION_MAX_LEN);
-        if too_long {
-            return Reference.attention(q, k, v, heads, batch);
-        }
         let d = heads.head_dim;
         let q = f32_cube(q);
         let out = empty_like(&q);
@@ -218,30 +216,21 @@ where
                     "the cube kernels need a device cache".into(),
                 ));
             };
-            let capacity = keys.dims()[2];
+            let sequence = AttentionSeq {
+                row0: rows.start,
+                rows: n,
+                start: seq.span.start,
+                heads,
+                capacity: keys.dims()[2],
+            };
             let (keys, values) = (f32_cube(keys.clone()), f32_cube(values.clone()));
-            // SAFETY: one cube per (head, row of this sequence); rows `rows` of `q` and
-            // `out` exist, positions `..start + n` lie within the cache's capacity (the
-            // write above checked them), and at most ATTENTION_MAX_LEN (checked above).
-            unsafe {
-                kernels::attention::launch_unchecked(
-                    &q.client,
-                    CubeCount::Static(heads.heads as u32, n as u32, 1),
-                    CubeDim::new_1d(UNITS as u32),
-                    q.clone().into_array_arg(),
-                    keys.into_array_arg(),
-                    values.into_array_arg(),
-                    out.clone().into_array_arg(),
-                    rows.start,
-                    seq.span.start,
-                    heads.heads,
-                    heads.heads / heads.kv_heads,
-                    d,
-                    capacity,
-                    1.0 / (d as f32).sqrt(),
-                    UNITS,
-                    ATTENTION_MAX_LEN,
-                );
+            // Decode steps split the positions over cubes (flash-decoding), and so does a
+            // cache longer than one cube's scores; a prefill has a cube per query row.
+            let long = seq.span.start + n > ATTENTION_MAX_LEN;
+            if n <= GEMV_MAX_ROWS || long {
+                attention_split(&q, keys, values, &out, &sequence);
+            } else {
+                attention_rows(&q, keys, values, &out, &sequence);
             }
         }
         Ok(tensor(out))
@@ -276,7 +265,10 @@ where
         experts: &[Mlp<Cube<R, F, I, BT>>],
         top_k: usize,
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
-        moe::dispatch(self, x, router, experts, top_k)
+        match DeviceExperts::of(&x, experts, top_k) {
+            Some(device) => device.forward(self.linear(x.clone(), router)?, x),
+            None => moe::dispatch(self, x, router, experts, top_k),
+        }
     }
 
     fn lm_head(
@@ -303,7 +295,7 @@ where
     BT: BoolElement,
 {
     /// The same tensor behind burn's ops (shares the device memory).
-    fn dense(&self) -> DenseWeight<Cube<R, F, I, BT>> {
+    fn burn_weight(&self) -> DenseWeight<Cube<R, F, I, BT>> {
         DenseWeight::new(self.weight.clone())
     }
 }
@@ -323,7 +315,7 @@ where
         let [rows, k] = x.dims();
         let [out, _] = self.weight.dims();
         if x.dtype() != DType::F32 {
-            return self.dense().forward(x);
+            return self.burn_weight().forward(x);
         }
         let (x, w) = (
             f32_cube(x),
@@ -342,7 +334,11 @@ where
         dtype: ComputeDtype,
         device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
-        self.dense().rows(ids, dtype, device)
+        self.burn_weight().rows(ids, dtype, device)
+    }
+
+    fn dense(&self) -> Option<&Tensor<Cube<R, F, I, BT>, 2>> {
+        Some(&self.weight)
     }
 }
 
@@ -355,8 +351,6 @@ fn gemv<R: CubeRuntime>(
     k: usize,
 ) -> CubeTensor<R> {
     let y = empty_f32(&x, [rows, out]);
-    let gx = out.min(GRID_AXIS);
-    let gy = out.div_ceil(gx);
     let dtype = w.dtype;
     // SAFETY: cubes cover (feature, row) for every feature < out (the kernel drops the
     // rest) and row < rows; each reads row `feature` of `w` and row `row` of `x`, both of
@@ -364,7 +358,7 @@ fn gemv<R: CubeRuntime>(
     unsafe {
         kernels::gemv::launch_unchecked(
             &x.client,
-            CubeCount::Static(gx as u32, gy as u32, rows as u32),
+            feature_grid(out, rows),
             CubeDim::new_1d(UNITS as u32),
             VECTOR,
             x.clone().into_array_arg(),
@@ -411,6 +405,272 @@ fn gemm<R: CubeRuntime>(
         );
     }
     y
+}
+
+/// Cubes for one output feature each of `rows` rows: `(gx, gy, rows)`, `gx * gy >= out`
+/// within the grid's axis limits (the kernels drop features past `out`).
+fn feature_grid(out: usize, rows: usize) -> CubeCount {
+    let gx = out.clamp(1, GRID_AXIS);
+    CubeCount::Static(gx as u32, out.div_ceil(gx) as u32, rows as u32)
+}
+
+/// One sequence's attention launch: its rows in the packed batch, its first position, the
+/// heads and the cache's capacity.
+struct AttentionSeq {
+    row0: usize,
+    rows: usize,
+    start: usize,
+    heads: Heads,
+    capacity: usize,
+}
+
+impl AttentionSeq {
+    fn scale(&self) -> f32 {
+        1.0 / (self.heads.head_dim as f32).sqrt()
+    }
+}
+
+/// Causal attention of `seq`'s rows of `q` into `out`, one cube per (head, query row), at
+/// most [`ATTENTION_MAX_LEN`] positions.
+fn attention_rows<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    keys: CubeTensor<R>,
+    values: CubeTensor<R>,
+    out: &CubeTensor<R>,
+    seq: &AttentionSeq,
+) {
+    let h = seq.heads;
+    // SAFETY: one cube per (head, row of this sequence); rows `row0..row0 + rows` of `q`
+    // and `out` exist, positions `..start + rows` lie within the cache's capacity (the
+    // caller wrote them), and at most ATTENTION_MAX_LEN (the caller checked).
+    unsafe {
+        kernels::attention::launch_unchecked(
+            &q.client,
+            CubeCount::Static(h.heads as u32, seq.rows as u32, 1),
+            CubeDim::new_1d(UNITS as u32),
+            q.clone().into_array_arg(),
+            keys.into_array_arg(),
+            values.into_array_arg(),
+            out.clone().into_array_arg(),
+            seq.row0,
+            seq.start,
+            h.heads,
+            h.heads / h.kv_heads,
+            h.head_dim,
+            seq.capacity,
+            seq.scale(),
+            UNITS,
+            ATTENTION_MAX_LEN,
+        );
+    }
+}
+
+/// Causal attention of `seq`'s rows of `q` into `out`, split over chunks of
+/// [`kernels::ATTENTION_CHUNK`] positions (flash-decoding): partial results per chunk,
+/// then one pass combining them. Any length; memory `rows × heads × chunks × head_dim`.
+fn attention_split<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    keys: CubeTensor<R>,
+    values: CubeTensor<R>,
+    out: &CubeTensor<R>,
+    seq: &AttentionSeq,
+) {
+    let h = seq.heads;
+    let chunks = (seq.start + seq.rows).div_ceil(kernels::ATTENTION_CHUNK);
+    let slots = seq.rows * h.heads * chunks;
+    let maxes = empty_f32(q, [slots, 1]);
+    let sums = empty_f32(q, [slots, 1]);
+    let partial = empty_f32(q, [slots, h.head_dim]);
+    // SAFETY: one cube per (head, row of this sequence, chunk); rows `row0..row0 + rows`
+    // of `q` exist, positions `..start + rows` lie within the cache's capacity (the caller
+    // wrote them); the partial buffers hold `rows × heads × chunks` slots.
+    unsafe {
+        kernels::attention_partial::launch_unchecked(
+            &q.client,
+            CubeCount::Static(h.heads as u32, seq.rows as u32, chunks as u32),
+            CubeDim::new_1d(UNITS as u32),
+            q.clone().into_array_arg(),
+            keys.into_array_arg(),
+            values.into_array_arg(),
+            maxes.clone().into_array_arg(),
+            sums.clone().into_array_arg(),
+            partial.clone().into_array_arg(),
+            seq.row0,
+            seq.start,
+            h.heads,
+            h.heads / h.kv_heads,
+            h.head_dim,
+            seq.capacity,
+            seq.scale(),
+            UNITS,
+        );
+    }
+    // SAFETY: one cube per (head, row); it reads the chunks the first pass wrote for its
+    // row (those before the row's length) and writes its row of `out`.
+    unsafe {
+        kernels::attention_combine::launch_unchecked(
+            &q.client,
+            CubeCount::Static(h.heads as u32, seq.rows as u32, 1),
+            CubeDim::new_1d(UNITS as u32),
+            maxes.into_array_arg(),
+            sums.into_array_arg(),
+            partial.into_array_arg(),
+            out.clone().into_array_arg(),
+            seq.row0,
+            seq.start,
+            h.heads,
+            h.head_dim,
+            chunks,
+        );
+    }
+}
+
+/// A decode step's experts as the device MoE kernels take them: f32 activations of at
+/// most [`GEMV_MAX_ROWS`] rows, and every expert a plain float weight of one dtype.
+struct DeviceExperts<R: CubeRuntime> {
+    /// `(gate, up, down)` of each expert, contiguous.
+    experts: Vec<[CubeTensor<R>; 3]>,
+    top_k: usize,
+}
+
+impl<R: CubeRuntime> DeviceExperts<R> {
+    /// The experts if this step can run on the device: otherwise (a prefill, quantized or
+    /// mixed-dtype experts, too many experts, widths not in whole vectors) `None`.
+    fn of<F, I, BT>(
+        x: &Tensor<Cube<R, F, I, BT>, 2>,
+        experts: &[Mlp<Cube<R, F, I, BT>>],
+        top_k: usize,
+    ) -> Option<Self>
+    where
+        F: FloatElement,
+        I: IntElement,
+        BT: BoolElement,
+    {
+        let [rows, hidden] = x.dims();
+        let fits = rows <= GEMV_MAX_ROWS
+            && x.dtype() == DType::F32
+            && (1..=DEVICE_MOE_MAX_EXPERTS).contains(&experts.len())
+            && (1..=experts.len()).contains(&top_k)
+            && hidden % VECTOR == 0;
+        if !fits {
+            return None;
+        }
+        let first = experts[0].gate.dense()?.dtype();
+        let mut tensors = Vec::with_capacity(experts.len());
+        for mlp in experts {
+            let [gate, up, down] = [&mlp.gate, &mlp.up, &mlp.down].map(|l| l.dense().cloned());
+            let [gate, up, down] = [gate?, up?, down?];
+            let [inter, _] = gate.dims();
+            let shapes_fit = up.dims() == gate.dims()
+                && down.dims() == [hidden, inter]
+                && gate.dims()[1] == hidden
+                && inter % VECTOR == 0;
+            let same_dtype = [&gate, &up, &down].iter().all(|t| t.dtype() == first);
+            if !shapes_fit || !same_dtype {
+                return None;
+            }
+            tensors.push([gate, up, down].map(|t| into_contiguous(t.into_primitive().tensor())));
+        }
+        Some(Self {
+            experts: tensors,
+            top_k,
+        })
+    }
+
+    /// The block's output for `x` given its router `logits` (`[rows, experts]`): routing,
+    /// then each expert in order on the rows that chose it (the others' cubes return at
+    /// once), its output scaled and added — no host synchronisation.
+    fn forward<F, I, BT>(
+        &self,
+        logits: Tensor<Cube<R, F, I, BT>, 2>,
+        x: Tensor<Cube<R, F, I, BT>, 2>,
+    ) -> Result<Tensor<Cube<R, F, I, BT>, 2>>
+    where
+        F: FloatElement,
+        I: IntElement,
+        BT: BoolElement,
+    {
+        let [rows, hidden] = x.dims();
+        let (logits, x) = (f32_cube(logits), f32_cube(x));
+        let experts = self.experts.len();
+        let top_k = self.top_k;
+        let chosen = empty_device_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            [rows, top_k].into(),
+            DType::U32,
+        );
+        let weights = empty_f32(&x, [rows, top_k]);
+        // SAFETY: one unit per row (the kernel drops the rest); `logits` holds `rows ×
+        // experts` values, `chosen` and `weights` `rows × top_k`; experts ≤ 32 (checked).
+        unsafe {
+            kernels::moe_route::launch_unchecked(
+                &x.client,
+                elementwise_count(rows),
+                CubeDim::new_1d(ELEMENTWISE_UNITS),
+                logits.into_array_arg(),
+                chosen.clone().into_array_arg(),
+                weights.clone().into_array_arg(),
+                rows,
+                experts,
+                top_k,
+            );
+        }
+        let out = zeros_client(
+            x.client.clone(),
+            x.device.clone(),
+            [rows, hidden].into(),
+            DType::F32,
+        );
+        let inter = self.experts[0][0].meta.shape()[0];
+        let h = empty_f32(&x, [rows, inter]);
+        for (e, [gate, up, down]) in self.experts.iter().enumerate() {
+            let dtype = gate.dtype;
+            // SAFETY: cubes cover (feature, row) for every feature < inter and row < rows;
+            // gate and up are [inter, hidden], x [rows, hidden], h [rows, inter], chosen
+            // [rows, top_k]; widths are whole vectors (checked in `of`).
+            unsafe {
+                kernels::moe_gate_up::launch_unchecked(
+                    &x.client,
+                    feature_grid(inter, rows),
+                    CubeDim::new_1d(UNITS as u32),
+                    VECTOR,
+                    x.clone().into_array_arg(),
+                    gate.clone().into_array_arg(),
+                    up.clone().into_array_arg(),
+                    chosen.clone().into_array_arg(),
+                    h.clone().into_array_arg(),
+                    e as u32,
+                    top_k,
+                    hidden / VECTOR,
+                    inter,
+                    UNITS,
+                    dtype.into(),
+                );
+            }
+            // SAFETY: as above with down [hidden, inter], h the input, out [rows, hidden].
+            unsafe {
+                kernels::moe_down::launch_unchecked(
+                    &x.client,
+                    feature_grid(hidden, rows),
+                    CubeDim::new_1d(UNITS as u32),
+                    VECTOR,
+                    h.clone().into_array_arg(),
+                    down.clone().into_array_arg(),
+                    chosen.clone().into_array_arg(),
+                    weights.clone().into_array_arg(),
+                    out.clone().into_array_arg(),
+                    e as u32,
+                    top_k,
+                    inter / VECTOR,
+                    hidden,
+                    UNITS,
+                    dtype.into(),
+                );
+            }
+        }
+        Ok(tensor(out))
+    }
 }
 
 /// A float tensor as a contiguous f32 cube tensor.
