@@ -27,8 +27,9 @@ pub const GEMV_MAX_ROWS: usize = 8;
 pub const ATTENTION_MAX_LEN: usize = 4096;
 /// Experts up to which routing runs on the device (the routing kernel's bit mask).
 const DEVICE_MOE_MAX_EXPERTS: usize = 32;
-/// Elements per vector of the GEMV's loads.
-const VECTOR: usize = 4;
+/// Elements per vector of the GEMV's loads: 16 bytes of bf16 weights per load. Widths not
+/// a multiple run the GEMM.
+const VECTOR: usize = 8;
 /// Cubes along one grid axis (Vulkan guarantees 65,535).
 const GRID_AXIS: usize = 32_768;
 
