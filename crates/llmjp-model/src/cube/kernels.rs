@@ -49,6 +49,32 @@ fn cube_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     total
 }
 
+/// The dot product of the `k_vectors` vectors of `x` from `x_start` and of `w` from
+/// `w_start`: the cube's units stride over them, weights converted to f32, then sum in
+/// shared memory (every unit gets the total).
+#[cube]
+fn cube_dot<W: Float, N: Size>(
+    x: &Array<Vector<f32, N>>,
+    w: &Array<Vector<W, N>>,
+    x_start: usize,
+    w_start: usize,
+    k_vectors: usize,
+    shared: &mut SharedMemory<f32>,
+) -> f32 {
+    let mut acc = Vector::<f32, N>::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < k_vectors {
+        acc += Vector::<f32, N>::cast_from(w[w_start + i]) * x[x_start + i];
+        i += CUBE_DIM as usize;
+    }
+    let mut partial = 0.0f32;
+    #[unroll]
+    for lane in 0..N::value() {
+        partial += acc[lane];
+    }
+    cube_sum(partial, shared)
+}
+
 /// `y = x @ w.T` for a few activation rows: one cube per (output feature, row), its units
 /// striding over the input features in vectors of `N`, then summing in shared memory.
 ///
@@ -69,21 +95,15 @@ pub fn gemv<W: Float, N: Size>(
         terminate!();
     }
     let row = CUBE_POS_Z as usize;
-    let w_start = feature * k_vectors;
-    let x_start = row * k_vectors;
-    let mut acc = Vector::<f32, N>::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < k_vectors {
-        acc += Vector::<f32, N>::cast_from(w[w_start + i]) * x[x_start + i];
-        i += CUBE_DIM as usize;
-    }
-    let mut partial = 0.0f32;
-    #[unroll]
-    for lane in 0..N::value() {
-        partial += acc[lane];
-    }
     let mut shared = SharedMemory::<f32>::new(units);
-    let total = cube_sum(partial, &mut shared);
+    let total = cube_dot(
+        x,
+        w,
+        row * k_vectors,
+        feature * k_vectors,
+        k_vectors,
+        &mut shared,
+    );
     if UNIT_POS == 0 {
         y[row * out_features + feature] = total;
     }
@@ -617,21 +637,15 @@ pub fn moe_down<W: Float, N: Size>(
     if feature >= out_features || slot == top_k {
         terminate!();
     }
-    let w_start = feature * k_vectors;
-    let x_start = row * k_vectors;
-    let mut acc = Vector::<f32, N>::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < k_vectors {
-        acc += Vector::<f32, N>::cast_from(down[w_start + i]) * h[x_start + i];
-        i += CUBE_DIM as usize;
-    }
-    let mut partial = 0.0f32;
-    #[unroll]
-    for lane in 0..N::value() {
-        partial += acc[lane];
-    }
     let mut shared = SharedMemory::<f32>::new(units);
-    let total = cube_sum(partial, &mut shared);
+    let total = cube_dot(
+        h,
+        down,
+        row * k_vectors,
+        feature * k_vectors,
+        k_vectors,
+        &mut shared,
+    );
     if UNIT_POS == 0 {
         let at = row * out_features + feature;
         out[at] = out[at] + total * weights[row * top_k + slot];
