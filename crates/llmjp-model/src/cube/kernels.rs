@@ -289,6 +289,70 @@ pub fn rope(
     }
 }
 
+/// This unit's share of the scaled scores `q · k` of positions `first..end` (strided over
+/// the cube's units), kept in `scores[p - first]`; returns the largest of them.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn unit_scores(
+    q: &Array<f32>,
+    keys: &Array<f32>,
+    q_start: usize,
+    cache_start: usize,
+    first: usize,
+    end: usize,
+    head_dim: usize,
+    scale: f32,
+    scores: &mut SharedMemory<f32>,
+) -> f32 {
+    let mut local_max = f32::new(-3.0e38);
+    let mut p = first + UNIT_POS as usize;
+    while p < end {
+        let k_start = cache_start + p * head_dim;
+        let mut dot = 0.0f32;
+        for j in 0..head_dim {
+            dot += q[q_start + j] * keys[k_start + j];
+        }
+        let score = dot * scale;
+        scores[p - first] = score;
+        local_max = f32::max(local_max, score);
+        p += CUBE_DIM as usize;
+    }
+    local_max
+}
+
+/// Replaces this unit's scores (as `unit_scores` strided them) by `exp(score - max)`;
+/// returns their sum.
+#[cube]
+fn unit_exps(scores: &mut SharedMemory<f32>, first: usize, end: usize, max: f32) -> f32 {
+    let mut local_sum = 0.0f32;
+    let mut p = first + UNIT_POS as usize;
+    while p < end {
+        let e = f32::exp(scores[p - first] - max);
+        scores[p - first] = e;
+        local_sum += e;
+        p += CUBE_DIM as usize;
+    }
+    local_sum
+}
+
+/// Element `j` of the values of positions `first..end` weighted by `scores` (unnormalised).
+#[cube]
+fn weighted_value(
+    scores: &SharedMemory<f32>,
+    values: &Array<f32>,
+    cache_start: usize,
+    first: usize,
+    end: usize,
+    head_dim: usize,
+    j: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    for p in first..end {
+        acc += scores[p - first] * values[cache_start + p * head_dim + j];
+    }
+    acc
+}
+
 /// Causal attention of one sequence's query rows over its cache: one cube per (head, query
 /// row). Row `r` stands at position `start + r` and sees positions `0..=start + r`.
 ///
@@ -323,39 +387,25 @@ pub fn attention(
     let mut scores = SharedMemory::<f32>::new(max_len);
     let mut shared = SharedMemory::<f32>::new(units);
 
-    let mut local_max = f32::new(-3.0e38);
-    let mut p = unit;
-    while p < len {
-        let k_start = cache_start + p * head_dim;
-        let mut dot = 0.0f32;
-        for j in 0..head_dim {
-            dot += q[q_start + j] * keys[k_start + j];
-        }
-        let score = dot * scale;
-        scores[p] = score;
-        local_max = f32::max(local_max, score);
-        p += step;
-    }
+    let local_max = unit_scores(
+        q,
+        keys,
+        q_start,
+        cache_start,
+        0,
+        len,
+        head_dim,
+        scale,
+        &mut scores,
+    );
     let max = cube_max(local_max, &mut shared);
-
-    let mut local_sum = 0.0f32;
-    let mut p = unit;
-    while p < len {
-        let e = f32::exp(scores[p] - max);
-        scores[p] = e;
-        local_sum += e;
-        p += step;
-    }
+    let local_sum = unit_exps(&mut scores, 0, len, max);
     // The sum's barriers also make every score visible to every unit.
     let sum = cube_sum(local_sum, &mut shared);
 
     let mut j = unit;
     while j < head_dim {
-        let mut acc = 0.0f32;
-        for p in 0..len {
-            acc += scores[p] * values[cache_start + p * head_dim + j];
-        }
-        out[q_start + j] = acc / sum;
+        out[q_start + j] = weighted_value(&scores, values, cache_start, 0, len, head_dim, j) / sum;
         j += step;
     }
 }
@@ -412,29 +462,19 @@ pub fn attention_partial(
     let mut scores = SharedMemory::<f32>::new(ATTENTION_CHUNK);
     let mut shared = SharedMemory::<f32>::new(units);
 
-    let mut local_max = f32::new(-3.0e38);
-    let mut p = first + unit;
-    while p < end {
-        let k_start = cache_start + p * head_dim;
-        let mut dot = 0.0f32;
-        for j in 0..head_dim {
-            dot += q[q_start + j] * keys[k_start + j];
-        }
-        let score = dot * scale;
-        scores[p - first] = score;
-        local_max = f32::max(local_max, score);
-        p += step;
-    }
+    let local_max = unit_scores(
+        q,
+        keys,
+        q_start,
+        cache_start,
+        first,
+        end,
+        head_dim,
+        scale,
+        &mut scores,
+    );
     let max = cube_max(local_max, &mut shared);
-
-    let mut local_sum = 0.0f32;
-    let mut p = first + unit;
-    while p < end {
-        let e = f32::exp(scores[p - first] - max);
-        scores[p - first] = e;
-        local_sum += e;
-        p += step;
-    }
+    let local_sum = unit_exps(&mut scores, first, end, max);
     // The sum's barriers also make every score visible to every unit.
     let sum = cube_sum(local_sum, &mut shared);
     if unit == 0 {
@@ -444,11 +484,8 @@ pub fn attention_partial(
 
     let mut j = unit;
     while j < head_dim {
-        let mut acc = 0.0f32;
-        for p in first..end {
-            acc += scores[p - first] * values[cache_start + p * head_dim + j];
-        }
-        partial[slot * head_dim + j] = acc;
+        partial[slot * head_dim + j] =
+            weighted_value(&scores, values, cache_start, first, end, head_dim, j);
         j += step;
     }
 }
