@@ -46,10 +46,10 @@ t=$SECONDS
 timeout 180 "$pack/bin/cube-test" --test-threads 1 --nocapture cuda 2>&1 | grep -v "^\s*[0-9]*:\|^\s*at " | tee "$out/tests.txt" | tail -25
 echo "kernel tests: rc ${PIPESTATUS[0]}, $((SECONDS - t)) s" | tee -a "$out/tests.txt"
 
-bench() { # name model args...
+bench() { # name model args... (DTYPE=q8_0 for another dtype than bf16)
     local name=$1 model=$2; shift 2
     say "llmjp bench $name"
-    timeout 240 "$llmjp" bench --model "$model" --device cuda --dtype bf16 --format json "$@" \
+    timeout 240 "$llmjp" bench --model "$model" --device cuda --dtype "${DTYPE:-bf16}" --format json "$@" \
         2> >(tail -5 >&2) | tail -1 > "$out/$name.json"
     cat "$out/$name.json"
 }
@@ -66,12 +66,15 @@ export LLMJP_KERNEL_CACHE=$work/kernel-cache
 rm -rf "$LLMJP_KERNEL_CACHE"
 bench ours-1.8b-cold "$work/1.8b"
 bench ours-1.8b-warm "$work/1.8b"
+DTYPE=q8_0 bench ours-1.8b-q8_0 "$work/1.8b"
+DTYPE=q4_0 bench ours-1.8b-q4_0 "$work/1.8b"
 hf hf-1.8b "$work/1.8b"
 
 say "13b-shaped checkpoint"
 rm -rf "$work/1.8b"
 python3 "$root/xtask/bench/make_checkpoint.py" "$work/13b" "$LLMJP_CONFIGS_DIR/llm-jp-3.1-13b.config.json" --device cuda
 bench ours-13b "$work/13b" --gen-tokens 64
+DTYPE=q8_0 bench ours-13b-q8_0 "$work/13b" --gen-tokens 64
 hf hf-13b "$work/13b"
 
 say "table"
@@ -85,7 +88,8 @@ bw = (out / "bandwidth.txt").read_text().split(":")[-1].split()[0] if (out / "ba
 print(f"GPU: {(out / 'gpu.txt').read_text().strip()}; copy bandwidth {bw} TB/s\n")
 print("| run | load s | first token s | prefill tok/s | decode tok/s |")
 print("|---|---|---|---|---|")
-for n in ["ours-1.8b-cold", "ours-1.8b-warm", "hf-1.8b", "ours-13b", "hf-13b"]:
+for n in ["ours-1.8b-cold", "ours-1.8b-warm", "ours-1.8b-q8_0", "ours-1.8b-q4_0", "hf-1.8b",
+          "ours-13b", "ours-13b-q8_0", "hf-13b"]:
     r = load(n)
     if r is None: print(f"| {n} | failed | | | |"); continue
     ttft = r.get("ttft_s", 128 / r["prefill_tok_s"])
@@ -100,5 +104,9 @@ for size, bytes_ in [("1.8b", 3.68e9 - 0.41e9), ("13b", 27.4e9 - 1.02e9)]:
             print(f"; decode {o['decode_tok_s'] / roof:.0%} of the roofline ({roof:.0f} tok/s)", end="")
         except ValueError: pass
         print()
+for size in ["1.8b", "13b"]:
+    o, q = load(f"ours-{size}-warm" if size == "1.8b" else f"ours-{size}"), load(f"ours-{size}-q8_0")
+    if o and q:
+        print(f"{size}: q8_0 decode {q['decode_tok_s'] / o['decode_tok_s']:.2f}x our bf16")
 PY
 say "done"

@@ -8,19 +8,24 @@
 #![cfg(any(feature = "cuda", feature = "vulkan"))]
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use llmjp_model::backend::DecoderBackend;
+use llmjp_model::backend::{Cpu, DecoderBackend};
 use llmjp_model::cache::LayerCache;
 use llmjp_model::cube::kernel_cache::{self, KernelCache};
-use llmjp_model::cube::{kernels, CubeKernels, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
+use llmjp_model::cube::{kernels, CubeKernels, CubeQuantWeight, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
+use llmjp_model::kernels::QuantMatrix;
 use llmjp_model::layers::Mlp;
 use llmjp_model::linear::{DenseWeight, Linear};
 use llmjp_model::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
-use llmjp_model::{read_f32, CausalLm, ComputeDtype, KvMemory};
+use llmjp_model::{
+    read_f32, CausalLm, ComputeDtype, KvMemory, ModelConfig, ModelError, WeightDtype,
+};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference, MODEL_FIXTURES as FIXTURES};
+use llmjp_weights::quant::BlockFormat;
+use llmjp_weights::Checkpoint;
 
 /// One kernel cache per test process, in the target folder; the tests take turns (the
 /// compilation counts need the device to themselves).
@@ -327,9 +332,133 @@ where
     }
 }
 
+/// Deterministic values in about [-1, 1), with a few larger ones (so that blocks' scales
+/// differ).
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            if i % 37 == 0 {
+                4.0 * u
+            } else {
+                u
+            }
+        })
+        .collect()
+}
+
+/// Q8_0 / Q4_0 weights on the device against the formats' definition (the host's
+/// dequantized matrix, products in f64): the dequantizing GEMV (up to `GEMV_MAX_ROWS`
+/// rows), the GEMM on the dequantized matrix (more rows), and embedding rows (exact).
+/// `make` puts a host matrix on the device as a linear weight.
+fn assert_quant_weight_matches_definition<B: Backend>(
+    make: fn(&QuantMatrix, &B::Device) -> Linear<B>,
+) {
+    let device = B::Device::default();
+    for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+        for (out, k) in [(40, 96), (300, 512)] {
+            let values = pseudo_random(out * k, (out * k) as u64);
+            let matrix = QuantMatrix::quantize(format, &values, out, k).unwrap();
+            let dense = matrix.dequantize();
+            let weight = make(&matrix, &device);
+            assert_eq!(weight.shape(), [out, k]);
+            for rows in [1, 3, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 37] {
+                let x = pseudo_random(rows * k, rows as u64 + 7);
+                let expected: Vec<f32> = (0..rows * out)
+                    .map(|i| {
+                        let (r, f) = (i / out, i % out);
+                        (0..k)
+                            .map(|c| x[r * k + c] as f64 * dense[f * k + c] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                let input =
+                    Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(x, [rows, k]), &device);
+                let got = read_f32(weight.forward(input).unwrap()).unwrap();
+                let err = max_abs_diff(&got, &expected);
+                eprintln!("{format} [{out}, {k}] × {rows} rows: max abs error {err:.2e}");
+                assert!(err <= 1e-4 * (k as f32).sqrt(), "{format} {rows}: {err}");
+            }
+            let ids = [0, out as u32 - 1, 7, 7];
+            let rows = weight
+                .rows(&ids, ComputeDtype::F32, &device)
+                .and_then(read_f32)
+                .unwrap();
+            for (row, &id) in rows.chunks(k).zip(&ids) {
+                assert_eq!(row, &dense[id as usize * k..][..k], "{format} row {id}");
+            }
+            let outside = weight.rows(&[out as u32], ComputeDtype::F32, &device);
+            assert!(
+                matches!(outside, Err(ModelError::InvalidToken { .. })),
+                "{outside:?}"
+            );
+        }
+    }
+}
+
+/// The fixtures quantized on load (Q8_0, Q4_0) on the cube kernels against the same
+/// weights on the CPU's reference ops (f32 activations, dequantized weights): the logits of
+/// a prefill (the GEMM) and of decode steps (the GEMV), Mixtral's quantized experts
+/// included. Only the order of the sums differs.
+fn assert_quantized_models_match_the_reference<B: DecoderBackend>()
+where
+    CubeKernels: DecoderOps<B>,
+{
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 200 + 3).collect();
+    for name in FIXTURES {
+        let dir = llmjp_testdata::fixture_dir(name);
+        let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let checkpoint = Checkpoint::open(&dir).unwrap();
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+            let dtype = WeightDtype {
+                compute: ComputeDtype::F32,
+                quantize: Some(format),
+            };
+            let cube = CausalLm::<B>::load_with_ops(
+                config.clone(),
+                &checkpoint,
+                dtype,
+                &Default::default(),
+                Arc::new(CubeKernels),
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let cpu = CausalLm::<Cpu>::load_with_ops(
+                config.clone(),
+                &checkpoint,
+                dtype,
+                &Default::default(),
+                Arc::new(Reference),
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let (mut cube_cache, mut cpu_cache) = (cube.new_cache(40), cpu.new_cache(40));
+            let mut got = read_f32(cube.forward(&prompt, &mut cube_cache).unwrap()).unwrap();
+            let mut expected = read_f32(cpu.forward(&prompt, &mut cpu_cache).unwrap()).unwrap();
+            let mut next = argmax(&expected[expected.len() - config.vocab_size..]);
+            for _ in 0..8 {
+                got.extend(values(cube.forward_last(&[next], &mut cube_cache).unwrap()));
+                let step = values(cpu.forward_last(&[next], &mut cpu_cache).unwrap());
+                next = argmax(&step);
+                expected.extend(step);
+            }
+            let err = max_abs_diff(&got, &expected);
+            eprintln!("{name} {format}: max abs logit error against the CPU reference {err:.2e}");
+            assert!(err <= 1e-3, "{name} {format}: {err}");
+        }
+    }
+}
+
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use super::*;
+    use cubecl::wgpu::WgpuRuntime;
     use llmjp_model::backend::Vulkan;
 
     /// Whether a Vulkan driver is installed (wgpu panics without one).
@@ -385,11 +514,30 @@ mod vulkan {
             assert_device_moe_matches_dispatch::<Vulkan>();
         }
     }
+
+    #[test]
+    fn quantized_weights_match_their_definition_on_vulkan() {
+        let _turn = setup();
+        if available() {
+            assert_quant_weight_matches_definition::<Vulkan>(|m, d| {
+                Linear::new(CubeQuantWeight::<WgpuRuntime, f32, i32, u32>::new(m, d))
+            });
+        }
+    }
+
+    #[test]
+    fn quantized_models_match_the_reference_on_vulkan() {
+        let _turn = setup();
+        if available() {
+            assert_quantized_models_match_the_reference::<Vulkan>();
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
+    use cubecl::cuda::CudaRuntime;
     use llmjp_model::backend::{cuda_available, Cuda};
 
     fn available() -> bool {
@@ -437,6 +585,24 @@ mod cuda {
         let _turn = setup();
         if available() {
             assert_device_moe_matches_dispatch::<Cuda>();
+        }
+    }
+
+    #[test]
+    fn quantized_weights_match_their_definition_on_cuda() {
+        let _turn = setup();
+        if available() {
+            assert_quant_weight_matches_definition::<Cuda>(|m, d| {
+                Linear::new(CubeQuantWeight::<CudaRuntime, f32, i32, u8>::new(m, d))
+            });
+        }
+    }
+
+    #[test]
+    fn quantized_models_match_the_reference_on_cuda() {
+        let _turn = setup();
+        if available() {
+            assert_quantized_models_match_the_reference::<Cuda>();
         }
     }
 }

@@ -13,7 +13,7 @@ use cubecl::prelude::*;
 /// The sum of `value` over the cube's units (a shared-memory tree; every unit gets it).
 /// `shared` holds one f32 per unit; the cube's size must be a power of two.
 #[cube]
-fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+pub(super) fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     let unit = UNIT_POS as usize;
     shared[unit] = value;
     sync_cube();

@@ -5,5 +5,8 @@
 pub mod kernel_cache;
 pub mod kernels;
 mod ops;
+mod quant;
+pub mod quant_kernels;
 
 pub use ops::{CubeKernels, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
+pub use quant::CubeQuantWeight;

@@ -9,16 +9,17 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::kernels;
+use super::quant::CubeQuantWeight;
 use crate::cache::{KvMemory, LayerCache};
 use crate::layers::{Mlp, RmsNorm, Rope};
 use crate::linear::{DenseWeight, Linear, Loader, Weight};
-use crate::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
+use crate::ops::{moe, DecoderOps, Heads, LayerSeq, SeqSpan};
 use crate::{ComputeDtype, ModelError, Result};
 
 /// Units per cube of the reducing kernels (a power of two).
-const UNITS: usize = 128;
+pub(super) const UNITS: usize = 128;
 /// Units per cube of the element-wise kernels.
-const ELEMENTWISE_UNITS: u32 = 256;
+pub(super) const ELEMENTWISE_UNITS: u32 = 256;
 /// Activation rows up to which a linear layer runs the GEMV kernel (each weight read once
 /// per row); more rows (a prefill) run the tiled GEMM kernel.
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -39,8 +40,10 @@ const GRID_AXIS: usize = 32_768;
 /// no tensor cores), RMSNorm, RoPE, attention over the KV cache (split over the positions,
 /// flash-decoding style, when decoding or past [`ATTENTION_MAX_LEN`]), SwiGLU, and a decode
 /// step's mixture of experts (routing and experts on the device, no host round trip).
-/// Activations and the KV cache are f32. Embeddings, cache writes, a prefill's MoE routing
-/// (read back once per layer) and quantized weights run burn's ops ([`Reference`]).
+/// Q8_0 / Q4_0 weights ([`CubeQuantWeight`]) run a GEMV that dequantizes as it multiplies,
+/// and the GEMM on the matrix dequantized for a prefill. Activations and the KV cache are
+/// f32. Dense embeddings, cache writes, a prefill's MoE routing (read back once per layer)
+/// and quantized experts' routing run burn's ops ([`Reference`](crate::ops::Reference)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CubeKernels;
 
@@ -68,8 +71,9 @@ where
         out: usize,
         inputs: usize,
     ) -> Result<Linear<Cube<R, F, I, BT>>> {
-        if loader.quantization(name, out, inputs)?.is_some() {
-            return Reference.load_linear(loader, name, out, inputs);
+        if let Some(format) = loader.quantization(name, out, inputs)? {
+            let matrix = loader.quant_matrix(name, out, inputs, format)?;
+            return Ok(Linear::new(CubeQuantWeight::new(&matrix, loader.device)));
         }
         let weight = loader.tensor(name, [out, inputs], loader.weights)?;
         Ok(Linear::new(GemvWeight { weight }))
@@ -375,7 +379,7 @@ fn gemv<R: CubeRuntime>(
 }
 
 /// `x @ w.T` by the tiled GEMM kernel: `x` `[rows, k]` f32, `w` `[out, k]` contiguous.
-fn gemm<R: CubeRuntime>(
+pub(super) fn gemm<R: CubeRuntime>(
     x: CubeTensor<R>,
     w: CubeTensor<R>,
     rows: usize,
@@ -410,7 +414,7 @@ fn gemm<R: CubeRuntime>(
 
 /// Cubes for one output feature each of `rows` rows: `(gx, gy, rows)`, `gx * gy >= out`
 /// within the grid's axis limits (the kernels drop features past `out`).
-fn feature_grid(out: usize, rows: usize) -> CubeCount {
+pub(super) fn feature_grid(out: usize, rows: usize) -> CubeCount {
     let gx = out.clamp(1, GRID_AXIS);
     CubeCount::Static(gx as u32, out.div_ceil(gx) as u32, rows as u32)
 }
@@ -675,7 +679,9 @@ impl<R: CubeRuntime> DeviceExperts<R> {
 }
 
 /// A float tensor as a contiguous f32 cube tensor.
-fn f32_cube<R, F, I, BT, const D: usize>(t: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
+pub(super) fn f32_cube<R, F, I, BT, const D: usize>(
+    t: Tensor<Cube<R, F, I, BT>, D>,
+) -> CubeTensor<R>
 where
     R: CubeRuntime,
     F: FloatElement,
@@ -686,7 +692,7 @@ where
 }
 
 /// A cube tensor back as a burn tensor.
-fn tensor<R, F, I, BT, const D: usize>(t: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, D>
+pub(super) fn tensor<R, F, I, BT, const D: usize>(t: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, D>
 where
     R: CubeRuntime,
     F: FloatElement,
@@ -697,7 +703,7 @@ where
 }
 
 /// An uninitialised f32 tensor of `shape` on `like`'s device.
-fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 2]) -> CubeTensor<R> {
+pub(super) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 2]) -> CubeTensor<R> {
     empty_device_dtype(
         like.client.clone(),
         like.device.clone(),
@@ -712,14 +718,14 @@ fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
 }
 
 /// `values` on the device, as a kernel's array argument.
-fn upload_u32<R: CubeRuntime>(client: &ComputeClient<R>, values: &[u32]) -> ArrayArg<R> {
+pub(super) fn upload_u32<R: CubeRuntime>(client: &ComputeClient<R>, values: &[u32]) -> ArrayArg<R> {
     let handle = client.create_from_slice(u32::as_bytes(values));
     // SAFETY: the handle holds exactly `values.len()` u32s.
     unsafe { ArrayArg::from_raw_parts(handle, values.len()) }
 }
 
 /// Cubes of [`ELEMENTWISE_UNITS`] covering `elements`, within the grid's axis limits.
-fn elementwise_count(elements: usize) -> CubeCount {
+pub(super) fn elementwise_count(elements: usize) -> CubeCount {
     let cubes = elements.div_ceil(ELEMENTWISE_UNITS as usize).max(1);
     let gx = cubes.min(GRID_AXIS);
     CubeCount::Static(gx as u32, cubes.div_ceil(gx) as u32, 1)
