@@ -2,7 +2,9 @@
 //! on the same checkpoint (default: the random-weight 1.8b-shaped one of `cargo xtask
 //! bench`), over N teacher-forced positions of one pseudo-random sequence: max abs logit
 //! error, relative RMS error, top-1 agreement where bf16's top-2 margin is clear
-//! (`llmjp_testdata::CLEAR_MARGIN`), on the CPU kernels.
+//! (`llmjp_testdata::CLEAR_MARGIN`), on the CPU kernels (8-bit activations) and on the
+//! reference ops (f32 activations: the format's error alone, which
+//! `xtask/accuracy/format_bound.py` computes with transformers for comparison).
 
 use std::path::PathBuf;
 
@@ -12,6 +14,7 @@ use llmjp_model::backend::Cpu;
 use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
 use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, WeightDtype};
 use llmjp_testdata::{LogitAgreement, CLEAR_MARGIN};
+use llmjp_weights::quant::BlockFormat;
 use llmjp_weights::Checkpoint;
 
 use crate::bench::{ensure_checkpoint, MODEL_DIR};
@@ -66,19 +69,38 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     println!("| format | max abs error | relative RMS error | clear positions | top-1 agreement at clear |");
     println!("|---|---|---|---|---|");
-    let rows: [(&str, &str, Arc<dyn DecoderOps<Cpu>>); 3] = [
+    let quantized = |format, compute| WeightDtype {
+        compute,
+        quantize: Some(format),
+    };
+    let rows: [(&str, WeightDtype, Arc<dyn DecoderOps<Cpu>>); 5] = [
         (
             "bf16, bf16 activations (transformers' numerics: the noise floor)",
-            "bf16",
+            ComputeDtype::BF16.into(),
             Arc::new(Reference),
         ),
-        ("q8_0", "q8_0", kernels.clone()),
-        ("q4_0", "q4_0", kernels.clone()),
+        (
+            "q8_0 (CPU kernels: 8-bit activations, as llama.cpp)",
+            quantized(BlockFormat::Q8_0, ComputeDtype::BF16),
+            kernels.clone(),
+        ),
+        (
+            "q8_0, f32 activations (reference ops; what the CUDA kernels compute)",
+            quantized(BlockFormat::Q8_0, ComputeDtype::F32),
+            Arc::new(Reference),
+        ),
+        (
+            "q4_0 (CPU kernels)",
+            quantized(BlockFormat::Q4_0, ComputeDtype::BF16),
+            kernels.clone(),
+        ),
+        (
+            "q4_0, f32 activations (reference ops)",
+            quantized(BlockFormat::Q4_0, ComputeDtype::F32),
+            Arc::new(Reference),
+        ),
     ];
     for (name, dtype, ops) in rows {
-        let dtype: WeightDtype = dtype
-            .parse()
-            .map_err(|e: llmjp_model::ModelError| e.to_string())?;
         let (ours, _) = logits(dtype, ops)?;
         let a = LogitAgreement::new(&reference, &ours, vocab);
         println!(
