@@ -32,6 +32,11 @@ fn u32_meta(w: &mut Writer, key: &str, value: usize) {
 /// q/k rows permuted for its RoPE, matrices in `format` (embedding and head in `outer`),
 /// norms in F32.
 fn gguf_of_fixture(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) -> Vec<u8> {
+    gguf_writer(format, outer, odd_tensor).bytes()
+}
+
+/// [`gguf_of_fixture`] before it is written out.
+fn gguf_writer(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) -> Writer {
     let dir = llmjp_testdata::fixture_dir(FIXTURE);
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let checkpoint = Checkpoint::open(&dir).unwrap();
@@ -149,7 +154,7 @@ fn gguf_of_fixture(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) ->
         // A k-quant (Q4_K, GGML type 12): 144 bytes per 256 values.
         w.tensor("blk.0.ffn_gate_inp.weight", &[256, 1], 12, &[0; 144]);
     }
-    w.bytes()
+    w
 }
 
 fn logits(dir: &Path, dtype: WeightDtype) -> Vec<f32> {
@@ -171,7 +176,7 @@ fn imported_gguf_runs_as_quantizing_on_load() {
         let file = dir.join("model.gguf");
         fs::write(&file, gguf_of_fixture(format, BlockFormat::Q8_0, false)).unwrap();
         let out = dir.join("imported");
-        let imported = import(&file, &fixture, &out, &mut |_, _| {}).unwrap();
+        let imported = import(&file, Some(&fixture), &out, &mut |_, _| {}).unwrap();
         assert_eq!(imported.format, Some(format));
         assert_eq!(imported.tensors, 2 + 2 * 9 + 1);
         let on_load = WeightDtype {
@@ -194,7 +199,7 @@ fn unsupported_types_and_broken_files_are_typed_errors() {
     let file = dir.join("model.gguf");
     let bytes = gguf_of_fixture(BlockFormat::Q8_0, BlockFormat::Q8_0, true);
     fs::write(&file, &bytes).unwrap();
-    let err = import(&file, &fixture, &dir.join("out"), &mut |_, _| {}).unwrap_err();
+    let err = import(&file, Some(&fixture), &dir.join("out"), &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, WeightsError::InvalidGguf { .. }), "{err}");
     let text = err.to_string();
     assert!(
@@ -204,11 +209,55 @@ fn unsupported_types_and_broken_files_are_typed_errors() {
     // Truncated anywhere: an error, never a panic.
     for cut in [10, bytes.len() / 3, bytes.len() - 1] {
         fs::write(&file, &bytes[..cut]).unwrap();
-        let err = import(&file, &fixture, &dir.join("out"), &mut |_, _| {}).unwrap_err();
+        let err = import(&file, Some(&fixture), &dir.join("out"), &mut |_, _| {}).unwrap_err();
         assert!(
             matches!(err, WeightsError::InvalidGguf { .. }),
             "cut {cut}: {err}"
         );
     }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn without_a_tokenizer_folder_the_gguf_s_own_tokenizer_is_written() {
+    let dir = temp("own-tokenizer");
+    let file = dir.join("model.gguf");
+    let mut w = gguf_writer(BlockFormat::Q8_0, BlockFormat::Q8_0, false);
+    let strings = |items: &[&str]| {
+        let mut out = 8u32.to_le_bytes().to_vec();
+        out.extend((items.len() as u64).to_le_bytes());
+        for item in items {
+            out.extend(string(item));
+        }
+        out
+    };
+    w.meta("tokenizer.ggml.model", 8, &string("llama"));
+    w.meta(
+        "tokenizer.ggml.tokens",
+        9,
+        &strings(&["<unk>", "<s>", "</s>", "\u{2581}a", "b"]),
+    );
+    u32_meta(&mut w, "tokenizer.ggml.bos_token_id", 1);
+    u32_meta(&mut w, "tokenizer.ggml.eos_token_id", 2);
+    fs::write(&file, w.bytes()).unwrap();
+    let out = dir.join("imported");
+    import(&file, None, &out, &mut |_, _| {}).unwrap();
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer["model"]["vocab"].as_array().unwrap().len(), 5);
+    let config = fs::read_to_string(out.join("tokenizer_config.json")).unwrap();
+    assert!(config.contains("\"eos_token\": \"</s>\""), "{config}");
+
+    // Without a vocabulary and without a folder: an error that asks for the folder, before
+    // anything is written.
+    fs::write(
+        &file,
+        gguf_of_fixture(BlockFormat::Q8_0, BlockFormat::Q8_0, false),
+    )
+    .unwrap();
+    let empty = dir.join("none");
+    let err = import(&file, None, &empty, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("--tokenizer"), "{err}");
+    assert!(!empty.exists());
     fs::remove_dir_all(&dir).unwrap();
 }

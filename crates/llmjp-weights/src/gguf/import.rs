@@ -5,7 +5,8 @@
 //! F32 / F16 / BF16 tensors copied, the query and key rows put back in Hugging Face's order,
 //! stacked experts split per expert; `config.json` comes from the metadata. Any other
 //! GGML type is an error naming the tensor and its type. The tokenizer files come from a
-//! folder given alongside (llm-jp's tokenizer).
+//! folder given alongside (llm-jp's tokenizer), else from the GGUF's own vocabulary
+//! ([`TokenizerFiles`]).
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::llama::{hf_name, hf_row_order, HfTensor};
+use super::tokenizer::TokenizerFiles;
 use super::{GgmlType, GgufFile, GgufTensor};
 use crate::quant::{split, values_dtype, BlockFormat, BLOCK, SCALE_SUFFIX};
 use crate::writer::{write_json, CheckpointWriter};
@@ -38,11 +40,12 @@ pub struct Imported {
 }
 
 /// Writes the model in the GGUF file `gguf` as a checkpoint folder `out` (see the module
-/// docs), with the tokenizer files of `tokenizer_dir`, calling `on_progress(done, total)`
-/// per GGUF tensor.
+/// docs), with the tokenizer files of `tokenizer_dir`, or without one those of the
+/// tokenizer the GGUF carries (an error when it carries none it can describe), calling
+/// `on_progress(done, total)` per GGUF tensor.
 pub fn import(
     gguf: &Path,
-    tokenizer_dir: &Path,
+    tokenizer_dir: Option<&Path>,
     out: &Path,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Imported> {
@@ -53,6 +56,17 @@ pub fn import(
     let invalid = |message: String| WeightsError::InvalidGguf {
         path: gguf.to_path_buf(),
         message,
+    };
+    // The tokenizer first: a file without a usable one fails before any tensor is copied.
+    let embedded = match tokenizer_dir {
+        Some(_) => None,
+        None => Some(TokenizerFiles::of(header)?.ok_or_else(|| {
+            invalid(
+                "it carries no tokenizer: pass llm-jp's tokenizer folder (--tokenizer DIR), \
+                 or put tokenizer.json and tokenizer_config.json beside the GGUF file"
+                    .into(),
+            )
+        })?),
     };
     let mut writer = CheckpointWriter::new(out)?;
     let (mut tensors, mut counts) = (0, [0usize; 2]);
@@ -118,10 +132,15 @@ pub fn import(
         });
     }
     write_json(&out.join("config.json"), &raw)?;
-    for name in TOKENIZER_FILES {
-        let from = tokenizer_dir.join(name);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(name)).map_err(|e| WeightsError::io(&from, e))?;
+    if let Some(files) = embedded {
+        files.write(out)?;
+    }
+    if let Some(dir) = tokenizer_dir {
+        for name in TOKENIZER_FILES {
+            let from = dir.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, out.join(name)).map_err(|e| WeightsError::io(&from, e))?;
+            }
         }
     }
     Ok(Imported {
@@ -208,8 +227,8 @@ pub const CACHE_ENV: &str = "LLMJP_CACHE_DIR";
 
 /// The checkpoint folder of a GGUF file, imported once into the cache (`CACHE_ENV`) and
 /// reused while the file keeps its size and modification time. The tokenizer files come
-/// from `tokenizer_dir`, else from the GGUF's own folder; without either, an error asks
-/// for one.
+/// from `tokenizer_dir`, else from the GGUF's own folder when it holds `tokenizer.json`,
+/// else from the tokenizer the GGUF carries; without any, an error asks for a folder.
 pub fn cached(
     gguf: &Path,
     tokenizer_dir: Option<&Path>,
@@ -218,17 +237,9 @@ pub fn cached(
     let meta = std::fs::metadata(gguf).map_err(|e| WeightsError::io(gguf, e))?;
     let parent = gguf.parent().unwrap_or(Path::new("."));
     let tokenizer_dir = match tokenizer_dir {
-        Some(dir) => dir,
-        None if parent.join("tokenizer.json").is_file() => parent,
-        None => {
-            return Err(WeightsError::InvalidGguf {
-                path: gguf.to_path_buf(),
-                message: "the tokenizer is read from a folder: pass llm-jp's tokenizer folder \
-                          (--tokenizer DIR), or put tokenizer.json and tokenizer_config.json \
-                          beside the GGUF file"
-                    .into(),
-            })
-        }
+        Some(dir) => Some(dir),
+        None if parent.join("tokenizer.json").is_file() => Some(parent),
+        None => None,
     };
     let modified = meta
         .modified()

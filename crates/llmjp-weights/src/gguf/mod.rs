@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 pub mod import;
 pub mod llama;
+pub mod tokenizer;
 
 use crate::checkpoint::MappedFile;
 use crate::{Result, WeightsError};
