@@ -181,6 +181,18 @@ fn inconsistent_vocabularies_are_typed_errors() {
         err.contains("bos_token_id") && err.contains("below 1"),
         "{err}"
     );
+    // A score that is not a number.
+    let bytes = gguf_of(&dir, |_, scores, _| scores[7] = f32::NAN);
+    let err = files_of(&bytes).unwrap_err().to_string();
+    assert!(err.contains("scores[7]"), "{err}");
+    // No tokens at all.
+    let bytes = gguf_of(&dir, |pieces, scores, types| {
+        pieces.clear();
+        scores.clear();
+        types.clear();
+    });
+    let err = files_of(&bytes).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
     // Another kind of vocabulary: asks for the folder.
     let mut w = Writer::default();
     w.meta("tokenizer.ggml.model", STRING, &string("gpt2"));

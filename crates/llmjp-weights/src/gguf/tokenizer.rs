@@ -68,6 +68,9 @@ impl TokenizerFiles {
             .collect::<Option<_>>()
             .ok_or_else(|| invalid("tokenizer.ggml.tokens holds a non-string".into()))?;
         let n = tokens.len();
+        if n == 0 {
+            return Err(invalid("tokenizer.ggml.tokens is empty".into()));
+        }
         let numbers = |key: &str, default: f64| -> Result<Vec<f64>> {
             match array(key)? {
                 None => Ok(vec![default; n]),
@@ -83,6 +86,12 @@ impl TokenizerFiles {
             }
         };
         let scores = numbers("tokenizer.ggml.scores", 0.0)?;
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(invalid(format!(
+                "tokenizer.ggml.scores[{i}] = {} is not finite",
+                scores[i]
+            )));
+        }
         let types = numbers("tokenizer.ggml.token_type", 1.0)?;
         let id = |key: &str| -> Result<Option<usize>> {
             match gguf.get(key) {
