@@ -8,7 +8,8 @@
 //! - [`QuantWeight`]: Q8_0 / Q4_0 blocks on the host (in place from a quantized checkpoint,
 //!   or quantized on load), run by the CPU kernels' integer dot products.
 //! - [`DeviceQuantWeight`]: the same blocks on any backend's device as 8-bit integers and
-//!   scales, dequantized as each product runs (burn's generic path).
+//!   scales, dequantized as each product runs (burn's generic path). The cubecl kernels
+//!   (CUDA, Vulkan) keep the blocks as stored instead: `cube::CubeQuantWeight`.
 //!
 //! A new format is one more implementation of [`Weight`], and the
 //! [`DecoderOps::load_linear`](crate::ops::DecoderOps::load_linear) of the ops that run it.
