@@ -23,7 +23,7 @@ use llmjp_model::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
 use llmjp_model::{
     read_f32, CausalLm, ComputeDtype, KvMemory, ModelConfig, ModelError, WeightDtype,
 };
-use llmjp_testdata::{argmax, max_abs_diff, model_reference, MODEL_FIXTURES as FIXTURES};
+use llmjp_testdata::{argmax, max_abs_diff, model_reference, uniform, MODEL_FIXTURES as FIXTURES};
 use llmjp_weights::quant::BlockFormat;
 use llmjp_weights::Checkpoint;
 
@@ -332,24 +332,12 @@ where
     }
 }
 
-/// Deterministic values in about [-1, 1), with a few larger ones (so that blocks' scales
+/// Reproducible values in [-1, 1), every 37th four times larger (so that blocks' scales
 /// differ).
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut next = uniform(seed);
     (0..n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 37 == 0 {
-                4.0 * u
-            } else {
-                u
-            }
-        })
+        .map(|i| next() * if i % 37 == 0 { 8.0 } else { 2.0 })
         .collect()
 }
 

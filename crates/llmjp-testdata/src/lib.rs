@@ -98,6 +98,16 @@ pub fn model_reference(name: &str) -> ModelReference {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A reproducible stream of values in `[-0.5, 0.5)` (a 64-bit LCG).
+pub fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+}
+
 /// Index of the largest value (the first on ties, as `torch.argmax`).
 pub fn argmax(values: &[f32]) -> u32 {
     (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best }) as u32

@@ -160,9 +160,8 @@ where
         dtype: ComputeDtype,
         _device: &<Cube<R, F, I, BT> as burn::tensor::backend::BackendTypes>::Device,
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
-        let [vocab, k] = self.shape;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            let vocab_size = vocab;
+        let [vocab_size, k] = self.shape;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(ModelError::InvalidToken { id, vocab_size });
         }
         let out = empty_f32(&self.values, [ids.len(), k]);

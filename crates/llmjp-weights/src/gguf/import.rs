@@ -236,11 +236,8 @@ pub fn cached(
 ) -> Result<std::path::PathBuf> {
     let meta = std::fs::metadata(gguf).map_err(|e| WeightsError::io(gguf, e))?;
     let parent = gguf.parent().unwrap_or(Path::new("."));
-    let tokenizer_dir = match tokenizer_dir {
-        Some(dir) => Some(dir),
-        None if parent.join("tokenizer.json").is_file() => Some(parent),
-        None => None,
-    };
+    let tokenizer_dir =
+        tokenizer_dir.or_else(|| parent.join("tokenizer.json").is_file().then_some(parent));
     let modified = meta
         .modified()
         .ok()

@@ -170,11 +170,15 @@ impl GgufValue {
         }
     }
 
-    /// The value as a float, if it is a number.
+    /// The value as a float, if it is a number (of any sign).
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Self::F32(v) => Some(v.into()),
             Self::F64(v) => Some(v),
+            Self::I8(v) => Some(v.into()),
+            Self::I16(v) => Some(v.into()),
+            Self::I32(v) => Some(v.into()),
+            Self::I64(v) => Some(v as f64),
             _ => self.as_u64().map(|v| v as f64),
         }
     }

@@ -76,7 +76,7 @@ impl TokenizerFiles {
                 None => Ok(vec![default; n]),
                 Some(items) if items.len() == n => items
                     .iter()
-                    .map(number)
+                    .map(GgufValue::as_f64)
                     .collect::<Option<_>>()
                     .ok_or_else(|| invalid(format!("{key} holds a non-number"))),
                 Some(items) => Err(invalid(format!(
@@ -201,17 +201,6 @@ impl TokenizerFiles {
         write_json(&dir.join("tokenizer.json"), &self.tokenizer)?;
         write_json(&dir.join("tokenizer_config.json"), &self.config)?;
         write_json(&dir.join("special_tokens_map.json"), &self.special_tokens)
-    }
-}
-
-/// A number of any GGUF numeric type.
-fn number(value: &GgufValue) -> Option<f64> {
-    match *value {
-        GgufValue::I8(v) => Some(v.into()),
-        GgufValue::I16(v) => Some(v.into()),
-        GgufValue::I32(v) => Some(v.into()),
-        GgufValue::I64(v) => Some(v as f64),
-        _ => value.as_f64(),
     }
 }
 
