@@ -108,6 +108,20 @@ pub fn resolve_tokenizer(spec: &str, options: &HubOptions) -> Result<PathBuf> {
 
 fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
+    // Something named `*.gguf` is meant as a GGUF file (a regular one is imported before
+    // this is called): a FIFO or device is not a file, a broken link a missing file, never
+    // a Hub id.
+    if spec.ends_with(".gguf") && std::fs::symlink_metadata(path).is_ok() {
+        match std::fs::metadata(path) {
+            Err(source) => return Err(WeightsError::io(path, source)),
+            Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+                return Err(WeightsError::NotAFile {
+                    path: path.to_path_buf(),
+                })
+            }
+            Ok(_) => {}
+        }
+    }
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }

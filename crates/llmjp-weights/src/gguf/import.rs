@@ -13,12 +13,13 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::llama::{hf_name, hf_row_order, HfTensor};
+use super::cache;
+use super::llama::{checked_hf_row_order, expected_shape, hf_name, HfTensor};
 use super::tokenizer::TokenizerFiles;
-use super::{GgmlType, GgufFile, GgufTensor};
+use super::{GgmlType, Gguf, GgufFile, GgufTensor};
 use crate::quant::{split, values_dtype, BlockFormat, BLOCK, SCALE_SUFFIX};
 use crate::writer::{write_json, CheckpointWriter};
-use crate::{Dtype, Result, WeightsError, QUANT_METHOD};
+use crate::{Dtype, ModelConfig, Result, WeightsError, QUANT_METHOD};
 
 /// The tokenizer files copied from the folder given alongside.
 pub const TOKENIZER_FILES: [&str; 4] = [
@@ -60,14 +61,18 @@ pub fn import(
     // The tokenizer first: a file without a usable one fails before any tensor is copied.
     let embedded = match tokenizer_dir {
         Some(_) => None,
-        None => Some(TokenizerFiles::of(header)?.ok_or_else(|| {
-            invalid(
-                "it carries no tokenizer: pass llm-jp's tokenizer folder (--tokenizer DIR), \
-                 or put tokenizer.json and tokenizer_config.json beside the GGUF file"
-                    .into(),
-            )
-        })?),
+        None => {
+            let files = TokenizerFiles::for_model(header, config.vocab_size)?;
+            Some(files.ok_or_else(|| {
+                invalid(
+                    "it carries no tokenizer: pass llm-jp's tokenizer folder (--tokenizer DIR), \
+                     or put tokenizer.json and tokenizer_config.json beside the GGUF file"
+                        .into(),
+                )
+            })?)
+        }
     };
+    check_tensors(header, &config).map_err(invalid)?;
     let mut writer = CheckpointWriter::new(out)?;
     let (mut tensors, mut counts) = (0, [0usize; 2]);
     let total = header.tensors.len();
@@ -106,7 +111,15 @@ pub fn import(
                 None
             };
             let rows = shape.first().copied().unwrap_or(1);
-            let order = heads.map(|h| hf_row_order(rows, h));
+            let order = match heads {
+                None => None,
+                Some(h) => Some(checked_hf_row_order(rows, h).ok_or_else(|| {
+                    invalid(format!(
+                        "{}: {rows} rows are not {h} heads of an even width",
+                        tensor.name
+                    ))
+                })?),
+            };
             tensors += add(&mut writer, tensor, name, shape, bytes, order.as_deref())
                 .map_err(|m| invalid(format!("{}: {m}", tensor.name)))?;
             if let Some(i) = [GgmlType::Q8_0, GgmlType::Q4_0]
@@ -148,6 +161,50 @@ pub fn import(
         tensors,
         bytes: written.bytes,
     })
+}
+
+/// Checks, before anything is written, that every tensor is of a type [`add`] copies, is
+/// one the model has ([`expected_shape`]: no unknown names, no layer past the last) and
+/// has the shape the config implies. The message names the first tensor that is not.
+fn check_tensors(header: &Gguf, config: &ModelConfig) -> std::result::Result<(), String> {
+    for tensor in &header.tensors {
+        // llama.cpp's precomputed RoPE factors: ours come from the config.
+        if tensor.name == "rope_freqs.weight" {
+            continue;
+        }
+        let name = &tensor.name;
+        let target = hf_name(name).ok_or_else(|| format!("unknown tensor {name}"))?;
+        let supported = [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+        ];
+        if !supported.contains(&tensor.kind) {
+            return Err(format!(
+                "{name}: {} is not supported (F32, F16, BF16, Q8_0 and Q4_0 are)",
+                tensor.kind
+            ));
+        }
+        let expected = expected_shape(config, &target).ok_or_else(|| {
+            format!(
+                "{name} is not a tensor of this model ({} layers, {})",
+                config.num_hidden_layers,
+                match config.num_local_experts {
+                    0 | 1 => "no experts".to_string(),
+                    n => format!("{n} experts"),
+                }
+            )
+        })?;
+        let found = tensor.shape();
+        if found != expected {
+            return Err(format!(
+                "{name} has shape {found:?}, the model's metadata implies {expected:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Adds one tensor (rows in `order` when given); returns how many tensors it wrote.
@@ -225,8 +282,8 @@ fn add(
 /// `$XDG_CACHE_HOME/llmjp`, else `~/.cache/llmjp`).
 pub const CACHE_ENV: &str = "LLMJP_CACHE_DIR";
 
-/// The checkpoint folder of a GGUF file, imported once into the cache (`CACHE_ENV`) and
-/// reused while the file keeps its size and modification time. The tokenizer files come
+/// The checkpoint folder of a GGUF file, imported once into the cache (`CACHE_ENV`, see
+/// [`cache_root`]) and reused while the file keeps its content. The tokenizer files come
 /// from `tokenizer_dir`, else from the GGUF's own folder when it holds `tokenizer.json`,
 /// else from the tokenizer the GGUF carries; without any, an error asks for a folder.
 pub fn cached(
@@ -234,28 +291,37 @@ pub fn cached(
     tokenizer_dir: Option<&Path>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<std::path::PathBuf> {
-    let meta = std::fs::metadata(gguf).map_err(|e| WeightsError::io(gguf, e))?;
+    cached_in(&cache_root(), gguf, tokenizer_dir, on_progress)
+}
+
+/// [`cached`] into the cache folder `cache` (imports go to `cache/gguf`).
+///
+/// The folder is named by the file's stem and a fingerprint of its content (length,
+/// modification time, its first 16 MiB and samples of the rest), so two files of one name
+/// and size do not share it. Each import stages into a folder of its own, removed if it
+/// fails; the first to finish renames its folder into place, and the others, finding it
+/// complete, use it. Staging folders of imports that died are removed once stale.
+pub fn cached_in(
+    cache: &Path,
+    gguf: &Path,
+    tokenizer_dir: Option<&Path>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<std::path::PathBuf> {
+    crate::regular_file_len(gguf)?;
     let parent = gguf.parent().unwrap_or(Path::new("."));
     let tokenizer_dir =
         tokenizer_dir.or_else(|| parent.join("tokenizer.json").is_file().then_some(parent));
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
     let stem = gguf.file_stem().unwrap_or_default().to_string_lossy();
-    let root = cache_root().join("gguf");
-    let dir = root.join(format!("{stem}-{}-{modified}", meta.len()));
-    if dir.join(".complete").is_file() {
+    let label = format!("{stem}-{:016x}", cache::fingerprint(gguf)?);
+    let root = cache.join("gguf");
+    let dir = root.join(&label);
+    if cache::is_complete(&dir) {
         return Ok(dir);
     }
-    let staging = root.join(format!(".{stem}-{}.partial", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    import(gguf, tokenizer_dir, &staging, on_progress)?;
-    let done = staging.join(".complete");
-    std::fs::write(&done, gguf.display().to_string()).map_err(|e| WeightsError::io(&done, e))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&staging, &dir).map_err(|e| WeightsError::io(&dir, e))?;
+    cache::remove_stale(&root);
+    let staging = cache::Staging::create(&root, &label)?;
+    import(gguf, tokenizer_dir, staging.path(), on_progress)?;
+    staging.publish(&dir)?;
     Ok(dir)
 }
 

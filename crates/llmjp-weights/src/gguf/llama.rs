@@ -4,7 +4,8 @@
 //! llama.cpp's converter (`convert_hf_to_gguf.py`) reorders the rows of `q_proj` and
 //! `k_proj` within each head so that its RoPE can rotate adjacent pairs; Hugging Face's
 //! Llama rotates the two halves of each head ("rotate half"). [`hf_row_order`] gives the
-//! order that undoes it.
+//! order that undoes it. [`expected_shape`] says which tensors a model has, and their
+//! shapes, so that an import refuses the rest before copying anything.
 //!
 //! ```
 //! use llmjp_weights::gguf::llama::{hf_name, hf_row_order, HfTensor};
@@ -18,7 +19,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Gguf, GgufValue};
-use crate::{ModelConfig, Result, WeightsError};
+use crate::{Architecture, ModelConfig, Result, WeightsError};
 
 /// Where a GGUF tensor goes in a Hugging Face Llama / Mixtral checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,15 +86,79 @@ pub fn hf_name(gguf: &str) -> Option<HfTensor> {
 
 /// For each row of a Hugging Face `q_proj` / `k_proj` weight (`rows` = heads × head_dim),
 /// the GGUF row that holds it (`heads`: the weight's heads, key/value heads for `k_proj`).
+///
+/// # Panics
+///
+/// When `rows` is not `heads` heads of an even, positive width: see
+/// [`checked_hf_row_order`], which says so instead.
 pub fn hf_row_order(rows: usize, heads: usize) -> Vec<usize> {
-    let dim = rows / heads.max(1);
+    checked_hf_row_order(rows, heads)
+        .unwrap_or_else(|| panic!("{rows} rows are not {heads} heads of an even width"))
+}
+
+/// [`hf_row_order`], or `None` when `rows` are not `heads` (at least one) heads of an even,
+/// positive width: nothing is divided before that is known.
+pub fn checked_hf_row_order(rows: usize, heads: usize) -> Option<Vec<usize>> {
+    if heads == 0 || !rows.is_multiple_of(heads) {
+        return None;
+    }
+    let dim = rows / heads;
+    if dim == 0 || !dim.is_multiple_of(2) {
+        return None;
+    }
     let half = dim / 2;
-    (0..rows)
-        .map(|r| {
-            let (head, within) = (r / dim, r % dim);
-            head * dim + 2 * (within % half) + within / half
-        })
-        .collect()
+    Some(
+        (0..rows)
+            .map(|r| {
+                let (head, within) = (r / dim, r % dim);
+                head * dim + 2 * (within % half) + within / half
+            })
+            .collect(),
+    )
+}
+
+/// The shape (PyTorch order) `config`'s model has for a Hugging Face tensor, or `None`
+/// when the model has no such tensor (a layer past the last, experts in a dense model, a
+/// dense MLP in a mixture).
+pub fn expected_shape(config: &ModelConfig, tensor: &HfTensor) -> Option<Vec<usize>> {
+    let hidden = config.hidden_size;
+    let inter = config.intermediate_size;
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mixture = config.architecture == Architecture::Mixtral;
+    let experts = config.num_local_experts;
+    let name = match tensor {
+        HfTensor::Experts { layer, matrix } => {
+            return match (*matrix, mixture && *layer < config.num_hidden_layers) {
+                (_, false) => None,
+                ("w2", true) => Some(vec![experts, hidden, inter]),
+                (_, true) => Some(vec![experts, inter, hidden]),
+            };
+        }
+        HfTensor::Dense(name) => name.as_str(),
+    };
+    match name {
+        "model.embed_tokens.weight" | "lm_head.weight" => {
+            return Some(vec![config.vocab_size, hidden])
+        }
+        "model.norm.weight" => return Some(vec![hidden]),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    if layer.parse::<usize>().ok()? >= config.num_hidden_layers {
+        return None;
+    }
+    Some(match part {
+        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![hidden],
+        "self_attn.q_proj.weight" => vec![q, hidden],
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, hidden],
+        "self_attn.o_proj.weight" => vec![hidden, q],
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" if !mixture => vec![inter, hidden],
+        "mlp.down_proj.weight" if !mixture => vec![hidden, inter],
+        "block_sparse_moe.gate.weight" if mixture => vec![experts, hidden],
+        _ => return None,
+    })
 }
 
 impl Gguf {

@@ -1,7 +1,9 @@
 //! llama.cpp's GGUF files (version 2 and 3): the header, the metadata and the tensor
 //! directory, read from a memory-mapped file with every count, length and offset checked
-//! against the bytes that are there, so that a truncated or hostile file is an
-//! [`WeightsError::InvalidGguf`], never a panic or a huge allocation.
+//! against the bytes that are there and against fixed limits ([`MAX_TENSORS`],
+//! [`MAX_METADATA_BYTES`], …; a sparse file's length costs nothing to fake), so that a
+//! truncated or hostile file is an [`WeightsError::InvalidGguf`], never a panic or a huge
+//! allocation.
 //!
 //! ```
 //! use llmjp_weights::gguf::{GgmlType, Gguf, GgufValue};
@@ -37,6 +39,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod cache;
 pub mod import;
 pub mod llama;
 pub mod tokenizer;
@@ -52,10 +55,29 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nesting of arrays in metadata (real files nest none).
 const MAX_DEPTH: usize = 4;
+
+// Limits on what a header may make us allocate. A header's counts and lengths are checked
+// against these fixed maxima, never only against the file's length: a sparse file costs
+// nothing to make as long as any count it declares. Each is far above real models (a
+// Mixtral 8x22B has about 560 tensors, Gemma 3 a vocabulary of 262,144 tokens, the largest
+// chat templates are tens of kilobytes). Together they bound the memory a header can take
+// to a few hundred MiB: 32 bytes a value, the metadata's bytes, the tensor directory.
+
 /// Metadata values in all (array items included): a vocabulary of 250,000 tokens with its
-/// scores, types and merges is about a million. Bounds the memory a hostile file can make
-/// us allocate (a value takes 32 bytes, where a file may spend one).
+/// scores, types and merges is about a million.
 pub const MAX_METADATA_VALUES: u64 = 1 << 22;
+/// Metadata entries (keys); real files have a few dozen.
+pub const MAX_METADATA_ENTRIES: u64 = 1 << 16;
+/// Items in one metadata array (a vocabulary, its scores, its merges).
+pub const MAX_ARRAY_ITEMS: u64 = 1 << 20;
+/// Bytes in one metadata string (a token, a chat template, a license text).
+pub const MAX_STRING_BYTES: u64 = 4 << 20;
+/// Bytes the whole metadata section may take in the file.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
+/// Tensors in the directory.
+pub const MAX_TENSORS: u64 = 1 << 16;
+/// Bytes in a tensor's name (llama.cpp refuses names of 64 bytes and more).
+pub const MAX_TENSOR_NAME_BYTES: u64 = 256;
 
 /// A GGML tensor type: how elements are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -268,10 +290,16 @@ impl GgufFile {
 
 impl Gguf {
     /// Reads the header of a GGUF file held in `bytes`; `path` names it in errors.
+    ///
+    /// Refused as [`WeightsError::InvalidGguf`]: counts and lengths above the limits of
+    /// this module (`MAX_*`) or beyond the file, a metadata key given twice (llama.cpp
+    /// refuses it too: the first would win silently), two tensors of one name, tensors
+    /// whose bytes overlap, lie past the end or are not aligned.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let mut r = Reader {
             bytes,
             at: 0,
+            end: bytes.len(),
             path,
             values: 0,
         };
@@ -286,16 +314,12 @@ impl Gguf {
         }
         let tensor_count = r.u64()?;
         let metadata_count = r.u64()?;
-        // Each entry takes at least 12 bytes: more than the file holds is a lie.
+        r.check_limit(tensor_count, MAX_TENSORS, "tensors")?;
+        r.check_limit(metadata_count, MAX_METADATA_ENTRIES, "metadata entries")?;
+        // Each entry takes at least this many bytes: more than the file holds is a lie.
         r.check_count(tensor_count, 8 + 4 + 4 + 8, "tensors")?;
         r.check_count(metadata_count, 8 + 4 + 1, "metadata entries")?;
-        let mut metadata = Vec::with_capacity(metadata_count as usize);
-        for _ in 0..metadata_count {
-            let key = r.string()?;
-            let kind = r.u32()?;
-            let value = r.value(kind, 0)?;
-            metadata.push((key, value));
-        }
+        let metadata = r.metadata(metadata_count)?;
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u64() {
@@ -303,39 +327,19 @@ impl Gguf {
                 _ => return Err(r.invalid("general.alignment is not a power of two up to 1 MiB")),
             },
         };
-        let mut infos = Vec::with_capacity(tensor_count as usize);
-        for _ in 0..tensor_count {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.invalid(&format!("tensor {name:?} has {n_dims} dimensions")));
-            }
-            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
-            let kind = GgmlType::from_id(r.u32()?);
-            let offset = r.u64()?;
-            infos.push((name, dims, kind, offset));
-        }
+        let infos = r.tensor_infos(tensor_count)?;
         let data_start = (r.at as u64).next_multiple_of(alignment);
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, dims, kind, offset) in infos {
-            let elements = dims
-                .iter()
-                .try_fold(1u64, |n, &d| n.checked_mul(d))
-                .ok_or_else(|| r.invalid(&format!("tensor {name:?}: its size overflows")))?;
-            let len = match kind.block() {
-                Some((block, block_bytes)) => {
-                    if dims[0] % block as u64 != 0 {
-                        return Err(r.invalid(&format!(
-                            "tensor {name:?}: {} values per row is not a whole number of {kind} blocks",
-                            dims[0]
-                        )));
-                    }
-                    (elements / block as u64)
-                        .checked_mul(block_bytes as u64)
-                        .ok_or_else(|| r.invalid(&format!("tensor {name:?}: its size overflows")))?
-                }
-                None => 0,
-            };
+        // Grown as tensors are checked, not reserved from the header's count.
+        let mut tensors = Vec::new();
+        for info in infos {
+            let TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            } = info;
+            let len =
+                stored_len(&dims, kind).map_err(|m| r.invalid(&format!("tensor {name:?}: {m}")))?;
             if offset % alignment != 0 {
                 return Err(r.invalid(&format!("tensor {name:?}: offset {offset} is not aligned")));
             }
@@ -355,6 +359,12 @@ impl Gguf {
                     )))
                 }
             }
+        }
+        if let Some((a, b)) = first_overlap(&tensors) {
+            return Err(r.invalid(&format!(
+                "the data of tensors {:?} and {:?} overlap",
+                tensors[a].name, tensors[b].name
+            )));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -380,10 +390,58 @@ impl Gguf {
     }
 }
 
+/// The bytes a tensor of GGML dims `dims` and type `kind` takes (0 for a type whose
+/// layout is unknown), or why it cannot be stored.
+fn stored_len(dims: &[u64], kind: GgmlType) -> std::result::Result<u64, String> {
+    let overflow = || "its size overflows".to_string();
+    let elements = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .ok_or_else(overflow)?;
+    let Some((block, block_bytes)) = kind.block() else {
+        return Ok(0);
+    };
+    if !dims[0].is_multiple_of(block as u64) {
+        return Err(format!(
+            "{} values per row is not a whole number of {kind} blocks",
+            dims[0]
+        ));
+    }
+    (elements / block as u64)
+        .checked_mul(block_bytes as u64)
+        .ok_or_else(overflow)
+}
+
+/// The indices of two tensors whose (non-empty) byte ranges overlap, if any do.
+fn first_overlap(tensors: &[GgufTensor]) -> Option<(usize, usize)> {
+    let mut ranges: Vec<(usize, usize, usize)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.len > 0)
+        .map(|(i, t)| (t.start, t.start + t.len, i))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+        .windows(2)
+        .find(|w| w[1].0 < w[0].1)
+        .map(|w| (w[0].2, w[1].2))
+}
+
+/// A tensor's entry as read, before it is checked against the file.
+struct TensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    kind: GgmlType,
+    /// From the start of the data.
+    offset: u64,
+}
+
 /// A cursor over the file's bytes.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Reads stop here: the end of the file, or of the metadata's byte budget.
+    end: usize,
     path: &'a Path,
     /// Metadata values read so far.
     values: u64,
@@ -398,9 +456,9 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = self.at.checked_add(n).filter(|&e| e <= self.end);
         let Some(end) = end else {
-            return Err(self.invalid("the file ends early (truncated?)"));
+            return Err(self.overrun(n as u64, "the file ends early (truncated?)"));
         };
         let out = &self.bytes[self.at..end];
         self.at = end;
@@ -420,20 +478,93 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    /// Refuses a count of items of at least `min_bytes` each that the rest cannot hold.
-    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<()> {
-        let room = (self.bytes.len() - self.at) as u64;
-        if count.saturating_mul(min_bytes) > room {
-            return Err(self.invalid(&format!("{count} {what} cannot fit in the file")));
+    /// Refuses a count above this module's `limit` for `what`.
+    fn check_limit(&self, count: u64, limit: u64, what: &str) -> Result<()> {
+        if count > limit {
+            return Err(self.invalid(&format!("{count} {what} (more than the limit of {limit})")));
         }
         Ok(())
     }
 
-    fn string(&mut self) -> Result<String> {
+    /// Refuses a count of items of at least `min_bytes` each that the rest cannot hold.
+    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<()> {
+        let needed = count.saturating_mul(min_bytes);
+        if needed > (self.end - self.at) as u64 {
+            return Err(self.overrun(needed, &format!("{count} {what} cannot fit in the file")));
+        }
+        Ok(())
+    }
+
+    /// The error for `needed` bytes past [`end`](Self::end): the metadata's budget when
+    /// the file holds them, else `beyond_file`.
+    fn overrun(&self, needed: u64, beyond_file: &str) -> WeightsError {
+        let in_file = needed <= (self.bytes.len() - self.at) as u64;
+        if self.end < self.bytes.len() && in_file {
+            self.invalid(&format!(
+                "the metadata takes more than {MAX_METADATA_BYTES} bytes"
+            ))
+        } else {
+            self.invalid(beyond_file)
+        }
+    }
+
+    /// A string of at most `limit` bytes.
+    fn string(&mut self, limit: u64, what: &str) -> Result<String> {
         let len = self.u64()?;
+        self.check_limit(len, limit, &format!("bytes in {what}"))?;
         self.check_count(len, 1, "string bytes")?;
         let bytes = self.take(len as usize)?;
         Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// `count` metadata entries, in at most [`MAX_METADATA_BYTES`], each key once.
+    fn metadata(&mut self, count: u64) -> Result<Vec<(String, GgufValue)>> {
+        let file_end = self.end;
+        self.end = self
+            .at
+            .saturating_add(MAX_METADATA_BYTES as usize)
+            .min(file_end);
+        let mut keys = std::collections::HashSet::new();
+        let mut metadata = Vec::new();
+        for _ in 0..count {
+            let key = self.string(MAX_STRING_BYTES, "a metadata key")?;
+            if !keys.insert(key.clone()) {
+                return Err(self.invalid(&format!("metadata key {key:?} appears twice")));
+            }
+            let kind = self.u32()?;
+            let value = self.value(kind, 0)?;
+            metadata.push((key, value));
+        }
+        self.end = file_end;
+        Ok(metadata)
+    }
+
+    /// The tensor directory, each name once.
+    fn tensor_infos(&mut self, count: u64) -> Result<Vec<TensorInfo>> {
+        let mut names = std::collections::HashSet::new();
+        let mut infos = Vec::new();
+        for _ in 0..count {
+            let name = self.string(MAX_TENSOR_NAME_BYTES, "a tensor name")?;
+            if !names.insert(name.clone()) {
+                return Err(self.invalid(&format!("tensor {name:?} appears twice")));
+            }
+            let n_dims = self.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(self.invalid(&format!("tensor {name:?} has {n_dims} dimensions")));
+            }
+            let dims = (0..n_dims)
+                .map(|_| self.u64())
+                .collect::<Result<Vec<_>>>()?;
+            let kind = GgmlType::from_id(self.u32()?);
+            let offset = self.u64()?;
+            infos.push(TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            });
+        }
+        Ok(infos)
     }
 
     fn value(&mut self, kind: u32, depth: usize) -> Result<GgufValue> {
@@ -454,13 +585,14 @@ impl<'a> Reader<'a> {
                 1 => GgufValue::Bool(true),
                 other => return Err(self.invalid(&format!("a boolean of value {other}"))),
             },
-            8 => GgufValue::String(self.string()?),
+            8 => GgufValue::String(self.string(MAX_STRING_BYTES, "a metadata string")?),
             9 => {
                 if depth >= MAX_DEPTH {
                     return Err(self.invalid("arrays nested too deep"));
                 }
                 let item = self.u32()?;
                 let count = self.u64()?;
+                self.check_limit(count, MAX_ARRAY_ITEMS, "array items")?;
                 // Every item takes at least one byte (an empty string takes eight).
                 self.check_count(count, if item == 8 { 8 } else { 1 }, "array items")?;
                 // Grown as items are read, not reserved from the count.

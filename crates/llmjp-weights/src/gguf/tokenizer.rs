@@ -196,6 +196,34 @@ impl TokenizerFiles {
         }))
     }
 
+    /// [`of`](Self::of), checked against the model it comes with: its vocabulary must have
+    /// exactly `vocab_size` tokens (llama.cpp's converter pads it to the embedding's rows).
+    /// Fewer would leave ids the model can produce that decode to nothing; more, ids past
+    /// the embedding table.
+    pub fn for_model(gguf: &Gguf, vocab_size: usize) -> Result<Option<Self>> {
+        let Some(files) = Self::of(gguf)? else {
+            return Ok(None);
+        };
+        let tokens = files.tokenizer["model"]["vocab"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if tokens != vocab_size {
+            let consequence = if tokens < vocab_size {
+                "ids it lacks would decode to nothing"
+            } else {
+                "its ids would index past the embedding table"
+            };
+            return Err(WeightsError::InvalidGguf {
+                path: gguf.path.clone(),
+                message: format!(
+                    "its tokenizer has {tokens} tokens for a model of {vocab_size} ({consequence}): \
+                     pass the model's tokenizer folder (--tokenizer DIR)"
+                ),
+            });
+        }
+        Ok(Some(files))
+    }
+
     /// Writes the three files into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_json(&dir.join("tokenizer.json"), &self.tokenizer)?;
