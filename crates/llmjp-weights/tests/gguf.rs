@@ -375,6 +375,7 @@ fn sparse_cases() -> Vec<SparseCase> {
     cases
 }
 
+#[cfg(unix)]
 #[test]
 fn sparse_16_gib_files_are_refused_under_an_address_space_limit() {
     use std::os::unix::fs::FileExt;

@@ -331,13 +331,13 @@ impl Gguf {
         let data_start = (r.at as u64).next_multiple_of(alignment);
         // Grown as tensors are checked, not reserved from the header's count.
         let mut tensors = Vec::new();
-        for info in infos {
-            let TensorInfo {
-                name,
-                dims,
-                kind,
-                offset,
-            } = info;
+        for TensorInfo {
+            name,
+            dims,
+            kind,
+            offset,
+        } in infos
+        {
             let len =
                 stored_len(&dims, kind).map_err(|m| r.invalid(&format!("tensor {name:?}: {m}")))?;
             if offset % alignment != 0 {
