@@ -1,25 +1,34 @@
 //! Rendering untrusted templates in bounded memory and time.
 //!
-//! minijinja bounds instructions (fuel) and recursion, but one `~` can double a string, so
-//! a few dozen instructions reach gigabytes. Before a render, [`harden`] rewrites the
-//! compiled instructions so that everything that builds a value goes through a check:
+//! minijinja bounds instructions (fuel) and recursion, but one `~` can double a string and
+//! one `map('upper')` can copy a list of large strings, so a few dozen instructions reach
+//! gigabytes. Every render therefore carries a byte budget
+//! ([`RenderLimits::max_memory_bytes`]) that is charged for what each operation *makes*,
+//! before it makes it, and a deadline:
 //!
-//! - `~`, `+` and `*` become calls of checked versions that size their result first;
-//! - results of calls, filters, slices and list/map literals are charged to the render's
-//!   memory budget (strings by length, containers by item count), and their nesting depth
-//!   is bounded (deep nesting would overflow the stack when the value is dropped);
-//! - raw template text is emitted through the formatter, which charges every emitted byte,
-//!   captured (`{% set x %}…{% endset %}`) or not;
+//! - the environment starts empty ([`Environment::empty`]) and every filter, test,
+//!   function and method it offers is a wrapper (modules [`filters`], [`predicates`],
+//!   [`functions`], [`methods`]) that charges the bytes the built-in will make, computed
+//!   from its arguments ([`sizes`]), before calling it, or builds the result itself within
+//!   what is left of the budget. Filters that call other filters by name (`map`,
+//!   `select`, `reject`, `selectattr`, `rejectattr`) reach these same wrappers, so every
+//!   per-item call is charged too;
+//! - before a render, [`harden`] rewrites the compiled instructions: `~`, `+`, `*` and `in`
+//!   become calls of checked versions that size their result first; results of function
+//!   calls, slices and list/map literals are charged when made; raw template text is
+//!   emitted through the formatter, which charges every emitted byte, captured
+//!   (`{% set x %}…{% endset %}`) or not;
 //! - number literals become calls (`__llmjp_number(3)`), so that minijinja cannot fold
 //!   `'x' * 99999999` or `[s] * 10**9 ~ ''` into a huge constant while compiling;
-//! - a tick before every call, every loop iteration and every 32 straight-line
-//!   instructions checks the wall-clock deadline.
+//! - the nesting depth of every value made is bounded (deep nesting would overflow the
+//!   stack when the value is dropped), and lazy results that keep their inputs alive
+//!   (`chain`, `zip`, `items`, `reverse`, `dict.items()`, …) are materialised and charged;
+//! - a tick before every call, every loop iteration, every 32 straight-line instructions
+//!   and inside long built-in loops checks the wall-clock deadline.
 //!
-//! Filters and methods that can amplify their input (`indent`, `replace`, `join`, `format`,
-//! `batch`, `string`, `pprint`, `tojson`) size their output before building it. The budget
-//! counts every byte a render creates, so it bounds both the peak memory and, with the
-//! deadline, the work; see [`RenderLimits`].
+//! The exact accounting is documented on [`RenderLimits::max_memory_bytes`].
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
@@ -27,6 +36,12 @@ use std::time::{Duration, Instant};
 use minijinja::machinery::{tokenize, Instruction, Instructions, Token, WhitespaceConfig};
 use minijinja::value::{Rest, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Output, State};
+
+mod filters;
+mod functions;
+pub(crate) mod methods;
+mod predicates;
+pub(crate) mod sizes;
 
 /// Limits of one render of an untrusted template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +81,7 @@ impl Default for RenderLimits {
 /// Deepest nesting of lists and maps a render may build.
 pub(crate) const MAX_NESTING: usize = 64;
 /// Bytes charged per list or map item.
-const ITEM_BYTES: usize = 32;
+pub(crate) const ITEM_BYTES: usize = 32;
 /// Straight-line instructions between two deadline checks.
 const TICK_EVERY: usize = 32;
 
@@ -76,6 +91,7 @@ const CONCAT: &str = "llmjp:concat";
 const ADD: &str = "llmjp:add";
 const MUL: &str = "llmjp:mul";
 const ACCOUNT: &str = "llmjp:account";
+const CONTAINS: &str = "llmjp:contains";
 
 /// Which limit a render ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +155,11 @@ fn fail(kind: Exceeded) -> Error {
     Error::new(ErrorKind::InvalidOperation, message)
 }
 
+/// The error of a built-in that would make more than what is left of the budget.
+pub(crate) fn memory_exceeded() -> Error {
+    fail(Exceeded::Memory)
+}
+
 /// Bytes this render may still create (unbounded outside a render).
 fn bytes_left() -> usize {
     BUDGET.with(|b| b.borrow().as_ref().map_or(usize::MAX, |b| b.bytes_left))
@@ -177,7 +198,8 @@ pub(crate) fn check_growth(len: usize) -> Result<(), Error> {
     tick()
 }
 
-fn tick() -> Result<(), Error> {
+/// Fails once the render's deadline has passed.
+pub(crate) fn tick() -> Result<(), Error> {
     let late = BUDGET.with(|b| {
         b.borrow()
             .as_ref()
@@ -191,9 +213,19 @@ fn tick() -> Result<(), Error> {
 }
 
 /// A `fmt::Write` that fails instead of growing past `limit`.
-struct CappedString {
-    text: String,
-    limit: usize,
+pub(crate) struct CappedString {
+    pub(crate) text: String,
+    pub(crate) limit: usize,
+}
+
+impl CappedString {
+    /// An empty string that may grow to what is left of the budget.
+    pub(crate) fn within_budget() -> Self {
+        Self {
+            text: String::new(),
+            limit: bytes_left(),
+        }
+    }
 }
 
 impl fmt::Write for CappedString {
@@ -224,7 +256,7 @@ impl fmt::Write for CappedCount {
 }
 
 /// The length of `value` as text, failing when it would not fit the budget.
-fn display_len(value: &Value) -> Result<usize, Error> {
+pub(crate) fn display_len(value: &Value) -> Result<usize, Error> {
     if let Some(s) = value.as_str() {
         return Ok(s.len());
     }
@@ -237,7 +269,7 @@ fn display_len(value: &Value) -> Result<usize, Error> {
 }
 
 /// `values` as one string, built only if it fits in what is left of the budget.
-fn display_string(values: &[&Value]) -> Result<String, Error> {
+pub(crate) fn display_string(values: &[&Value]) -> Result<String, Error> {
     let mut out = CappedString {
         text: String::new(),
         limit: bytes_left(),
@@ -248,8 +280,47 @@ fn display_string(values: &[&Value]) -> Result<String, Error> {
     Ok(out.text)
 }
 
+/// The bytes a built-in makes converting `value` to text: none for strings, their
+/// printed length for anything else (minijinja prints non-strings to convert them).
+pub(crate) fn conversion_len(value: &Value) -> Result<usize, Error> {
+    match value.as_str() {
+        Some(_) => Ok(0),
+        None => display_len(value),
+    }
+}
+
+/// `value` as text: borrowed for strings, printed (within the budget) otherwise.
+pub(crate) fn text_of(value: &Value) -> Result<Cow<'_, str>, Error> {
+    match value.as_str() {
+        Some(s) => Ok(Cow::Borrowed(s)),
+        None => Ok(Cow::Owned(display_string(&[value])?)),
+    }
+}
+
+/// How many items iterating `value` yields (characters for strings), counted without
+/// keeping them; fails once their [`ITEM_BYTES`] no longer fit the budget.
+pub(crate) fn item_count(value: &Value) -> Result<usize, Error> {
+    if let Some(s) = value.as_str() {
+        return Ok(s.chars().count());
+    }
+    if let Some(len) = value.len() {
+        return Ok(len);
+    }
+    let Ok(items) = value.try_iter() else {
+        return Ok(0);
+    };
+    let mut count = 0usize;
+    for _ in items {
+        count += 1;
+        if count.is_multiple_of(1024) {
+            check_growth(count.saturating_mul(ITEM_BYTES))?;
+        }
+    }
+    Ok(count)
+}
+
 /// What a value costs: its bytes for strings, [`ITEM_BYTES`] an item for containers.
-fn cost(value: &Value) -> usize {
+pub(crate) fn cost(value: &Value) -> usize {
     match value.kind() {
         ValueKind::String | ValueKind::Bytes => value.as_str().map_or(0, str::len),
         ValueKind::Seq | ValueKind::Map => value.len().unwrap_or(0).saturating_mul(ITEM_BYTES),
@@ -257,19 +328,23 @@ fn cost(value: &Value) -> usize {
     }
 }
 
-/// Fails when containers nest deeper than [`MAX_NESTING`] (dropping or printing a deeper
-/// value would recurse that deep). The walk checks the deadline as it goes.
-fn check_nesting(value: &Value) -> Result<(), Error> {
+/// Fails when containers (lazy iterables included) nest deeper than [`MAX_NESTING`]
+/// (dropping or printing a deeper value would recurse that deep). The walk checks the
+/// deadline as it goes.
+pub(crate) fn check_nesting(value: &Value) -> Result<(), Error> {
     fn walk(value: &Value, level: usize, visits: &mut usize) -> Result<(), Error> {
-        if !matches!(value.kind(), ValueKind::Seq | ValueKind::Map) {
+        *visits += 1;
+        if (*visits).is_multiple_of(4096) {
+            tick()?;
+        }
+        if !matches!(
+            value.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ) {
             return Ok(());
         }
         if level >= MAX_NESTING {
             return Err(fail(Exceeded::Nesting));
-        }
-        *visits += 1;
-        if (*visits).is_multiple_of(4096) {
-            tick()?;
         }
         let Ok(items) = value.try_iter() else {
             return Ok(());
@@ -371,7 +446,42 @@ fn two(args: &[Value]) -> Result<[&Value; 2], Error> {
     }
 }
 
-/// Registers the checked operators and the bounded formatter and filters on `env`.
+/// `needle in container`: minijinja prints a non-string needle to look for it in a string,
+/// so that text is sized first; containers are searched with deadline checks.
+fn contains(state: &State, args: Rest<Value>) -> Result<Value, Error> {
+    let [needle, container] = two(&args)?;
+    if let Some(haystack) = container.as_str() {
+        let needle = text_of(needle)?;
+        charge(conversion_len_of(&needle))?;
+        return Ok(Value::from(haystack.contains(needle.as_ref())));
+    }
+    if matches!(container.kind(), ValueKind::Seq | ValueKind::Iterable) {
+        for (i, item) in container.try_iter()?.enumerate() {
+            if i.is_multiple_of(1024) {
+                tick()?;
+            }
+            if &item == needle {
+                return Ok(Value::from(true));
+            }
+        }
+        return Ok(Value::from(false));
+    }
+    let env = state.env();
+    let compiled = env.compile_expression("a in b")?;
+    compiled.eval(minijinja::context! { a => needle, b => container })
+}
+
+/// The bytes a printed needle took (none when it was a string already).
+fn conversion_len_of(text: &Cow<'_, str>) -> usize {
+    match text {
+        Cow::Borrowed(_) => 0,
+        Cow::Owned(s) => s.len(),
+    }
+}
+
+/// Registers the checked operators, the bounded formatter and the wrapped built-ins
+/// (filters, tests, functions) on `env`, which must start empty
+/// ([`Environment::empty`]): only what is registered here can run.
 pub(crate) fn install(env: &mut Environment<'static>) {
     env.add_function(NUMBER, |n: Value| n);
     env.add_function(TICK, |_: Rest<Value>| tick().map(|()| Value::UNDEFINED));
@@ -379,6 +489,7 @@ pub(crate) fn install(env: &mut Environment<'static>) {
     env.add_function(ADD, add);
     env.add_function(MUL, mul);
     env.add_function(ACCOUNT, account);
+    env.add_function(CONTAINS, contains);
     env.set_formatter(|out: &mut Output, _: &State, value: &Value| {
         tick()?;
         if let Some(s) = value.as_str() {
@@ -390,167 +501,12 @@ pub(crate) fn install(env: &mut Environment<'static>) {
         out.write_str(&text).map_err(write_error)
     });
     filters::install(env);
+    predicates::install(env);
+    functions::install(env);
 }
 
 fn write_error(_: fmt::Error) -> Error {
     Error::new(ErrorKind::WriteFailure, "failed to write output")
-}
-
-/// The checks a method call needs before pycompat builds its result.
-pub(crate) fn check_method(name: &str, receiver: &Value, args: &[Value]) -> Result<(), Error> {
-    tick()?;
-    if let Some(s) = receiver.as_str() {
-        match (name, args) {
-            ("replace", [from, to, ..]) => check_replace(s, from, to)?,
-            ("join", [items, ..]) => check_join(items, s.len())?,
-            ("format", _) => check_format(s, args)?,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_replace(s: &str, from: &Value, to: &Value) -> Result<(), Error> {
-    let from = from.as_str().unwrap_or_default();
-    let to_len = display_len(to)?;
-    let hits = if from.is_empty() {
-        s.chars().count() + 1
-    } else {
-        s.matches(from).count()
-    };
-    check_len(s.len().saturating_add(hits.saturating_mul(to_len)))
-}
-
-fn check_join(items: &Value, separator: usize) -> Result<(), Error> {
-    let mut total = 0usize;
-    for item in items.try_iter()? {
-        total = total
-            .saturating_add(display_len(&item)?)
-            .saturating_add(separator);
-        check_len(total)?;
-    }
-    Ok(())
-}
-
-/// printf- and `str.format`-style widths come from numbers in the format string or in the
-/// arguments (`%*d`): their sum bounds the padding.
-fn check_format(format: &str, args: &[Value]) -> Result<(), Error> {
-    let mut total = format.len();
-    for number in format
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|n| !n.is_empty())
-    {
-        total = total.saturating_add(number.parse::<usize>().unwrap_or(usize::MAX));
-    }
-    for arg in args {
-        total = total.saturating_add(display_len(arg)?);
-        if let Some(n) = arg.as_i64() {
-            total = total.saturating_add(n.unsigned_abs() as usize);
-        }
-    }
-    check_len(total)
-}
-
-mod filters {
-    //! Bounded versions of the filters that can make more than they are given: each sizes
-    //! its result, then calls minijinja's own filter (the result is charged after the call).
-
-    use super::*;
-    use minijinja::filters as builtin;
-
-    pub(super) fn install(env: &mut Environment<'static>) {
-        env.add_filter("indent", indent);
-        env.add_filter("replace", replace);
-        env.add_filter("join", join);
-        env.add_filter("format", format);
-        env.add_filter("batch", batch);
-        env.add_filter("string", string);
-        env.add_filter("pprint", pprint);
-        env.add_filter("list", list);
-    }
-
-    /// `value` and `args` as the argument list of a filter call.
-    fn call(state: &State, filter: Value, value: &Value, args: &[Value]) -> Result<Value, Error> {
-        let all: Vec<Value> = std::iter::once(value.clone())
-            .chain(args.iter().cloned())
-            .collect();
-        filter.call(state, &all)
-    }
-
-    fn indent(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-        let width = match args.first() {
-            Some(w) if w.kind() == ValueKind::Number => w.as_usize().unwrap_or(usize::MAX),
-            Some(w) => display_len(w)?,
-            None => 4,
-        };
-        let text = value.as_str().unwrap_or_default();
-        let lines = text.lines().count().saturating_add(1);
-        check_len(width.saturating_mul(lines).saturating_add(text.len()))?;
-        call(state, Value::from_function(builtin::indent), value, &args)
-    }
-
-    fn replace(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-        if let ([from, to, ..], Some(text)) = (&args[..], value.as_str()) {
-            check_replace(text, from, to)?;
-        }
-        call(state, Value::from_function(builtin::replace), value, &args)
-    }
-
-    fn join(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-        let separator = args.first().map(display_len).transpose()?.unwrap_or(0);
-        if matches!(
-            value.kind(),
-            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
-        ) {
-            check_join(value, separator)?;
-        }
-        call(state, Value::from_function(builtin::join), value, &args)
-    }
-
-    fn format(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-        check_format(value.as_str().unwrap_or_default(), &args)?;
-        call(state, Value::from_function(builtin::format), value, &args)
-    }
-
-    fn batch(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
-        let count = args.first().and_then(Value::as_usize).unwrap_or(0);
-        let len = value.len().unwrap_or(0);
-        check_len(len.saturating_add(count).saturating_mul(ITEM_BYTES))?;
-        call(state, Value::from_function(builtin::batch), value, &args)
-    }
-
-    fn string(value: &Value) -> Result<Value, Error> {
-        if value.kind() == ValueKind::String {
-            return Ok(value.clone());
-        }
-        Ok(Value::from(display_string(&[value])?))
-    }
-
-    fn pprint(value: &Value) -> Result<Value, Error> {
-        let mut out = CappedString {
-            text: String::new(),
-            limit: bytes_left(),
-        };
-        write!(out, "{value:#?}").map_err(|_| fail(Exceeded::Memory))?;
-        Ok(Value::from(out.text))
-    }
-
-    fn list(state: &State, value: Value) -> Result<Value, Error> {
-        if value.kind() == ValueKind::String {
-            let chars = value.as_str().map_or(0, |s| s.chars().count());
-            check_len(chars.saturating_mul(ITEM_BYTES))?;
-        } else {
-            let mut len = 0usize;
-            let Ok(items) = value.try_iter() else {
-                return builtin::list(state, value);
-            };
-            for _ in items {
-                len += 1;
-                check_len(len.saturating_mul(ITEM_BYTES))?;
-            }
-        }
-        builtin::list(state, value)
-    }
 }
 
 /// `source` with every number literal `N` written `(__llmjp_number(N))`: minijinja folds
@@ -612,12 +568,11 @@ pub(crate) fn harden<'s>(old: &Instructions<'s>) -> Instructions<'s> {
             since_tick = 0;
         }
         since_tick += 1;
+        // Filters and methods charge what they make themselves (see `filters`, `methods`).
         let account_after = matches!(
             instruction,
             Instruction::CallFunction(..)
-                | Instruction::CallMethod(..)
                 | Instruction::CallObject(..)
-                | Instruction::ApplyFilter(..)
                 | Instruction::Slice
                 | Instruction::BuildList(..)
                 | Instruction::BuildMap(..)
@@ -626,6 +581,7 @@ pub(crate) fn harden<'s>(old: &Instructions<'s>) -> Instructions<'s> {
             Instruction::StringConcat => add(&mut new, Instruction::CallFunction(CONCAT, Some(2))),
             Instruction::Add => add(&mut new, Instruction::CallFunction(ADD, Some(2))),
             Instruction::Mul => add(&mut new, Instruction::CallFunction(MUL, Some(2))),
+            Instruction::In => add(&mut new, Instruction::CallFunction(CONTAINS, Some(2))),
             Instruction::EmitRaw(text) => {
                 add(&mut new, Instruction::LoadConst(Value::from(text)));
                 add(&mut new, Instruction::Emit)

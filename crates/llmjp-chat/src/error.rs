@@ -69,3 +69,68 @@ pub enum ChatError {
 
 /// The result of chat template operations.
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;
+
+/// Longest message a template can put into a [`ChatError`] (its own `raise_exception`
+/// text, or minijinja's description of a failure, which may quote template values).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// What ends a message cut at [`MAX_MESSAGE_BYTES`].
+const ELLIPSIS: &str = "… (truncated)";
+
+/// `message`, cut to at most [`MAX_MESSAGE_BYTES`] on a character boundary, with a marker
+/// when something was cut.
+pub(crate) fn truncate_message(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES - ELLIPSIS.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(ELLIPSIS);
+    message
+}
+
+/// `value` printed, cut as [`truncate_message`] cuts: printing stops once the message is
+/// long enough, however large the value.
+pub(crate) fn message_of(value: &impl std::fmt::Display) -> String {
+    use std::fmt::Write as _;
+    struct Prefix(String);
+    impl std::fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = (MAX_MESSAGE_BYTES + 1).saturating_sub(self.0.len());
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.0.push_str(&s[..end]);
+            // One byte past the limit (or a cut character) marks the message as cut.
+            self.0.push_str(&s[end..].chars().next().map(String::from).unwrap_or_default());
+            Err(std::fmt::Error)
+        }
+    }
+    let mut prefix = Prefix(String::new());
+    let _ = write!(prefix, "{value}");
+    truncate_message(prefix.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(5000);
+        let cut = truncate_message(long.clone());
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with(ELLIPSIS));
+        assert_eq!(message_of(&long), cut);
+        assert_eq!(truncate_message("short".into()), "short");
+        assert_eq!(message_of(&"x".repeat(MAX_MESSAGE_BYTES)), "x".repeat(MAX_MESSAGE_BYTES));
+    }
+}

@@ -39,7 +39,7 @@ mod template;
 pub use bounded::{
     RenderLimits, DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT,
 };
-pub use error::{ChatError, Result};
+pub use error::{ChatError, Result, MAX_MESSAGE_BYTES};
 pub use message::Message;
 pub use template::{encode_chat, ChatTemplate, RenderOptions, LLM_JP_TEMPLATE, MAX_TEMPLATE_BYTES};
 

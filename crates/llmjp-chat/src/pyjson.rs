@@ -52,7 +52,10 @@ pub(crate) fn tojson_filter(
         Some(v) => {
             let parts: Vec<Value> = v.try_iter()?.collect();
             match parts.as_slice() {
-                [a, b] => (a.to_string(), b.to_string()),
+                [a, b] => (
+                    crate::bounded::display_string(&[a])?,
+                    crate::bounded::display_string(&[b])?,
+                ),
                 _ => return Err(bad_arg("separators must be a pair of strings")),
             }
         }
@@ -86,7 +89,7 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => dump_number(value, out),
         ValueKind::String => {
-            dump_string(value.as_str().unwrap_or_default(), opts.ensure_ascii, out)
+            dump_string(value.as_str().unwrap_or_default(), opts.ensure_ascii, out)?
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let mut items = Vec::new();
@@ -115,7 +118,8 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
                 ('{', '}'),
                 &entries,
                 |(key, item), out| {
-                    dump_string(key, opts.ensure_ascii, out);
+                    dump_string(key, opts.ensure_ascii, out)?;
+                    grow(out, opts.key_separator.len())?;
                     out.push_str(&opts.key_separator);
                     dump(item, opts, depth + 1, out)
                 },
@@ -139,30 +143,40 @@ fn dump_container<T>(
     items: &[T],
     mut dump_item: impl FnMut(&T, &mut String) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    grow(out, 2)?;
     out.push(open);
     if items.is_empty() {
         out.push(close);
         return Ok(());
     }
-    let newline = |out: &mut String, level: usize| {
+    let newline = |out: &mut String, level: usize| -> Result<(), Error> {
         if let Some(indent) = &opts.indent {
+            grow(out, indent.len().saturating_mul(level).saturating_add(1))?;
             out.push('\n');
             for _ in 0..level {
                 out.push_str(indent);
             }
         }
+        Ok(())
     };
     for (i, item) in items.iter().enumerate() {
-        crate::bounded::check_growth(out.len())?;
         if i > 0 {
+            grow(out, opts.item_separator.len())?;
             out.push_str(&opts.item_separator);
         }
-        newline(out, depth + 1);
+        newline(out, depth + 1)?;
         dump_item(item, out)?;
     }
-    newline(out, depth);
+    newline(out, depth)?;
+    grow(out, 1)?;
     out.push(close);
     Ok(())
+}
+
+/// Fails (before writing) when `out` cannot grow by `more` bytes within the render's
+/// budget, or the deadline has passed.
+fn grow(out: &str, more: usize) -> Result<(), Error> {
+    crate::bounded::check_growth(out.len().saturating_add(more))
 }
 
 /// Python converts non-string keys: `True` → `"true"`, `None` → `"null"`, numbers as text.
@@ -255,7 +269,8 @@ pub(crate) fn python_float_repr(f: f64) -> String {
     }
 }
 
-fn dump_string(s: &str, ensure_ascii: bool, out: &mut String) {
+fn dump_string(s: &str, ensure_ascii: bool, out: &mut String) -> Result<(), Error> {
+    grow(out, crate::bounded::sizes::json_string_len(s, ensure_ascii))?;
     out.push('"');
     for c in s.chars() {
         match c {
@@ -279,6 +294,7 @@ fn dump_string(s: &str, ensure_ascii: bool, out: &mut String) {
         }
     }
     out.push('"');
+    Ok(())
 }
 
 #[cfg(test)]

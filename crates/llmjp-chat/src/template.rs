@@ -8,13 +8,13 @@ use llmjp_tokenizer::Tokenizer;
 use minijinja::machinery::{
     self, CompiledTemplate, Instructions, TemplateConfig, Vm, WhitespaceConfig,
 };
-use minijinja::value::Rest;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use crate::bounded::{self, Exceeded, RenderLimits, DEFAULT_FUEL, MAX_NESTING};
-use crate::{pyjson, ChatError, Message, Result};
+use crate::error::{message_of, truncate_message};
+use crate::{ChatError, Message, Result};
 
 /// The official llm-jp-3 / llm-jp-3.1 instruct chat template (from the instruct4
 /// `tokenizer_config.json`), for model folders whose configuration lacks one. A system
@@ -89,23 +89,18 @@ impl ChatTemplate {
     /// Compiles `source`. `special_tokens` maps names such as `bos_token` and `eos_token` to
     /// their text; each becomes a template variable.
     pub fn new(source: &str, special_tokens: BTreeMap<String, String>) -> Result<Self> {
-        let mut env = Environment::new();
+        // Empty: every filter, test and function comes from `bounded::install`.
+        let mut env = Environment::empty();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(|state, value, method, args| {
-            bounded::check_method(method, value, args)?;
-            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
-        });
+        env.set_unknown_method_callback(bounded::methods::call);
         env.set_recursion_limit(128);
         env.set_fuel(Some(DEFAULT_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", |v: &Value, args: Rest<Value>, kwargs| {
-            pyjson::tojson_filter(v, &args, kwargs)
-        });
         bounded::install(&mut env);
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(ChatError::TemplateTooLarge {
@@ -401,28 +396,34 @@ fn alias_reasoning_fields(message: &Json) -> Json {
     Json::Object(aliased)
 }
 
+/// `raise_exception(message)`: fails the render with the message, cut to
+/// [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) (printing a huge value stops there).
 fn raise_exception(message: Value) -> std::result::Result<Value, Error> {
-    let message = message
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| message.to_string());
+    let message = match message.as_str() {
+        Some(text) => message_of(&text),
+        None => message_of(&message),
+    };
     Err(
         Error::new(ErrorKind::InvalidOperation, "raise_exception called")
             .with_source(RaisedException(message)),
     )
 }
 
+/// `strftime_now(format)`: the local time, formatted within what is left of the render's
+/// budget (a long format can make text many times its own length).
 fn strftime_now(format: &str) -> std::result::Result<String, Error> {
-    let items: Vec<Item<'_>> = StrftimeItems::new(format).collect();
-    if items.iter().any(|i| matches!(i, Item::Error)) {
+    if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             format!("strftime_now: invalid format {format:?}"),
         ));
     }
-    Ok(chrono::Local::now()
-        .format_with_items(items.into_iter())
-        .to_string())
+    let mut out = bounded::CappedString::within_budget();
+    chrono::Local::now()
+        .format_with_items(StrftimeItems::new(format))
+        .write_to(&mut out)
+        .map_err(|_| bounded::memory_exceeded())?;
+    Ok(out.text)
 }
 
 /// transformers registers a `{% generation %}…{% endgeneration %}` block that renders its
@@ -461,12 +462,14 @@ fn rewrite_generation_tags(source: &str) -> String {
     out
 }
 
+/// minijinja's description of `error`, cut to [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES):
+/// it may quote template values.
 fn describe(error: &Error) -> String {
-    let mut message = error.to_string();
+    let mut message = message_of(error);
     if let Some(detail) = error.detail() {
         if !message.contains(detail) {
-            message = format!("{message}: {detail}");
+            message = format!("{message}: {}", message_of(&detail));
         }
     }
-    message
+    truncate_message(message)
 }
