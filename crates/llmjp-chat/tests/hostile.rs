@@ -1,12 +1,31 @@
 //! Templates written to exhaust memory or time: every one ends with a typed error, quickly,
-//! under the default limits (the CLI corpus runs the same classes under an address-space
-//! limit, see `llmjp-cli/tests/hostile.rs`).
+//! under the default limits. The cases that make large values inside built-ins run in a
+//! child process under a 2 GiB address-space limit, with each render's peak heap measured
+//! (see `hostile_support`); the CLI corpus runs the same classes through the binary, see
+//! `llmjp-cli/tests/hostile.rs`.
+
+mod hostile_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use llmjp_chat::{ChatError, ChatTemplate, RenderLimits, RenderOptions};
+use hostile_support::{is_child, peak_heap, run_in_child};
+use llmjp_chat::{
+    ChatError, ChatTemplate, RenderLimits, RenderOptions, DEFAULT_MAX_MEMORY_BYTES,
+    MAX_MESSAGE_BYTES,
+};
+use proptest::prelude::*;
 use serde_json::json;
+
+#[global_allocator]
+static ALLOCATOR: hostile_support::Counting = hostile_support::Counting;
+
+/// The most heap one render may take at its peak, for a memory budget of `budget` bytes:
+/// the budget counts what is made, and growth slack (a `Vec` or `String` at up to twice
+/// its length, a value and its conversion side by side) stays within a small factor.
+fn peak_allowed(budget: usize) -> usize {
+    4 * budget + (8 << 20)
+}
 
 /// Templates that try to build a huge value: each must hit the memory budget.
 const MEMORY: &[(&str, &str)] = &[
@@ -110,11 +129,26 @@ const TIME: &[(&str, &str)] = &[
 ];
 
 fn render(source: &str) -> Result<String, ChatError> {
-    ChatTemplate::new(source, BTreeMap::new())?.render_json(
-        &json!([{"role": "user", "content": "hi"}]),
-        &RenderOptions::default(),
-    )
+    render_with(source, RenderLimits::default())
 }
+
+fn render_with(source: &str, limits: RenderLimits) -> Result<String, ChatError> {
+    ChatTemplate::new(source, BTreeMap::new())?
+        .with_limits(limits)
+        .render_json(
+            &json!([{"role": "user", "content": "hi"}]),
+            &RenderOptions::default(),
+        )
+}
+
+/// The default limits with time enough for an unoptimised build to reach the memory
+/// budget (a release build takes well under a second for every case).
+const PATIENT: RenderLimits = RenderLimits {
+    timeout: Duration::from_secs(20),
+    fuel: llmjp_chat::DEFAULT_FUEL,
+    max_output_bytes: llmjp_chat::DEFAULT_MAX_OUTPUT_BYTES,
+    max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+};
 
 fn assert_stops(cases: &[(&str, &str)], expected: fn(&ChatError) -> bool) {
     for (name, source) in cases {
@@ -244,5 +278,430 @@ fn hardened_operators_keep_their_meaning() {
     ];
     for (source, expected) in cases {
         assert_eq!(render(source).unwrap(), expected, "{source}");
+    }
+}
+
+/// What a hostile case must end with.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// [`ChatError::MemoryLimit`].
+    Memory,
+    /// [`ChatError::Raised`] with a message cut to [`MAX_MESSAGE_BYTES`].
+    RaisedAndCut,
+    /// [`ChatError::Render`] (values nested too deeply, unknown filters).
+    Render,
+}
+
+/// Templates whose built-ins make far more than their inputs (the "one request kills the
+/// server" audit): each must stop at the budget, before allocating it.
+const MADE: &[(&str, &str, Expect)] = &[
+    (
+        "map(upper) over a list of large strings (30 GB unbounded)",
+        "{{ (['x' * 30000000] * 1000) | map('upper') | list | length }}",
+        Expect::Memory,
+    ),
+    (
+        "map(lower) over a list of large strings",
+        "{{ (['X' * 30000000] * 1000) | map('lower') | length }}",
+        Expect::Memory,
+    ),
+    ("map(title)", "{{ (['x' * 10000000] * 1000) | map('title') | length }}", Expect::Memory),
+    (
+        "map(capitalize)",
+        "{{ (['x' * 10000000] * 1000) | map('capitalize') | length }}",
+        Expect::Memory,
+    ),
+    ("map(trim)", "{{ ([' x ' * 10000000] * 1000) | map('trim') | length }}", Expect::Memory),
+    (
+        "map(replace) with a longer replacement",
+        "{{ (['x' * 1000000] * 1000) | map('replace', 'x', 'yy') | length }}",
+        Expect::Memory,
+    ),
+    ("map(escape)", "{{ (['<' * 10000000] * 1000) | map('escape') | length }}", Expect::Memory),
+    ("map(tojson)", "{{ (['x' * 10000000] * 1000) | map('tojson') | length }}", Expect::Memory),
+    ("map(list) of characters", "{{ (['x' * 1000000] * 1000) | map('list') | length }}", Expect::Memory),
+    ("map(split)", "{{ (['x' * 1000000] * 1000) | map('split', 'x') | length }}", Expect::Memory),
+    ("map(lines)", "{{ (['x\\n' * 1000000] * 1000) | map('lines') | length }}", Expect::Memory),
+    ("map(indent)", "{{ (['x\\n' * 1000000] * 1000) | map('indent', 100) | length }}", Expect::Memory),
+    ("map(string) of lists", "{{ ([['x' * 1000000] * 100] * 1000) | map('string') | length }}", Expect::Memory),
+    ("map(reverse)", "{{ (['xy' * 10000000] * 1000) | map('reverse') | length }}", Expect::Memory),
+    (
+        "map(format) with a wide field",
+        "{{ (['%99999999s'] * 1000) | map('format', 'x') | length }}",
+        Expect::Memory,
+    ),
+    (
+        "select with a test that prints lists",
+        "{{ ([['x' * 1000000] * 1000] * 1000) | select('startingwith', 'y') | list | length }}",
+        Expect::Memory,
+    ),
+    (
+        "the in operator printing a list",
+        "{{ (['x' * 1000000] * 1000) in 'y' }}",
+        Expect::Memory,
+    ),
+    (
+        "the in test printing a list",
+        "{{ (['x' * 1000000] * 1000) is in 'y' }}",
+        Expect::Memory,
+    ),
+    ("strftime_now with a long format", "{{ strftime_now('%c' * 10000000) }}", Expect::Memory),
+    ("split into many pieces", "{{ ('x' * 20000000) | split('x') | length }}", Expect::Memory),
+    ("split on the empty string", "{{ ('x' * 20000000).split('') | length }}", Expect::Memory),
+    ("lines of many short lines", "{{ ('x\\n' * 10000000) | lines | length }}", Expect::Memory),
+    ("splitlines method", "{{ ('x\\n' * 10000000).splitlines() | length }}", Expect::Memory),
+    ("escape of markup", "{{ ('<' * 30000000) | escape | length }}", Expect::Memory),
+    ("tojson of quotes", "{{ ('\"' * 40000000) | tojson | length }}", Expect::Memory),
+    (
+        "tojson with a huge indent",
+        "{{ [[[[1]]]] | tojson(indent='x' * 30000000) | length }}",
+        Expect::Memory,
+    ),
+    (
+        "string methods inside a loop, kept",
+        "{% set ns = namespace(l=[]) %}{% for s in ['x' * 10000000] * 100 %}{% set ns.l = ns.l + [s.upper()] %}{% endfor %}",
+        Expect::Memory,
+    ),
+    ("str.split", "{{ ('x ' * 10000000).split() | length }}", Expect::Memory),
+    ("str.join", "{{ '-'.join(['x' * 1000000] * 1000) | length }}", Expect::Memory),
+    ("str.format", "{{ '{}{}{}{}'.format(*(['x' * 20000000] * 4)) | length }}", Expect::Memory),
+    ("str.title", "{{ (('x' * 40000000).title() ~ ('y' * 30000000)) | length }}", Expect::Memory),
+    ("slice into a huge number of lists", "{{ [1] | slice(999999999999) | length }}", Expect::Memory),
+    ("sort of many items", "{% set l = [1] * 1500000 %}{{ l | sort | length }}", Expect::Memory),
+    ("groupby of many items", "{{ ([{'a': 1}] * 1000000) | groupby('a') | length }}", Expect::Memory),
+    ("unique of distinct large strings", "{{ (range(100) | map('string') | map('replace', '', 'x' * 1000000)) | unique | length }}", Expect::Memory),
+    (
+        "dictsort values printed",
+        "{{ ({'a': ['x' * 1000000] * 1000} | dictsort | map('string') | list) | length }}",
+        Expect::Memory,
+    ),
+    ("batch", "{{ ([1] * 1000000) | batch(1) | list | length }}", Expect::Memory),
+    (
+        "chain grown in a loop",
+        "{% set ns = namespace(l=[1] * 100000) %}{% for i in range(100000) %}{% set ns.l = ns.l | chain([i]) %}{% endfor %}",
+        Expect::Memory,
+    ),
+    (
+        "zip grown in a loop",
+        "{% set ns = namespace(l=[1] * 100000) %}{% for i in range(100000) %}{% set ns.l = ns.l | zip(ns.l) %}{% endfor %}",
+        Expect::Memory,
+    ),
+    (
+        "dict.values() nested in a loop",
+        "{% set ns = namespace(v=none) %}{% for i in range(100000) %}{% set ns.v = {'a': ns.v}.values() %}{% endfor %}",
+        Expect::Render,
+    ),
+    (
+        "reverse nested in a loop",
+        "{% set ns = namespace(v=[1]) %}{% for i in range(100000) %}{% set ns.v = [ns.v] | reverse %}{% endfor %}",
+        Expect::Render,
+    ),
+    ("debug of a large state", "{% set l = ['x' * 1000000] * 1000 %}{{ debug() | length }}", Expect::Memory),
+    ("pprint of shared large strings", "{{ (['x' * 1000000] * 1000) | pprint | length }}", Expect::Memory),
+    ("raise_exception with a 60 MB message", "{{ raise_exception('x' * 60000000) }}", Expect::RaisedAndCut),
+    (
+        "raise_exception with a list of large strings",
+        "{{ raise_exception(['x' * 1000000] * 1000) }}",
+        Expect::RaisedAndCut,
+    ),
+    ("wordwrap does not exist", "{{ 'x' | wordwrap(99999999999) }}", Expect::Render),
+    ("center does not exist", "{{ 'x'.center(99999999999) }}", Expect::Render),
+];
+
+/// Renders each case in this process, checking its outcome, time and peak heap.
+fn assert_made_cases_stop() {
+    for (name, source, expect) in MADE {
+        let start = Instant::now();
+        let (result, peak) = peak_heap(|| render_with(source, PATIENT));
+        let elapsed = start.elapsed();
+        eprintln!("{name}: {elapsed:?}, peak heap {} MiB", peak >> 20);
+        match (expect, &result) {
+            (Expect::Memory, Err(ChatError::MemoryLimit { .. })) => {}
+            (Expect::RaisedAndCut, Err(ChatError::Raised { message })) => {
+                assert!(message.len() <= MAX_MESSAGE_BYTES, "{name}: {}", message.len());
+            }
+            (Expect::Render, Err(ChatError::Render { message })) => {
+                assert!(message.len() <= MAX_MESSAGE_BYTES, "{name}: {}", message.len());
+            }
+            _ => panic!("{name}: expected {expect:?}, got {result:?}"),
+        }
+        assert!(elapsed < PATIENT.timeout, "{name}: took {elapsed:?}");
+        assert!(
+            peak <= peak_allowed(DEFAULT_MAX_MEMORY_BYTES),
+            "{name}: peak heap {peak} bytes"
+        );
+    }
+}
+
+#[test]
+fn built_ins_are_charged_for_what_they_make_under_2_gib() {
+    run_in_child("child_built_ins_are_charged_for_what_they_make");
+}
+
+/// The child half of `built_ins_are_charged_for_what_they_make_under_2_gib` (a no-op
+/// unless started by it).
+#[test]
+fn child_built_ins_are_charged_for_what_they_make() {
+    if is_child() {
+        assert_made_cases_stop();
+        // The earlier corpus too, now with its peak heap measured.
+        for (name, source) in MEMORY {
+            let (result, peak) = peak_heap(|| render_with(source, PATIENT));
+            assert!(
+                matches!(result, Err(ChatError::MemoryLimit { .. })),
+                "{name}: {result:?}"
+            );
+            assert!(
+                peak <= peak_allowed(DEFAULT_MAX_MEMORY_BYTES),
+                "{name}: peak heap {peak} bytes"
+            );
+        }
+    }
+}
+
+#[test]
+fn template_error_messages_are_truncated() {
+    let long_name = "f".repeat(100_000);
+    let cases = [
+        "{{ raise_exception('é' * 1000000) }}".to_string(),
+        format!("{{{{ 1 | {long_name} }}}}"),
+        format!("{{{{ {long_name}.{long_name}() }}}}"),
+        format!("{{{{ '{long_name}' | int + {long_name} }}}}"),
+    ];
+    for source in &cases {
+        let err = render(source).unwrap_err();
+        let message = match &err {
+            ChatError::Raised { message }
+            | ChatError::Render { message }
+            | ChatError::Syntax { message } => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+        assert!(err.to_string().len() <= MAX_MESSAGE_BYTES + 64);
+    }
+    // Short messages are kept whole.
+    let err = render("{{ raise_exception('No system message allowed') }}").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "chat template raised an exception: No system message allowed"
+    );
+}
+
+#[test]
+fn wrapped_built_ins_keep_their_meaning() {
+    let cases = [
+        ("{{ ['a', 'b'] | map('upper') | join(',') }}", "A,B"),
+        ("{{ [1, 2, 3, 4] | select('odd') | list }}", "[1, 3]"),
+        ("{{ [1, 2, 3, 4] | reject('odd') | list }}", "[2, 4]"),
+        (
+            "{{ [{'a': 1}, {'a': 2}] | selectattr('a', 'eq', 2) | map(attribute='a') | list }}",
+            "[2]",
+        ),
+        ("{{ [{'a': 1}, {'a': 2}] | rejectattr('a', 'eq', 2) | list | length }}", "1"),
+        (
+            "{% for g in [{'a': 1}, {'a': 2}, {'a': 1}] | groupby('a') %}{{ g.grouper }}:{{ g.list | length }} {% endfor %}",
+            "1:2 2:1 ",
+        ),
+        ("{{ ['b', 'A', 'a', 'B'] | unique | list }}", "[\"b\", \"A\"]"),
+        ("{{ [3, 1, 2] | sort(reverse=true) }}", "[3, 2, 1]"),
+        ("{{ {'b': 1, 'a': 2} | dictsort }}", "[[\"a\", 2], [\"b\", 1]]"),
+        ("{% for k, v in {'a': 1} | items %}{{ k }}={{ v }}{% endfor %}", "a=1"),
+        ("{{ [1, 2] | reverse | list }}{{ 'abc' | reverse }}", "[2, 1]cba"),
+        ("{{ [1] | chain([2], [3]) | list }}", "[1, 2, 3]"),
+        ("{{ [1, 2] | zip(['a', 'b']) | list }}", "[[1, \"a\"], [2, \"b\"]]"),
+        ("{{ [1, 2, 3] | slice(2) | list }}", "[[1, 2], [3]]"),
+        ("{{ '<a & \"b\">' | escape }}", "&lt;a &amp; &quot;b&quot;&gt;"),
+        ("{{ {'a': [1]} | tojson(indent=1) }}", "{\n \"a\": [\n  1\n ]\n}"),
+        ("{{ 'a,b' | split(',') }}{{ 'a\\nb' | lines }}", "[\"a\", \"b\"][\"a\", \"b\"]"),
+        ("{{ 'hello world' | title }} {{ 'hELLO' | capitalize }}", "Hello World Hello"),
+        ("{{ '  x ' | trim }}|{{ 'xxaxx' | trim('x') }}", "x|a"),
+        ("{{ [1, 2] | first }}{{ [1, 2] | last }}{{ [3, 1] | min }}{{ [3, 1] | max }}", "1213"),
+        ("{{ [1, 2] | sum }}{{ none | default('d') }}{{ 'abc' | length }}", "3d3"),
+        ("{{ '3' | int + 1 }} {{ '1.5' | float }} {{ 2.567 | round(1) }} {{ -2 | abs }}", "4 1.5 2.6 2"),
+        ("{{ 'ab' | list }}{{ 1 | string }}{{ 'x' | safe }}", "[\"a\", \"b\"]1x"),
+        ("{{ 'x' in 'xy' }}{{ 1 in [1, 2] }}{{ 'a' in {'a': 1} }}{{ 3 in [1] }}", "TrueTrueTrueFalse"),
+        ("{{ 1 in 'a1' }}{{ 'b' not in 'abc' }}{{ 'x' in none }}", "TrueFalseFalse"),
+        ("{{ {'a': 1}.items() | list }}{{ {'a': 1}.keys() | list }}{{ {'a': 1}.values() | list }}", "[[\"a\", 1]][\"a\"][1]"),
+        ("{{ {'a': 1}.get('b', 2) }}{{ [1, 1].count(1) }}", "22"),
+        ("{{ 'a b'.split() }}{{ 'a\\nb'.splitlines() }}{{ 'aXb'.split('X', 1) }}", "[\"a\", \"b\"][\"a\", \"b\"][\"a\", \"b\"]"),
+        ("{{ 'Ab'.upper() }}{{ 'Ab'.lower() }}{{ ' x '.strip() }}{{ 'ab'.startswith('a') }}", "ABabxTrue"),
+        ("{{ 'xyz' is startingwith 'x' }}{{ 'x' is in 'xy' }}{{ 'ab' is lower }}", "TrueTrueTrue"),
+        ("{{ range(3) | list }}{{ dict(a=1) }}{% set ns = namespace(a=1) %}{{ ns.a }}", "[0, 1, 2]{\"a\": 1}1"),
+        ("{{ 'a' | indent(2, true) }}{{ '%s-%s' | format(1, 2) }}", "  a1-2"),
+        ("{{ ['a', 'b'] | batch(1) | list }}", "[[\"a\"], [\"b\"]]"),
+        ("{{ messages | map(attribute='role') | join }}", "user"),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(render(source).unwrap(), expected, "{source}");
+    }
+    let year = render("{{ strftime_now('%Y') }}").unwrap();
+    assert_eq!(year.len(), 4, "{year}");
+}
+
+/// Expression fragments for the fuzzer: `{s}` a string expression, `{l}` a list, `{n}` a
+/// number (some huge).
+fn string_expression() -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        Just("'x'".to_string()),
+        Just("'ab\\n<&>é'".to_string()),
+        Just("messages[0].content".to_string()),
+        Just("ns.s".to_string()),
+    ];
+    leaf.prop_recursive(4, 24, 3, |inner| {
+        let list = list_expression(inner.clone().boxed());
+        prop_oneof![
+            (inner.clone(), number()).prop_map(|(s, n)| format!("({s} * {n})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} ~ {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), string_filter()).prop_map(|(s, f)| format!("({s} | {f})")),
+            (inner.clone(), string_method()).prop_map(|(s, m)| format!("({s}.{m})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} | replace('x', {b}))")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}.replace('', {b}))")),
+            (list.clone(), inner.clone()).prop_map(|(l, s)| format!("({l} | join({s}))")),
+            (inner.clone(), list.clone()).prop_map(|(s, l)| format!("({s}.join({l}))")),
+            (list.clone(), string_filter()).prop_map(|(l, f)| format!("({l} | {f})")),
+            (inner.clone(), number()).prop_map(|(s, n)| format!("({s} | indent({n}))")),
+            number().prop_map(|n| format!("('%{n}s' | format('x'))")),
+            inner.clone().prop_map(|s| format!("strftime_now({s})")),
+            list.prop_map(|l| format!("({l} | pprint)")),
+        ]
+    })
+    .boxed()
+}
+
+fn list_expression(string: BoxedStrategy<String>) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        string.clone().prop_map(|s| format!("[{s}]")),
+        number().prop_map(|n| format!("range({n})")),
+        Just("messages".to_string()),
+        Just("ns.l".to_string()),
+    ];
+    leaf.prop_recursive(2, 8, 2, move |inner| {
+        prop_oneof![
+            (inner.clone(), number()).prop_map(|(l, n)| format!("({l} * {n})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), string_filter()).prop_map(|(l, f)| format!("({l} | map('{}'))", f.split('(').next().unwrap())),
+            (inner.clone(), list_filter()).prop_map(|(l, f)| format!("({l} | {f})")),
+            string.clone().prop_map(|s| format!("({s} | split('x'))")),
+            string.clone().prop_map(|s| format!("({s}.split())")),
+            string.clone().prop_map(|s| format!("({s} | lines)")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} | zip({b}) | list)")),
+        ]
+    })
+    .boxed()
+}
+
+fn number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..8).prop_map(|n| n.to_string()),
+        Just("1000".to_string()),
+        Just("100000".to_string()),
+        Just("10000000".to_string()),
+        Just("999999999999".to_string()),
+    ]
+}
+
+fn string_filter() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("upper"), Just("lower"), Just("title"), Just("capitalize"), Just("trim"),
+        Just("escape"), Just("tojson"), Just("string"), Just("reverse"), Just("list"),
+        Just("length"), Just("first"), Just("safe"), Just("pprint"),
+        Just("tojson(indent=4)"), Just("center(9)"),
+    ]
+    .prop_map(String::from)
+}
+
+fn string_method() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("upper()"), Just("lower()"), Just("title()"), Just("capitalize()"),
+        Just("strip()"), Just("replace('x', 'xx')"), Just("split('x')"),
+        Just("splitlines()"), Just("format(1, 2)"), Just("count('x')"),
+    ]
+    .prop_map(String::from)
+}
+
+fn list_filter() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("list"), Just("sort"), Just("unique"), Just("reverse"), Just("select"),
+        Just("reject('none')"), Just("batch(3, 'x')"), Just("slice(4)"), Just("chain([1])"),
+        Just("groupby('x')"), Just("dictsort"), Just("items"), Just("map('string')"),
+        Just("select('startingwith', 'x')"), Just("tojson"), Just("join('-')"),
+    ]
+    .prop_map(String::from)
+}
+
+/// A template of a few statements built from the fragments: prints, namespace updates
+/// and loops that grow a value.
+fn template() -> impl Strategy<Value = String> {
+    let statement = prop_oneof![
+        string_expression().prop_map(|s| format!("{{{{ {s} }}}}")),
+        string_expression().prop_map(|s| format!("{{% set ns.s = {s} %}}")),
+        list_expression(string_expression()).prop_map(|l| format!("{{% set ns.l = {l} %}}")),
+        (number(), string_expression()).prop_map(|(n, s)| format!(
+            "{{% for i in range({n}) %}}{{% set ns.s = ns.s ~ {s} %}}{{% endfor %}}"
+        )),
+        (number(), list_expression(string_expression())).prop_map(|(n, l)| format!(
+            "{{% for i in range({n}) %}}{{% set ns.l = ns.l + {l} %}}{{% endfor %}}"
+        )),
+        list_expression(string_expression())
+            .prop_map(|l| format!("{{% for x in {l} %}}{{{{ x }}}}{{% endfor %}}")),
+    ];
+    prop::collection::vec(statement, 1..4).prop_map(|statements| {
+        format!(
+            "{{% set ns = namespace(s='x', l=['x']) %}}{}",
+            statements.concat()
+        )
+    })
+}
+
+/// The limits the fuzzer renders under: small, so that limits are reached fast.
+const FUZZ_LIMITS: RenderLimits = RenderLimits {
+    fuel: 200_000,
+    max_output_bytes: 1 << 20,
+    max_memory_bytes: 4 << 20,
+    timeout: Duration::from_millis(300),
+};
+
+#[test]
+fn fuzzed_templates_stay_within_their_limits_under_2_gib() {
+    run_in_child("child_fuzzed_templates_stay_within_their_limits");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 192,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The child half of `fuzzed_templates_stay_within_their_limits_under_2_gib` (a no-op
+    /// unless started by it): every render ends `Ok` within the output limit or with a
+    /// typed error, quickly and within the heap bound of its budget.
+    #[test]
+    fn child_fuzzed_templates_stay_within_their_limits(source in template()) {
+        if is_child() {
+            let start = Instant::now();
+            let (result, peak) = peak_heap(|| {
+                ChatTemplate::new(&source, BTreeMap::new()).map(|t| t.with_limits(FUZZ_LIMITS))
+                    .and_then(|t| t.render_json(
+                        &json!([{"role": "user", "content": "hi"}]),
+                        &RenderOptions::default(),
+                    ))
+            });
+            let elapsed = start.elapsed();
+            match &result {
+                Ok(text) => prop_assert!(text.len() <= FUZZ_LIMITS.max_output_bytes),
+                Err(ChatError::Raised { message } | ChatError::Render { message } | ChatError::Syntax { message }) => {
+                    prop_assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len())
+                }
+                Err(ChatError::MemoryLimit { .. } | ChatError::Timeout { .. } | ChatError::OutOfFuel { .. } | ChatError::OutputTooLarge { .. }) => {}
+                Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+            }
+            prop_assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {source}");
+            prop_assert!(
+                peak <= peak_allowed(FUZZ_LIMITS.max_memory_bytes),
+                "peak heap {peak} bytes: {source}"
+            );
+        }
     }
 }
