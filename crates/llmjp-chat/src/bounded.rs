@@ -50,8 +50,30 @@ pub struct RenderLimits {
     pub fuel: u64,
     /// Largest rendered prompt, in bytes.
     pub max_output_bytes: usize,
-    /// Bytes a render may create in all (strings by length, lists and maps at 32 bytes an
-    /// item), counted cumulatively: an upper bound on its peak memory.
+    /// Bytes a render may make in all, counted cumulatively (nothing is given back when a
+    /// value is dropped), so that it bounds the render's peak memory and, with the
+    /// deadline, its work. A string counts its length in bytes; a list or map counts
+    /// 32 bytes per item (the items themselves are counted where they were made). What is
+    /// counted, each time before (or, for the last two, while) it is made:
+    ///
+    /// - every string, list or map a filter, test or method makes, *including* the calls
+    ///   that `map`, `select`, `reject`, `selectattr` and `rejectattr` make per item: the
+    ///   exact size of the result where a linear scan of the input gives it (`upper`,
+    ///   `lower`, `title`, `replace`, `split`, `lines`, `escape`, `str.split()`, …), an
+    ///   upper bound otherwise (`indent`, `format`, `batch`, `slice`, `groupby`, …), plus
+    ///   the printed length of any non-string input the built-in prints to text;
+    /// - the result of `~`, `+` and `*` on strings and lists, sized before it is built;
+    /// - the result of every function or macro call, slice, and list or map literal;
+    /// - every byte written to the output or to a `{% set %}` capture;
+    /// - text that `tojson`, `string`, `pprint`, `debug` and `strftime_now` write, as they
+    ///   write it: they stop with this error once it would not fit.
+    ///
+    /// Exceeding it ends the render with [`ChatError::MemoryLimit`](crate::ChatError::MemoryLimit),
+    /// before the value is made. Lists and maps also nest at most 64 deep (a typed render
+    /// error), and numbers, booleans and lazy ranges (at most 100,000 numbers) count
+    /// nothing. Because growth slack (a `String` or `Vec` at up to twice its length, a
+    /// value next to its printed copy) is not counted, the peak heap of a render stays
+    /// within a small multiple of this budget (the tests check 4× + 8 MiB).
     pub max_memory_bytes: usize,
     /// Wall-clock budget of a render.
     pub timeout: Duration,
@@ -452,7 +474,9 @@ fn contains(state: &State, args: Rest<Value>) -> Result<Value, Error> {
     let [needle, container] = two(&args)?;
     if let Some(haystack) = container.as_str() {
         let needle = text_of(needle)?;
-        charge(conversion_len_of(&needle))?;
+        if let Cow::Owned(printed) = &needle {
+            charge(printed.len())?;
+        }
         return Ok(Value::from(haystack.contains(needle.as_ref())));
     }
     if matches!(container.kind(), ValueKind::Seq | ValueKind::Iterable) {
@@ -469,14 +493,6 @@ fn contains(state: &State, args: Rest<Value>) -> Result<Value, Error> {
     let env = state.env();
     let compiled = env.compile_expression("a in b")?;
     compiled.eval(minijinja::context! { a => needle, b => container })
-}
-
-/// The bytes a printed needle took (none when it was a string already).
-fn conversion_len_of(text: &Cow<'_, str>) -> usize {
-    match text {
-        Cow::Borrowed(_) => 0,
-        Cow::Owned(s) => s.len(),
-    }
 }
 
 /// Registers the checked operators, the bounded formatter and the wrapped built-ins

@@ -110,7 +110,13 @@ pub(crate) fn message_of(value: &impl std::fmt::Display) -> String {
             }
             self.0.push_str(&s[..end]);
             // One byte past the limit (or a cut character) marks the message as cut.
-            self.0.push_str(&s[end..].chars().next().map(String::from).unwrap_or_default());
+            self.0.push_str(
+                &s[end..]
+                    .chars()
+                    .next()
+                    .map(String::from)
+                    .unwrap_or_default(),
+            );
             Err(std::fmt::Error)
         }
     }
@@ -131,6 +137,9 @@ mod tests {
         assert!(cut.ends_with(ELLIPSIS));
         assert_eq!(message_of(&long), cut);
         assert_eq!(truncate_message("short".into()), "short");
-        assert_eq!(message_of(&"x".repeat(MAX_MESSAGE_BYTES)), "x".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(
+            message_of(&"x".repeat(MAX_MESSAGE_BYTES)),
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
     }
 }

@@ -6,6 +6,32 @@
 //! Templates are untrusted input: each render is bounded, and every failure is a typed
 //! [`ChatError`] carrying the template's message.
 //!
+//! # Limits of a render
+//!
+//! Every render runs under [`RenderLimits`] (defaults in brackets):
+//!
+//! - **memory** ([`DEFAULT_MAX_MEMORY_BYTES`], 64 MiB): the bytes of every string, list
+//!   and map the render makes, counted cumulatively before each is made: strings by
+//!   length, lists and maps at 32 bytes an item. Every filter, test, function and Python
+//!   method is a wrapper that charges what the call will make, per item inside `map`,
+//!   `select`, `reject`, `selectattr` and `rejectattr`; only these wrapped built-ins exist
+//!   (no `wordwrap`, `urlize` or `center`). See [`RenderLimits::max_memory_bytes`] for the
+//!   exact accounting. Exceeding it: [`ChatError::MemoryLimit`];
+//! - **instructions** ([`DEFAULT_FUEL`], 5,000,000 minijinja instructions):
+//!   [`ChatError::OutOfFuel`];
+//! - **time** ([`DEFAULT_TIMEOUT`], 2 s of wall clock, checked before every call, every
+//!   loop iteration, every 32 instructions and inside long built-in loops):
+//!   [`ChatError::Timeout`];
+//! - **output** ([`DEFAULT_MAX_OUTPUT_BYTES`], 16 MiB of rendered prompt):
+//!   [`ChatError::OutputTooLarge`];
+//! - **recursion** (128 nested macro or loop calls) and **nesting** (lists and maps 64
+//!   deep): [`ChatError::Render`];
+//! - **messages**: text a template puts into an error (its `raise_exception` message, or
+//!   minijinja's description of a failure, which may quote template values) is cut to
+//!   [`MAX_MESSAGE_BYTES`] (1 KiB) on a character boundary, ending `… (truncated)`.
+//!
+//! Template sources are limited to [`MAX_TEMPLATE_BYTES`] (1 MiB).
+//!
 //! ```
 //! use llmjp_chat::{ChatTemplate, Message};
 //!

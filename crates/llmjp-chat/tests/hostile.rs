@@ -418,10 +418,18 @@ fn assert_made_cases_stop() {
         match (expect, &result) {
             (Expect::Memory, Err(ChatError::MemoryLimit { .. })) => {}
             (Expect::RaisedAndCut, Err(ChatError::Raised { message })) => {
-                assert!(message.len() <= MAX_MESSAGE_BYTES, "{name}: {}", message.len());
+                assert!(
+                    message.len() <= MAX_MESSAGE_BYTES,
+                    "{name}: {}",
+                    message.len()
+                );
             }
             (Expect::Render, Err(ChatError::Render { message })) => {
-                assert!(message.len() <= MAX_MESSAGE_BYTES, "{name}: {}", message.len());
+                assert!(
+                    message.len() <= MAX_MESSAGE_BYTES,
+                    "{name}: {}",
+                    message.len()
+                );
             }
             _ => panic!("{name}: expected {expect:?}, got {result:?}"),
         }
@@ -563,7 +571,12 @@ fn string_expression() -> BoxedStrategy<String> {
             (inner.clone(), number()).prop_map(|(s, n)| format!("({s} | indent({n}))")),
             number().prop_map(|n| format!("('%{n}s' | format('x'))")),
             inner.clone().prop_map(|s| format!("strftime_now({s})")),
-            list.prop_map(|l| format!("({l} | pprint)")),
+            list.clone().prop_map(|l| format!("({l} | pprint)")),
+            (inner.clone(), list.clone())
+                .prop_map(|(s, l)| format!("(({s} in {l}) ~ ({l} in {s}))")),
+            (list.clone(), inner.clone())
+                .prop_map(|(l, s)| format!("({l} | select('in', {s}) | join)")),
+            list.prop_map(|l| format!("raise_exception({l})")),
         ]
     })
     .boxed()
@@ -572,7 +585,7 @@ fn string_expression() -> BoxedStrategy<String> {
 fn list_expression(string: BoxedStrategy<String>) -> BoxedStrategy<String> {
     let leaf = prop_oneof![
         string.clone().prop_map(|s| format!("[{s}]")),
-        number().prop_map(|n| format!("range({n})")),
+        count().prop_map(|n| format!("range({n})")),
         Just("messages".to_string()),
         Just("ns.l".to_string()),
     ];
@@ -580,7 +593,8 @@ fn list_expression(string: BoxedStrategy<String>) -> BoxedStrategy<String> {
         prop_oneof![
             (inner.clone(), number()).prop_map(|(l, n)| format!("({l} * {n})")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
-            (inner.clone(), string_filter()).prop_map(|(l, f)| format!("({l} | map('{}'))", f.split('(').next().unwrap())),
+            (inner.clone(), string_filter())
+                .prop_map(|(l, f)| format!("({l} | map('{}'))", f.split('(').next().unwrap())),
             (inner.clone(), list_filter()).prop_map(|(l, f)| format!("({l} | {f})")),
             string.clone().prop_map(|s| format!("({s} | split('x'))")),
             string.clone().prop_map(|s| format!("({s}.split())")),
@@ -601,31 +615,71 @@ fn number() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Loop counts (`range` refuses more than 100,000).
+fn count() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..8).prop_map(|n| n.to_string()),
+        Just("1000".to_string()),
+        Just("100000".to_string()),
+    ]
+}
+
 fn string_filter() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("upper"), Just("lower"), Just("title"), Just("capitalize"), Just("trim"),
-        Just("escape"), Just("tojson"), Just("string"), Just("reverse"), Just("list"),
-        Just("length"), Just("first"), Just("safe"), Just("pprint"),
-        Just("tojson(indent=4)"), Just("center(9)"),
+        Just("upper"),
+        Just("lower"),
+        Just("title"),
+        Just("capitalize"),
+        Just("trim"),
+        Just("escape"),
+        Just("tojson"),
+        Just("string"),
+        Just("reverse"),
+        Just("list"),
+        Just("length"),
+        Just("first"),
+        Just("safe"),
+        Just("pprint"),
+        Just("tojson(indent=4)"),
+        Just("center(9)"),
     ]
     .prop_map(String::from)
 }
 
 fn string_method() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("upper()"), Just("lower()"), Just("title()"), Just("capitalize()"),
-        Just("strip()"), Just("replace('x', 'xx')"), Just("split('x')"),
-        Just("splitlines()"), Just("format(1, 2)"), Just("count('x')"),
+        Just("upper()"),
+        Just("lower()"),
+        Just("title()"),
+        Just("capitalize()"),
+        Just("strip()"),
+        Just("replace('x', 'xx')"),
+        Just("split('x')"),
+        Just("splitlines()"),
+        Just("format(1, 2)"),
+        Just("count('x')"),
     ]
     .prop_map(String::from)
 }
 
 fn list_filter() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("list"), Just("sort"), Just("unique"), Just("reverse"), Just("select"),
-        Just("reject('none')"), Just("batch(3, 'x')"), Just("slice(4)"), Just("chain([1])"),
-        Just("groupby('x')"), Just("dictsort"), Just("items"), Just("map('string')"),
-        Just("select('startingwith', 'x')"), Just("tojson"), Just("join('-')"),
+        Just("list"),
+        Just("sort"),
+        Just("unique"),
+        Just("reverse"),
+        Just("select"),
+        Just("reject('none')"),
+        Just("batch(3, 'x')"),
+        Just("slice(4)"),
+        Just("chain([1])"),
+        Just("groupby('x')"),
+        Just("dictsort"),
+        Just("items"),
+        Just("map('string')"),
+        Just("select('startingwith', 'x')"),
+        Just("tojson"),
+        Just("join('-')"),
     ]
     .prop_map(String::from)
 }
@@ -637,10 +691,10 @@ fn template() -> impl Strategy<Value = String> {
         string_expression().prop_map(|s| format!("{{{{ {s} }}}}")),
         string_expression().prop_map(|s| format!("{{% set ns.s = {s} %}}")),
         list_expression(string_expression()).prop_map(|l| format!("{{% set ns.l = {l} %}}")),
-        (number(), string_expression()).prop_map(|(n, s)| format!(
+        (count(), string_expression()).prop_map(|(n, s)| format!(
             "{{% for i in range({n}) %}}{{% set ns.s = ns.s ~ {s} %}}{{% endfor %}}"
         )),
-        (number(), list_expression(string_expression())).prop_map(|(n, l)| format!(
+        (count(), list_expression(string_expression())).prop_map(|(n, l)| format!(
             "{{% for i in range({n}) %}}{{% set ns.l = ns.l + {l} %}}{{% endfor %}}"
         )),
         list_expression(string_expression())
@@ -669,7 +723,7 @@ fn fuzzed_templates_stay_within_their_limits_under_2_gib() {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 192,
+        cases: 256,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -94,31 +94,83 @@ pub(super) fn install(env: &mut Environment<'static>) {
 fn table() -> Vec<(&'static str, Value, Made)> {
     use Made::{Capped, Sized};
     vec![
-        ("safe", Value::from_function(builtin::safe), Sized(text_copy)),
-        ("escape", Value::from_function(builtin::escape), Sized(escaped)),
+        (
+            "safe",
+            Value::from_function(builtin::safe),
+            Sized(text_copy),
+        ),
+        (
+            "escape",
+            Value::from_function(builtin::escape),
+            Sized(escaped),
+        ),
         ("e", Value::from_function(builtin::escape), Sized(escaped)),
         ("lower", Value::from_function(builtin::lower), Sized(lower)),
         ("upper", Value::from_function(builtin::upper), Sized(upper)),
         ("title", Value::from_function(builtin::title), Sized(title)),
-        ("capitalize", Value::from_function(builtin::capitalize), Sized(capitalize)),
-        ("replace", Value::from_function(builtin::replace), Sized(replace)),
-        ("length", Value::from_function(builtin::length), Sized(nothing)),
-        ("count", Value::from_function(builtin::length), Sized(nothing)),
-        ("dictsort", Value::from_function(builtin::dictsort), Sized(pairs)),
-        ("items", Value::from_function(materialised(builtin::items)), Sized(pairs)),
-        ("reverse", Value::from_function(materialised(builtin::reverse)), Sized(reversed)),
+        (
+            "capitalize",
+            Value::from_function(builtin::capitalize),
+            Sized(capitalize),
+        ),
+        (
+            "replace",
+            Value::from_function(builtin::replace),
+            Sized(replace),
+        ),
+        (
+            "length",
+            Value::from_function(builtin::length),
+            Sized(nothing),
+        ),
+        (
+            "count",
+            Value::from_function(builtin::length),
+            Sized(nothing),
+        ),
+        (
+            "dictsort",
+            Value::from_function(builtin::dictsort),
+            Sized(pairs),
+        ),
+        (
+            "items",
+            Value::from_function(materialised(builtin::items)),
+            Sized(pairs),
+        ),
+        (
+            "reverse",
+            Value::from_function(materialised(builtin::reverse)),
+            Sized(reversed),
+        ),
         ("trim", Value::from_function(builtin::trim), Sized(trim)),
         ("join", Value::from_function(builtin::join), Sized(join)),
         ("split", Value::from_function(builtin::split), Sized(split)),
         ("lines", Value::from_function(builtin::lines), Sized(lines)),
-        ("default", Value::from_function(builtin::default), Sized(nothing)),
+        (
+            "default",
+            Value::from_function(builtin::default),
+            Sized(nothing),
+        ),
         ("d", Value::from_function(builtin::default), Sized(nothing)),
-        ("round", Value::from_function(builtin::round), Sized(nothing)),
+        (
+            "round",
+            Value::from_function(builtin::round),
+            Sized(nothing),
+        ),
         ("abs", Value::from_function(builtin::abs), Sized(nothing)),
         ("int", Value::from_function(builtin::int), Sized(nothing)),
-        ("float", Value::from_function(builtin::float), Sized(nothing)),
+        (
+            "float",
+            Value::from_function(builtin::float),
+            Sized(nothing),
+        ),
         ("attr", Value::from_function(builtin::attr), Sized(nothing)),
-        ("first", Value::from_function(builtin::first), Sized(nothing)),
+        (
+            "first",
+            Value::from_function(builtin::first),
+            Sized(nothing),
+        ),
         ("last", Value::from_function(builtin::last), Sized(last)),
         ("min", Value::from_function(builtin::min), Sized(nothing)),
         ("max", Value::from_function(builtin::max), Sized(nothing)),
@@ -129,18 +181,58 @@ fn table() -> Vec<(&'static str, Value, Made)> {
         ("batch", Value::from_function(builtin::batch), Sized(batch)),
         ("slice", Value::from_function(builtin::slice), Sized(slice)),
         ("sum", Value::from_function(builtin::sum), Sized(nothing)),
-        ("indent", Value::from_function(builtin::indent), Sized(indent)),
-        ("select", Value::from_function(builtin::select), Sized(items)),
-        ("reject", Value::from_function(builtin::reject), Sized(items)),
-        ("selectattr", Value::from_function(builtin::selectattr), Sized(items)),
-        ("rejectattr", Value::from_function(builtin::rejectattr), Sized(items)),
+        (
+            "indent",
+            Value::from_function(builtin::indent),
+            Sized(indent),
+        ),
+        (
+            "select",
+            Value::from_function(builtin::select),
+            Sized(items),
+        ),
+        (
+            "reject",
+            Value::from_function(builtin::reject),
+            Sized(items),
+        ),
+        (
+            "selectattr",
+            Value::from_function(builtin::selectattr),
+            Sized(items),
+        ),
+        (
+            "rejectattr",
+            Value::from_function(builtin::rejectattr),
+            Sized(items),
+        ),
         ("map", Value::from_function(builtin::map), Sized(items)),
-        ("groupby", Value::from_function(builtin::groupby), Sized(groups)),
-        ("unique", Value::from_function(builtin::unique), Sized(unique)),
-        ("chain", Value::from_function(materialised_rest(builtin::chain)), Sized(all_items)),
-        ("zip", Value::from_function(materialised_rest(builtin::zip)), Sized(tuples)),
+        (
+            "groupby",
+            Value::from_function(builtin::groupby),
+            Sized(groups),
+        ),
+        (
+            "unique",
+            Value::from_function(builtin::unique),
+            Sized(unique),
+        ),
+        (
+            "chain",
+            Value::from_function(materialised_rest(builtin::chain)),
+            Sized(all_items),
+        ),
+        (
+            "zip",
+            Value::from_function(materialised_rest(builtin::zip)),
+            Sized(tuples),
+        ),
         ("pprint", Value::from_function(pprint), Capped),
-        ("format", Value::from_function(builtin::format), Sized(format)),
+        (
+            "format",
+            Value::from_function(builtin::format),
+            Sized(format),
+        ),
         ("tojson", Value::from_function(tojson), Capped),
     ]
 }
@@ -360,10 +452,11 @@ fn unique(args: &Args<'_>) -> Result<usize, Error> {
 
 /// `value.a.0.b` as minijinja's `attribute=` arguments look it up.
 fn lookup_path(value: &Value, path: &str) -> Value {
-    path.split('.').fold(value.clone(), |v, part| match part.parse::<i64>() {
-        Ok(i) => v.get_item(&Value::from(i)).unwrap_or_default(),
-        Err(_) => v.get_attr(part).unwrap_or_default(),
-    })
+    path.split('.')
+        .fold(value.clone(), |v, part| match part.parse::<i64>() {
+            Ok(i) => v.get_item(&Value::from(i)).unwrap_or_default(),
+            Err(_) => v.get_attr(part).unwrap_or_default(),
+        })
 }
 
 fn batch(args: &Args<'_>) -> Result<usize, Error> {
@@ -378,9 +471,7 @@ fn batch(args: &Args<'_>) -> Result<usize, Error> {
 fn slice(args: &Args<'_>) -> Result<usize, Error> {
     let len = item_count(args.value)?;
     let count = args.count(0, "slices");
-    Ok(len
-        .saturating_add(count)
-        .saturating_mul(2 * ITEM_BYTES))
+    Ok(len.saturating_add(count).saturating_mul(2 * ITEM_BYTES))
 }
 
 /// The items of the value and of every argument, in one list.
@@ -399,7 +490,9 @@ fn tuples(args: &Args<'_>) -> Result<usize, Error> {
     for arg in args.positional {
         shortest = shortest.min(item_count(arg)?);
     }
-    Ok(shortest.saturating_mul(inputs + 1).saturating_mul(ITEM_BYTES))
+    Ok(shortest
+        .saturating_mul(inputs + 1)
+        .saturating_mul(ITEM_BYTES))
 }
 
 // Filters that build their result themselves (`Made::Capped`).

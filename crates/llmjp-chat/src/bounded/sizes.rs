@@ -107,7 +107,15 @@ mod tests {
 
     #[test]
     fn case_mapping_sizes_match_the_standard_library() {
-        for s in ["", "abc", "straße", "ΐΰ", "İstanbul", "ŉ ﬃ ǅ", "日本語 text"] {
+        for s in [
+            "",
+            "abc",
+            "straße",
+            "ΐΰ",
+            "İstanbul",
+            "ŉ ﬃ ǅ",
+            "日本語 text",
+        ] {
             assert_eq!(upper_len(s), s.to_uppercase().len(), "{s}");
             assert_eq!(lower_len(s), s.to_lowercase().len(), "{s}");
             assert_eq!(
@@ -131,7 +139,10 @@ mod tests {
 
     #[test]
     fn json_string_sizes_count_escapes() {
-        assert_eq!(json_string_len("a\"\u{1}é😀", false), "\"a\\\"\\u0001é😀\"".len());
+        assert_eq!(
+            json_string_len("a\"\u{1}é😀", false),
+            "\"a\\\"\\u0001é😀\"".len()
+        );
         assert_eq!(
             json_string_len("é😀", true),
             "\"\\u00e9\\ud83d\\ude00\"".len()
