@@ -65,8 +65,24 @@ pub struct SamplingFields {
     pub ignore_eos: bool,
     /// Token log-probabilities (not supported).
     pub logprobs: Option<Value>,
-    /// Tools (not supported).
+    /// Tools: none, or an empty list (tool calls are not supported).
     pub tools: Option<Value>,
+    /// `"none"` or `"auto"` (with no tools, the same).
+    pub tool_choice: Option<Value>,
+    /// Token biases: none, or an empty map (not supported).
+    pub logit_bias: Option<Value>,
+}
+
+/// The top-level field of a JSON request body that does not have the type its endpoint
+/// takes, for the error's `param`: a sampling field by name, else `prompt_field` (the
+/// endpoint's `messages` or `prompt`); `None` when the body is not an object.
+pub fn field_at_fault<'a>(body: &'a Value, prompt_field: &'a str) -> Option<&'a str> {
+    let fields = body.as_object()?;
+    let wrong = fields.iter().find(|(name, value)| {
+        let alone = Value::Object([((*name).clone(), (*value).clone())].into_iter().collect());
+        name.as_str() != prompt_field && SamplingFields::deserialize(&alone).is_err()
+    });
+    Some(wrong.map_or(prompt_field, |(name, _)| name.as_str()))
 }
 
 /// `POST /v1/chat/completions`.
@@ -222,16 +238,40 @@ impl SamplingFields {
         {
             return Err(ApiError::invalid("logprobs are not supported", "logprobs"));
         }
-        if self.tools.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::invalid("tools are not supported", "tools"));
+        if !is_empty(self.tools.as_ref()) {
+            return Err(ApiError::invalid(
+                "tools are not supported: this server does not call tools (send no tools, or an empty list)",
+                "tools",
+            ));
         }
-        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+        let tool_choice_is_none = match &self.tool_choice {
+            None | Some(Value::Null) => true,
+            Some(Value::String(choice)) => choice == "none" || choice == "auto",
+            Some(_) => false,
+        };
+        if !tool_choice_is_none {
+            return Err(ApiError::invalid(
+                "tool_choice must be \"none\" (tool calls are not supported)",
+                "tool_choice",
+            ));
+        }
+        if !is_empty(self.logit_bias.as_ref()) {
+            return Err(ApiError::invalid(
+                "logit_bias is not supported (send none, or an empty object)",
+                "logit_bias",
+            ));
+        }
+        let (max_tokens_field, max_tokens) = match self.max_completion_tokens {
+            Some(n) => ("max_completion_tokens", Some(n)),
+            None => ("max_tokens", self.max_tokens),
+        };
+        let max_tokens = match max_tokens {
             None => None,
             Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             Some(_) => {
                 return Err(ApiError::invalid(
-                    "max_tokens must be at least 1",
-                    "max_tokens",
+                    format!("{max_tokens_field} must be at least 1"),
+                    max_tokens_field,
                 ))
             }
         };
@@ -306,6 +346,16 @@ impl SamplingFields {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
         })
+    }
+}
+
+/// Whether an optional list or map is absent, null or empty.
+fn is_empty(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(map)) => map.is_empty(),
+        Some(_) => false,
     }
 }
 

@@ -180,6 +180,36 @@ impl ApiError {
         }
     }
 
+    /// 408: the request's `part` (headers, body) did not arrive within `limit`.
+    pub fn read_timeout(part: &str, limit: Duration) -> Self {
+        Self {
+            code: Some("request_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                format!(
+                    "the request's {part} did not arrive within {} s",
+                    limit.as_secs_f64()
+                ),
+            )
+        }
+    }
+
+    /// 400 for a sampling parameter the sampler refuses, naming the request field; 500
+    /// for what is the model's fault (non-finite logits).
+    pub fn sampling(error: &llmjp::crates::sampler::SamplerError) -> Self {
+        use llmjp::crates::sampler::SamplerError;
+        let param = match error {
+            SamplerError::Temperature(_) => "temperature",
+            SamplerError::TopP(_) => "top_p",
+            SamplerError::TopK(_) => "top_k",
+            SamplerError::MinP(_) => "min_p",
+            SamplerError::RepetitionPenalty(_) => "repetition_penalty",
+            _ => return Self::internal(error.to_string()),
+        };
+        Self::invalid(error.to_string(), param)
+    }
+
     /// 500: the model failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

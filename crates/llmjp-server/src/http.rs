@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request as HttpRequest, State};
@@ -41,6 +41,8 @@ pub struct App {
     pub api_key: Option<String>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time to receive a request's body.
+    pub body_read_timeout: Duration,
     /// Numbers the responses' ids.
     pub next_id: AtomicU64,
 }
@@ -159,7 +161,7 @@ async fn handle<R: DeserializeOwned + IntoJob>(
     endpoint: Endpoint,
     body: Body,
 ) -> Response {
-    let response = match parse::<R>(app, body)
+    let response = match parse::<R>(app, body, endpoint)
         .await
         .and_then(|r| r.into_job(&app.limits))
     {
@@ -179,17 +181,26 @@ fn finish(app: &App, endpoint: &'static str, response: Result<Response, ApiError
     response
 }
 
-/// The body as JSON of type `T`: 413 over the size limit, 400 when it is not that JSON.
-async fn parse<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
-    let bytes = to_bytes(body, app.max_body_bytes)
+/// The body as JSON of type `T`: 408 when it does not arrive in time, 413 over the size
+/// limit, 400 when it is not that JSON (naming the field at fault where there is one).
+async fn parse<T: DeserializeOwned>(
+    app: &App,
+    body: Body,
+    endpoint: Endpoint,
+) -> Result<T, ApiError> {
+    let bytes = tokio::time::timeout(app.body_read_timeout, to_bytes(body, app.max_body_bytes))
         .await
+        .map_err(|_| ApiError::read_timeout("body", app.body_read_timeout))?
         .map_err(|_| ApiError::too_large(app.max_body_bytes))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            ApiError::invalid(e.to_string(), "body")
-        } else {
-            ApiError::bad_json(format!("the body is not valid JSON: {e}"))
-        }
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_json(format!("the body is not valid JSON: {e}")))?;
+    let prompt_field = match endpoint {
+        Endpoint::Chat => "messages",
+        Endpoint::Completions => "prompt",
+    };
+    T::deserialize(&value).map_err(|e| {
+        let param = crate::api::field_at_fault(&value, prompt_field);
+        ApiError::invalid(e.to_string(), param.unwrap_or("body"))
     })
 }
 
@@ -224,7 +235,7 @@ async fn answer(app: &Arc<App>, endpoint: Endpoint, job: Job) -> Result<Response
     };
     job.sampling
         .validate()
-        .map_err(|e| ApiError::invalid(e.to_string(), "temperature"))?;
+        .map_err(|e| ApiError::sampling(&e))?;
     let (events, mut received) = mpsc::unbounded_channel();
     app.engine.submit(Request {
         ids,

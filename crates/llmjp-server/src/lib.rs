@@ -10,6 +10,15 @@
 //!   sentence) continues from its keys and values, whose pages it shares.
 //! - Errors are OpenAI's error object with the right status (400, 401, 404, 408, 413, 429,
 //!   503); clients that go away free their sequence at the next step.
+//! - **Hostile clients are bounded** ([`ServerConfig`]): request headers must arrive
+//!   within `header_read_timeout` and bodies within `body_read_timeout` (else 408, or the
+//!   connection is closed when it was idle); a declared `Content-Length` over
+//!   `max_body_bytes` is answered 413 before the body is read, a chunked body is cut at the
+//!   limit with 413; at most `max_connections` connections are open at once.
+//! - **Shutdown is bounded**: the listener closes, idle connections and those holding a
+//!   half-sent request close at once, running requests get `shutdown_grace` to finish;
+//!   then they end with a `shutting_down` error (a last SSE event in a stream) and every
+//!   connection is closed. [`ShutdownSignals`] gives a binary the first and second signal.
 //!
 //! ```
 //! use std::time::Duration;
@@ -38,11 +47,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod api;
+mod connection;
 pub mod engine;
 mod error;
 mod http;
 pub mod metrics;
 pub mod prefix;
+mod signals;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,10 +64,13 @@ use std::time::Duration;
 use llmjp::Llm;
 use tokio::net::TcpListener;
 
+pub use connection::{MAX_HEADERS, MAX_HEAD_BYTES};
 pub use engine::EngineConfig;
 pub use error::{ApiError, ServerError};
+pub use signals::{shutdown_signal, ShutdownSignal, ShutdownSignals};
 
 use crate::api::Limits;
+use crate::connection::{ConnectionLimits, Connections, Phase};
 use crate::http::{App, Encoder};
 use crate::metrics::Metrics;
 
@@ -69,16 +83,27 @@ pub struct ServerConfig {
     pub port: u16,
     /// The name `/v1/models` lists and requests give as `model`.
     pub model_name: String,
-    /// With a key, the `/v1` routes need `Authorization: Bearer KEY`.
+    /// With a key, the `/v1` routes need `Authorization: Bearer KEY`. An empty (or
+    /// all-blank) key is no key: the routes are open.
     pub api_key: Option<String>,
-    /// Largest request body.
+    /// Largest request body: a larger declared `Content-Length` is answered 413 before the
+    /// body is read; a chunked body is cut at the limit with 413.
     pub max_body_bytes: usize,
+    /// Time to receive a request's line and headers, from its first byte or from the end
+    /// of the previous response (so also the longest idle keep-alive). Past it: 408 when
+    /// part of a request arrived, else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's body once its headers are in (408 past it).
+    pub body_read_timeout: Duration,
+    /// Most connections open at once; further clients wait in the listen backlog until
+    /// one closes. Bounds the file descriptors the server holds.
+    pub max_connections: usize,
     /// `max_tokens` of requests that give none (cut to the context).
     pub default_max_tokens: usize,
     /// Most stop strings per request.
     pub max_stops: usize,
-    /// After a shutdown signal, running requests get this long to finish before they are
-    /// cancelled.
+    /// After a shutdown signal, running requests get this long to finish; then they end
+    /// with a `shutting_down` error and every connection is closed.
     pub shutdown_grace: Duration,
     /// Scheduling, KV budget and prefix cache.
     pub engine: EngineConfig,
@@ -93,6 +118,9 @@ impl ServerConfig {
             model_name: model_name.into(),
             api_key: None,
             max_body_bytes: 4 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 512,
             default_max_tokens: 512,
             max_stops: 16,
             shutdown_grace: Duration::from_secs(30),
@@ -101,17 +129,26 @@ impl ServerConfig {
     }
 }
 
+/// Most connections [`ServerConfig::max_connections`] may allow.
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// After the grace period: how long cancelled requests get to send their last event, and
+/// then cut connections to close.
+const FLUSH: Duration = Duration::from_secs(1);
+
 /// A bound server: its engine running, its listener open.
 #[derive(Debug)]
 pub struct Server {
     app: Arc<App>,
     listener: TcpListener,
+    connections: ConnectionLimits,
+    max_connections: u32,
     grace: Duration,
 }
 
 impl Server {
     /// Starts the engine on `llm` and binds the address.
     pub async fn bind(llm: Llm, config: ServerConfig) -> Result<Self, ServerError> {
+        config.check()?;
         let encoder = Encoder {
             tokenizer: llm.tokenizer().clone(),
             template: llm.template().clone(),
@@ -135,13 +172,19 @@ impl Server {
                 max_stops: config.max_stops,
             },
             metrics,
-            api_key: config.api_key.clone(),
+            api_key: config.api_key.clone().filter(|key| !key.trim().is_empty()),
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
             next_id: AtomicU64::new(0),
         });
         Ok(Self {
             app,
             listener,
+            connections: ConnectionLimits {
+                header_read_timeout: config.header_read_timeout,
+                max_body_bytes: config.max_body_bytes,
+            },
+            max_connections: config.max_connections as u32,
             grace: config.shutdown_grace,
         })
     }
@@ -153,58 +196,56 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves; then stops taking requests, lets running ones
-    /// finish for the grace period, cancels the rest and returns.
+    /// Serves until `shutdown` resolves, then shuts down within a bound: the listener
+    /// closes; connections without a request in flight close at once (idle keep-alives,
+    /// half-sent requests); running requests get the grace period to finish, then end with
+    /// a `shutting_down` error (a last event in a stream); a moment later every connection
+    /// left is closed and this returns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let connections = Connections::new(
+            http::router(self.app.clone()),
+            self.connections,
+            self.max_connections,
+        );
+        connections.accept_until(self.listener, shutdown).await;
+        self.app.engine.drain();
+        connections.set_phase(Phase::Draining);
+        let all_finished = connections.wait_closed(self.grace).await;
         let app = self.app.clone();
-        let grace = self.grace;
-        let router = http::router(self.app.clone());
-        let signal = async move {
-            shutdown.await;
-            app.engine.drain();
-            let engine = app.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tokio::task::spawn_blocking(move || engine.engine.stop());
-            });
-        };
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(|source| ServerError::Io {
-                context: "serving".into(),
-                source,
-            })?;
-        let app = self.app;
         tokio::task::spawn_blocking(move || app.engine.stop())
             .await
             .map_err(|e| ServerError::Engine(e.to_string()))?;
+        if !all_finished {
+            connections.wait_closed(FLUSH).await;
+            connections.set_phase(Phase::Cutting);
+            connections.wait_closed(FLUSH).await;
+        }
         Ok(())
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+impl ServerConfig {
+    /// Refuses settings the server cannot run with.
+    fn check(&self) -> Result<(), ServerError> {
+        let invalid = |message: String| Err(ServerError::InvalidConfig(message));
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("{name} must be above 0"));
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return invalid(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}, got {}",
+                self.max_connections
+            ));
+        }
+        Ok(())
     }
 }
 

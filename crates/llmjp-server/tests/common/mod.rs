@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use llmjp::backend::Cpu;
 use llmjp::{Llm, LoadOptions, Pipeline};
 use llmjp_server::{Server, ServerConfig};
+#[allow(unused_imports)]
 pub use llmjp_testdata::http::{read_chunk, read_head, request, send, Response};
 use serde_json::Value;
 
