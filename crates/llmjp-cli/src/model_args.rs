@@ -51,7 +51,12 @@ impl ModelArgs {
             Some(d) => d.parse::<WeightDtype>()?,
             None => ComputeDtype::BF16.into(),
         };
-        eprintln!("llmjp: {} on {device} in {dtype}", self.model);
+        // Status lines never fail the command (stderr may be closed or full).
+        let _ = writeln!(
+            std::io::stderr(),
+            "llmjp: {} on {device} in {dtype}",
+            self.model
+        );
         let mut hub = HubOptions::from_env();
         hub.revision = self.revision.clone();
         hub.progress = std::io::stderr().is_terminal();
@@ -84,14 +89,16 @@ fn report_kernel_cache(llm: &Llm) {
     if matches!(llm.device(), Device::Cuda(_)) {
         use llmjp::crates::model::cube::kernel_cache::{configured, KernelCache};
         match configured() {
-            Some(KernelCache::Dir { path, cold: true }) => eprintln!(
+            Some(KernelCache::Dir { path, cold: true }) => drop(writeln!(
+                std::io::stderr(),
                 "llmjp: first run on this machine: GPU kernels compile as they are first used \
                  (cached in {}; `llmjp warmup` compiles them ahead)",
                 path.display()
-            ),
-            Some(KernelCache::Unavailable(why)) => {
-                eprintln!("llmjp: kernel cache not in effect ({why}): kernels compile in every run")
-            }
+            )),
+            Some(KernelCache::Unavailable(why)) => drop(writeln!(
+                std::io::stderr(),
+                "llmjp: kernel cache not in effect ({why}): kernels compile in every run"
+            )),
             _ => {}
         }
     }
@@ -168,14 +175,14 @@ impl ProgressBar {
         const WIDTH: usize = 30;
         let filled = WIDTH * done / total;
         let bar = format!("{}{}", "#".repeat(filled), " ".repeat(WIDTH - filled));
-        eprint!("\r{} [{bar}] {done}/{total}", self.label);
+        let _ = write!(std::io::stderr(), "\r{} [{bar}] {done}/{total}", self.label);
         let _ = std::io::stderr().flush();
         self.drawn = true;
     }
 
     pub fn finish(&mut self) {
         if self.drawn {
-            eprintln!();
+            let _ = writeln!(std::io::stderr());
         }
     }
 }

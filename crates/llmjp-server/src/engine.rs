@@ -186,6 +186,10 @@ impl Engine {
             return Err(ApiError::shutting_down());
         }
         if queue.len() >= self.shared.config.max_queue {
+            // Requests whose client has gone make room (admitting them would drop them).
+            queue.retain(|waiting| !waiting.events.is_closed());
+        }
+        if queue.len() >= self.shared.config.max_queue {
             return Err(ApiError::queue_full(queue.len()));
         }
         queue.push_back(request);

@@ -281,7 +281,13 @@ async fn answer(app: &Arc<App>, endpoint: Endpoint, job: Job) -> Result<Response
             return;
         }
         let mut usage_sent: Option<Usage> = None;
-        while let Some(event) = received.recv().await {
+        loop {
+            // A client that goes away while its request waits in the queue drops it there.
+            let event = tokio::select! {
+                event = received.recv() => event,
+                () = chunks.closed() => return,
+            };
+            let Some(event) = event else { break };
             let event = match event {
                 Event::Text(text) => data(responder.chunk(Some(&text), false, None)),
                 Event::Done { finish, usage } => {
