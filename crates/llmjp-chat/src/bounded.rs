@@ -442,7 +442,12 @@ fn mul(state: &State, args: Rest<Value>) -> Result<Value, Error> {
         let unit = match repeated.kind() {
             ValueKind::String => repeated.as_str().map_or(0, str::len),
             ValueKind::Seq | ValueKind::Iterable => {
-                repeated.len().unwrap_or(0).saturating_mul(ITEM_BYTES)
+                let count = item_count(repeated)?;
+                if count == 0 {
+                    // minijinja would loop `n` times to repeat nothing.
+                    return Ok(Value::from(Vec::<Value>::new()));
+                }
+                count.saturating_mul(ITEM_BYTES)
             }
             _ => 0,
         };
@@ -470,7 +475,7 @@ fn two(args: &[Value]) -> Result<[&Value; 2], Error> {
 
 /// `needle in container`: minijinja prints a non-string needle to look for it in a string,
 /// so that text is sized first; containers are searched with deadline checks.
-fn contains(state: &State, args: Rest<Value>) -> Result<Value, Error> {
+fn contains(args: Rest<Value>) -> Result<Value, Error> {
     let [needle, container] = two(&args)?;
     if let Some(haystack) = container.as_str() {
         let needle = text_of(needle)?;
@@ -490,9 +495,19 @@ fn contains(state: &State, args: Rest<Value>) -> Result<Value, Error> {
         }
         return Ok(Value::from(false));
     }
-    let env = state.env();
-    let compiled = env.compile_expression("a in b")?;
-    compiled.eval(minijinja::context! { a => needle, b => container })
+    if container.is_undefined() {
+        return Ok(Value::from(false));
+    }
+    match container.as_object() {
+        Some(object) if container.kind() == ValueKind::Map => {
+            Ok(Value::from(object.get_value(needle).is_some()))
+        }
+        Some(_) => Ok(Value::from(false)),
+        None => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "cannot perform a containment check on this value",
+        )),
+    }
 }
 
 /// Registers the checked operators, the bounded formatter and the wrapped built-ins

@@ -20,7 +20,9 @@
 //! - **instructions** ([`DEFAULT_FUEL`], 5,000,000 minijinja instructions):
 //!   [`ChatError::OutOfFuel`];
 //! - **time** ([`DEFAULT_TIMEOUT`], 2 s of wall clock, checked before every call, every
-//!   loop iteration, every 32 instructions and inside long built-in loops):
+//!   loop iteration, every 32 instructions and inside long built-in loops; `sort`,
+//!   `dictsort`, `unique`, `min` and `max`, which compare strings without a check, are
+//!   refused up front when `n·(log2 n + 1)·longest string` exceeds 1 GiB):
 //!   [`ChatError::Timeout`];
 //! - **output** ([`DEFAULT_MAX_OUTPUT_BYTES`], 16 MiB of rendered prompt):
 //!   [`ChatError::OutputTooLarge`];

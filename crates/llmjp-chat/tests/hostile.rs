@@ -119,6 +119,18 @@ const MEMORY: &[(&str, &str)] = &[
 /// Templates that try to run long without building much.
 const TIME: &[(&str, &str)] = &[
     (
+        "sorting many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{{ ([s] * 500000) | sort | length }}",
+    ),
+    (
+        "unique of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{{ ([s] * 500000) | unique | length }}",
+    ),
+    (
+        "max of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{{ ([s] * 500000) | max | length }}",
+    ),
+    (
         "comparing big strings in a loop",
         "{% set a = 'x' * 10000000 %}{% set b = 'x' * 10000000 %}{% for i in range(100000) %}{% if a == b %}{% endif %}{% endfor %}",
     ),
@@ -404,6 +416,11 @@ const MADE: &[(&str, &str, Expect)] = &[
         "{{ raise_exception(['x' * 1000000] * 1000) }}",
         Expect::RaisedAndCut,
     ),
+    (
+        "repeating an empty lazy sequence many times",
+        "{% for x in range(0) * 999999999999 %}{% endfor %}{{ ([] * 999999999999) ~ ('x' * 99999999) }}",
+        Expect::Memory,
+    ),
     ("wordwrap does not exist", "{{ 'x' | wordwrap(99999999999) }}", Expect::Render),
     ("center does not exist", "{{ 'x'.center(99999999999) }}", Expect::Render),
 ];
@@ -524,11 +541,11 @@ fn wrapped_built_ins_keep_their_meaning() {
         ("{{ 'hello world' | title }} {{ 'hELLO' | capitalize }}", "Hello World Hello"),
         ("{{ '  x ' | trim }}|{{ 'xxaxx' | trim('x') }}", "x|a"),
         ("{{ [1, 2] | first }}{{ [1, 2] | last }}{{ [3, 1] | min }}{{ [3, 1] | max }}", "1213"),
-        ("{{ [1, 2] | sum }}{{ none | default('d') }}{{ 'abc' | length }}", "3d3"),
+        ("{{ [1, 2] | sum }}{{ missing | default('d') }}{{ 'abc' | length }}", "3d3"),
         ("{{ '3' | int + 1 }} {{ '1.5' | float }} {{ 2.567 | round(1) }} {{ -2 | abs }}", "4 1.5 2.6 2"),
         ("{{ 'ab' | list }}{{ 1 | string }}{{ 'x' | safe }}", "[\"a\", \"b\"]1x"),
         ("{{ 'x' in 'xy' }}{{ 1 in [1, 2] }}{{ 'a' in {'a': 1} }}{{ 3 in [1] }}", "TrueTrueTrueFalse"),
-        ("{{ 1 in 'a1' }}{{ 'b' not in 'abc' }}{{ 'x' in none }}", "TrueFalseFalse"),
+        ("{{ 1 in 'a1' }}{{ 'b' not in 'abc' }}{{ 'x' in missing }}", "TrueFalseFalse"),
         ("{{ {'a': 1}.items() | list }}{{ {'a': 1}.keys() | list }}{{ {'a': 1}.values() | list }}", "[[\"a\", 1]][\"a\"][1]"),
         ("{{ {'a': 1}.get('b', 2) }}{{ [1, 1].count(1) }}", "22"),
         ("{{ 'a b'.split() }}{{ 'a\\nb'.splitlines() }}{{ 'aXb'.split('X', 1) }}", "[\"a\", \"b\"][\"a\", \"b\"][\"a\", \"b\"]"),
@@ -725,6 +742,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
         failure_persistence: None,
+        max_shrink_iters: 64,
         ..ProptestConfig::default()
     })]
 
@@ -734,6 +752,11 @@ proptest! {
     #[test]
     fn child_fuzzed_templates_stay_within_their_limits(source in template()) {
         if is_child() {
+            // A template that hangs gets the child killed before proptest can report it:
+            // `LLMJP_CHAT_FUZZ_TRACE=file` keeps the one being rendered in `file`.
+            if let Some(path) = std::env::var_os("LLMJP_CHAT_FUZZ_TRACE") {
+                std::fs::write(path, &source).unwrap();
+            }
             let start = Instant::now();
             let (result, peak) = peak_heap(|| {
                 ChatTemplate::new(&source, BTreeMap::new()).map(|t| t.with_limits(FUZZ_LIMITS))

@@ -131,7 +131,7 @@ fn table() -> Vec<(&'static str, Value, Made)> {
         (
             "dictsort",
             Value::from_function(builtin::dictsort),
-            Sized(pairs),
+            Sized(sorted_pairs),
         ),
         (
             "items",
@@ -172,9 +172,9 @@ fn table() -> Vec<(&'static str, Value, Made)> {
             Sized(nothing),
         ),
         ("last", Value::from_function(builtin::last), Sized(last)),
-        ("min", Value::from_function(builtin::min), Sized(nothing)),
-        ("max", Value::from_function(builtin::max), Sized(nothing)),
-        ("sort", Value::from_function(builtin::sort), Sized(items)),
+        ("min", Value::from_function(builtin::min), Sized(compared)),
+        ("max", Value::from_function(builtin::max), Sized(compared)),
+        ("sort", Value::from_function(builtin::sort), Sized(sorted)),
         ("list", Value::from_function(builtin::list), Sized(items)),
         ("string", Value::from_function(string), Capped),
         ("bool", Value::from_function(builtin::bool), Sized(nothing)),
@@ -401,6 +401,41 @@ pub(super) fn formatted_len(format: &str, args: &[Value]) -> Result<usize, Error
     Ok(total)
 }
 
+/// Most bytes one sorting or comparing filter may compare (well under a second of work):
+/// minijinja's `sort`, `dictsort`, `unique`, `min` and `max` compare whole strings with no
+/// deadline check inside, so `[s] * 500000 | sort` with a 10 MB `s` would run for hours.
+const MAX_COMPARED_BYTES: usize = 1 << 30;
+
+/// Makes nothing, but fails as the time budget when comparing the value's string items
+/// (about `n·log2(n)` comparisons of up to the longest one) could exceed
+/// [`MAX_COMPARED_BYTES`].
+fn compared(args: &Args<'_>) -> Result<usize, Error> {
+    let Ok(iter) = args.value.try_iter() else {
+        return Ok(0);
+    };
+    let (mut count, mut longest) = (0usize, 0usize);
+    for item in iter {
+        tick_every(count)?;
+        count += 1;
+        longest = longest.max(item.as_str().map_or(0, str::len));
+    }
+    let rounds = (usize::BITS - count.leading_zeros()) as usize + 1;
+    if count.saturating_mul(rounds).saturating_mul(longest) > MAX_COMPARED_BYTES {
+        return Err(super::fail(super::Exceeded::Time));
+    }
+    Ok(0)
+}
+
+fn sorted(args: &Args<'_>) -> Result<usize, Error> {
+    compared(args)?;
+    items(args)
+}
+
+fn sorted_pairs(args: &Args<'_>) -> Result<usize, Error> {
+    compared(args)?;
+    pairs(args)
+}
+
 /// A list of the value's items.
 fn items(args: &Args<'_>) -> Result<usize, Error> {
     Ok(item_count(args.value)?.saturating_mul(ITEM_BYTES))
@@ -433,6 +468,7 @@ fn groups(args: &Args<'_>) -> Result<usize, Error> {
 /// The list, and the lower-cased copy of each string it compares (case-insensitive
 /// `unique` keeps one per distinct item).
 fn unique(args: &Args<'_>) -> Result<usize, Error> {
+    compared(args)?;
     let mut total = 0usize;
     let attribute = args.get(usize::MAX, "attribute");
     let Ok(iter) = args.value.try_iter() else {
