@@ -14,7 +14,9 @@
 //!   `select`, `reject`, `selectattr`, `rejectattr`) reach these same wrappers, so every
 //!   per-item call is charged too;
 //! - before a render, [`harden`] rewrites the compiled instructions: `~`, `+`, `*` and `in`
-//!   become calls of checked versions that size their result first; results of function
+//!   become calls of checked versions that size their result first, and `==`, `!=`, `<`,
+//!   `<=`, `>`, `>=` calls that refuse to compare more than [`MAX_COMPARED_BYTES`] (chained
+//!   comparisons such as `a < b < c` keep minijinja's own operator); results of function
 //!   calls, slices and list/map literals are charged when made; raw template text is
 //!   emitted through the formatter, which charges every emitted byte, captured
 //!   (`{% set x %}…{% endset %}`) or not;
@@ -114,6 +116,17 @@ const ADD: &str = "llmjp:add";
 const MUL: &str = "llmjp:mul";
 const ACCOUNT: &str = "llmjp:account";
 const CONTAINS: &str = "llmjp:contains";
+const EQ: &str = "llmjp:eq";
+const NE: &str = "llmjp:ne";
+const LT: &str = "llmjp:lt";
+const LTE: &str = "llmjp:lte";
+const GT: &str = "llmjp:gt";
+const GTE: &str = "llmjp:gte";
+
+/// Most bytes one comparison, or one sorting or comparing filter, may compare (well under
+/// a second of work): minijinja compares lists and strings with no deadline check inside,
+/// so `[s] * 500000 == [s] * 500000` with a 10 MB `s` would run for hours.
+pub(crate) const MAX_COMPARED_BYTES: usize = 1 << 30;
 
 /// Which limit a render ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +523,71 @@ fn contains(args: Rest<Value>) -> Result<Value, Error> {
     }
 }
 
+/// Fails as the time budget when comparing two containers could compare more than
+/// [`MAX_COMPARED_BYTES`] (strings alone compare in one bounded pass).
+fn compare(a: &Value, b: &Value) -> Result<(), Error> {
+    let container = |v: &Value| {
+        matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        )
+    };
+    if !(container(a) && container(b)) {
+        return Ok(());
+    }
+    let work = compared_size(a, MAX_COMPARED_BYTES)?.min(compared_size(b, MAX_COMPARED_BYTES)?);
+    if work > MAX_COMPARED_BYTES {
+        return Err(fail(Exceeded::Time));
+    }
+    Ok(())
+}
+
+/// The bytes comparing `value` with an equal value reads (string lengths, one per other
+/// value), counted up to just past `cap`.
+fn compared_size(value: &Value, cap: usize) -> Result<usize, Error> {
+    struct Walk {
+        total: usize,
+        visits: usize,
+        cap: usize,
+    }
+    fn walk(value: &Value, level: usize, w: &mut Walk) -> Result<(), Error> {
+        w.total = w.total.saturating_add(value.as_str().map_or(1, str::len));
+        w.visits += 1;
+        if w.visits.is_multiple_of(4096) {
+            tick()?;
+        }
+        let container = matches!(
+            value.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        );
+        if w.total > w.cap || level >= MAX_NESTING || !container {
+            return Ok(());
+        }
+        let Ok(items) = value.try_iter() else {
+            return Ok(());
+        };
+        let map = value.kind() == ValueKind::Map;
+        for item in items {
+            if map {
+                let entry = value.get_item(&item).unwrap_or_default();
+                walk(&entry, level + 1, w)?;
+            }
+            walk(&item, level + 1, w)?;
+            if w.total > w.cap {
+                break;
+            }
+        }
+        Ok(())
+    }
+    let mut w = Walk {
+        total: 0,
+        visits: 0,
+        cap,
+    };
+    walk(value, 0, &mut w)?;
+    Ok(w.total)
+}
+
 /// Registers the checked operators, the bounded formatter and the wrapped built-ins
 /// (filters, tests, functions) on `env`, which must start empty
 /// ([`Environment::empty`]): only what is registered here can run.
@@ -521,6 +599,12 @@ pub(crate) fn install(env: &mut Environment<'static>) {
     env.add_function(MUL, mul);
     env.add_function(ACCOUNT, account);
     env.add_function(CONTAINS, contains);
+    env.add_function(EQ, |a: Value, b: Value| compare(&a, &b).map(|()| a == b));
+    env.add_function(NE, |a: Value, b: Value| compare(&a, &b).map(|()| a != b));
+    env.add_function(LT, |a: Value, b: Value| compare(&a, &b).map(|()| a < b));
+    env.add_function(LTE, |a: Value, b: Value| compare(&a, &b).map(|()| a <= b));
+    env.add_function(GT, |a: Value, b: Value| compare(&a, &b).map(|()| a > b));
+    env.add_function(GTE, |a: Value, b: Value| compare(&a, &b).map(|()| a >= b));
     env.set_formatter(|out: &mut Output, _: &State, value: &Value| {
         tick()?;
         if let Some(s) = value.as_str() {
@@ -613,6 +697,12 @@ pub(crate) fn harden<'s>(old: &Instructions<'s>) -> Instructions<'s> {
             Instruction::Add => add(&mut new, Instruction::CallFunction(ADD, Some(2))),
             Instruction::Mul => add(&mut new, Instruction::CallFunction(MUL, Some(2))),
             Instruction::In => add(&mut new, Instruction::CallFunction(CONTAINS, Some(2))),
+            Instruction::Eq => add(&mut new, Instruction::CallFunction(EQ, Some(2))),
+            Instruction::Ne => add(&mut new, Instruction::CallFunction(NE, Some(2))),
+            Instruction::Lt => add(&mut new, Instruction::CallFunction(LT, Some(2))),
+            Instruction::Lte => add(&mut new, Instruction::CallFunction(LTE, Some(2))),
+            Instruction::Gt => add(&mut new, Instruction::CallFunction(GT, Some(2))),
+            Instruction::Gte => add(&mut new, Instruction::CallFunction(GTE, Some(2))),
             Instruction::EmitRaw(text) => {
                 add(&mut new, Instruction::LoadConst(Value::from(text)));
                 add(&mut new, Instruction::Emit)

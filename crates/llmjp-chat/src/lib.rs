@@ -20,9 +20,10 @@
 //! - **instructions** ([`DEFAULT_FUEL`], 5,000,000 minijinja instructions):
 //!   [`ChatError::OutOfFuel`];
 //! - **time** ([`DEFAULT_TIMEOUT`], 2 s of wall clock, checked before every call, every
-//!   loop iteration, every 32 instructions and inside long built-in loops; `sort`,
-//!   `dictsort`, `unique`, `min` and `max`, which compare strings without a check, are
-//!   refused up front when `n·(log2 n + 1)·longest string` exceeds 1 GiB):
+//!   loop iteration, every 32 instructions and inside long built-in loops; comparisons
+//!   of two lists or maps (`==`, `!=`, `<`, `<=`, `>`, `>=`) and the filters `sort`,
+//!   `dictsort`, `unique`, `min` and `max`, which minijinja runs without a check, are
+//!   refused up front when they could compare more than 1 GiB):
 //!   [`ChatError::Timeout`];
 //! - **output** ([`DEFAULT_MAX_OUTPUT_BYTES`], 16 MiB of rendered prompt):
 //!   [`ChatError::OutputTooLarge`];

@@ -127,6 +127,14 @@ const TIME: &[(&str, &str)] = &[
         "{% set s = 'x' * 10000000 %}{{ ([s] * 500000) | unique | length }}",
     ),
     (
+        "comparing lists of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{% set l = [s] * 500000 %}{{ l == l }}",
+    ),
+    (
+        "ordering lists of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{% set l = [s] * 500000 %}{{ l < l + [1] }}",
+    ),
+    (
         "max of many copies of a large string",
         "{% set s = 'x' * 10000000 %}{{ ([s] * 500000) | max | length }}",
     ),
@@ -589,8 +597,9 @@ fn string_expression() -> BoxedStrategy<String> {
             number().prop_map(|n| format!("('%{n}s' | format('x'))")),
             inner.clone().prop_map(|s| format!("strftime_now({s})")),
             list.clone().prop_map(|l| format!("({l} | pprint)")),
-            (inner.clone(), list.clone())
-                .prop_map(|(s, l)| format!("(({s} in {l}) ~ ({l} in {s}))")),
+            (inner.clone(), list.clone()).prop_map(|(s, l)| format!(
+                "(({s} in {l}) ~ ({l} in {s}) ~ ({l} == {l}) ~ ({l} < {l}))"
+            )),
             (list.clone(), inner.clone())
                 .prop_map(|(l, s)| format!("({l} | select('in', {s}) | join)")),
             list.prop_map(|l| format!("raise_exception({l})")),

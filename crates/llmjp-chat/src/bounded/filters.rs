@@ -12,7 +12,7 @@ use minijinja::{Environment, Error, State};
 
 use super::{
     charge, check_growth, check_nesting, conversion_len, cost, display_len, display_string,
-    item_count, sizes, text_of, tick, CappedString, ITEM_BYTES,
+    item_count, sizes, text_of, tick, CappedString, ITEM_BYTES, MAX_COMPARED_BYTES,
 };
 
 /// Bytes a wrapped call will make, from its arguments.
@@ -401,14 +401,10 @@ pub(super) fn formatted_len(format: &str, args: &[Value]) -> Result<usize, Error
     Ok(total)
 }
 
-/// Most bytes one sorting or comparing filter may compare (well under a second of work):
-/// minijinja's `sort`, `dictsort`, `unique`, `min` and `max` compare whole strings with no
-/// deadline check inside, so `[s] * 500000 | sort` with a 10 MB `s` would run for hours.
-const MAX_COMPARED_BYTES: usize = 1 << 30;
-
 /// Makes nothing, but fails as the time budget when comparing the value's string items
 /// (about `n·log2(n)` comparisons of up to the longest one) could exceed
-/// [`MAX_COMPARED_BYTES`].
+/// [`MAX_COMPARED_BYTES`] (minijinja's `sort`, `dictsort`, `unique`, `min` and `max`
+/// compare whole strings with no deadline check inside).
 fn compared(args: &Args<'_>) -> Result<usize, Error> {
     let Ok(iter) = args.value.try_iter() else {
         return Ok(0);
