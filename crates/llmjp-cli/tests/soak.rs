@@ -447,6 +447,11 @@ fn soak_normal_answers_hold_among_hostile_clients_and_sigterm_is_not_held_up() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!(
+        "soak: {} descriptors after (settled in {:?}), {descriptors_before} before",
+        serve.descriptors(),
+        settle.elapsed()
+    );
     let rss_after = serve.rss_kib();
     eprintln!("soak: rss {rss_before} KiB before, {rss_after} KiB after");
     assert!(
@@ -502,6 +507,7 @@ fn a_second_signal_exits_at_once_while_a_request_runs() {
     let stderr = serve.stderr();
     assert_eq!(status.code(), Some(130), "{status}: {stderr}");
     assert!(status.signal().is_none());
+    eprintln!("soak: second signal: exited in {took:?}");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
     assert!(stderr.contains("SIGINT: exiting now"), "{stderr}");
 }
