@@ -473,6 +473,7 @@ fn soak_normal_answers_hold_among_hostile_clients_and_sigterm_is_not_held_up() {
     let (status, took) = serve.wait_exit(Duration::from_secs(10));
     let stderr = serve.stderr();
     assert!(status.success(), "{status}: {stderr}");
+    eprintln!("soak: SIGTERM with a half-sent request: exited in {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "exit took {took:?} (grace 2 s)"
