@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use llmjp_weights::atomic::{copy_new, refuse_shared_files, TEMP_PREFIX};
 use llmjp_weights::quant::{values_dtype, BlockFormat, BLOCK, SCALE_SUFFIX};
 use llmjp_weights::writer::{write_json, CheckpointWriter};
 use llmjp_weights::{read_json, Checkpoint, Dtype, ModelConfig, WeightsError};
@@ -33,7 +34,10 @@ pub struct QuantizedCheckpoint {
 
 /// Writes the checkpoint in `src` with its linear weights quantized to `format` (as
 /// `--dtype q8_0|q4_0` would quantize them on load) into the folder `out`, calling
-/// `on_progress(done, total)` per tensor. `out` is created if needed and must not be `src`.
+/// `on_progress(done, total)` per tensor. `out` is created if needed and must share no
+/// file with `src` ([`WeightsError::SharedOutput`] before anything is written). Every file
+/// is written new and renamed into place, `config.json` last: links in `out` are replaced,
+/// never written through, and a failed run leaves no half-written file.
 ///
 /// ```no_run
 /// use llmjp_model::quantize::quantize_checkpoint;
@@ -63,13 +67,12 @@ pub fn quantize_checkpoint(
         )));
     }
     let checkpoint = Checkpoint::open(src)?;
-    std::fs::create_dir_all(out).map_err(|e| WeightsError::io(out, e))?;
-    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
-    if same(src, out) {
-        return Err(ModelError::InvalidQuantized(
-            "the output folder is the model's own folder".into(),
-        ));
-    }
+    // Before anything is written: `out` must share no file with `src` (the same folder
+    // under another name, links to the source's files, or a source made of links into
+    // `out`), as writing it would replace the model being read.
+    refuse_shared_files(src, out)?;
+    std::fs::create_dir_all(out).map_err(|e| WeightsError::write(out, e))?;
+    refuse_shared_files(src, out)?;
     let names: Vec<String> = checkpoint.names().into_iter().map(String::from).collect();
     let total = names.len();
     let (mut quantized, mut copied) = (0, 0);
@@ -118,8 +121,8 @@ pub fn quantize_checkpoint(
         "format": format.name(),
         "group_size": llmjp_weights::quant::BLOCK,
     });
-    write_json(&out.join("config.json"), &raw)?;
     copy_side_files(src, out)?;
+    write_json(&out.join("config.json"), &raw)?;
     Ok(QuantizedCheckpoint {
         quantized,
         copied,
@@ -128,7 +131,8 @@ pub fn quantize_checkpoint(
     })
 }
 
-/// Copies the folder's other regular files (tokenizer, generation config, …).
+/// Copies the folder's other regular files (tokenizer, generation config, …), each written
+/// new and renamed into place.
 fn copy_side_files(src: &Path, out: &Path) -> Result<()> {
     let entries = std::fs::read_dir(src).map_err(|e| WeightsError::io(src, e))?;
     for entry in entries {
@@ -136,10 +140,10 @@ fn copy_side_files(src: &Path, out: &Path) -> Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
         let from = entry.path();
-        if weights || name == "config.json" || !from.is_file() {
+        if weights || name == "config.json" || name.starts_with(TEMP_PREFIX) || !from.is_file() {
             continue;
         }
-        std::fs::copy(&from, out.join(&name)).map_err(|e| WeightsError::io(&from, e))?;
+        copy_new(&from, &out.join(&name))?;
     }
     Ok(())
 }

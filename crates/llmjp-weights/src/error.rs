@@ -38,6 +38,23 @@ pub enum WeightsError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A file could not be written (the output's path is named, not the input's).
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An output folder is the input folder, or holds one of its files under another name
+    /// (a hard or symbolic link): writing it would overwrite the input.
+    #[error("{}: is {} (the same file through a link or another name): refusing to write an output that shares files with its input", output.display(), input.display())]
+    SharedOutput {
+        /// The output's file or folder.
+        output: PathBuf,
+        /// The input's file or folder it is.
+        input: PathBuf,
+    },
     /// A JSON file (config, index) is not valid JSON or not of the expected shape.
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
@@ -156,6 +173,14 @@ impl WeightsError {
                 path: path.to_path_buf(),
                 source,
             },
+        }
+    }
+
+    /// A failed write of `path`.
+    pub fn write(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Write {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   zero-copy use) and leaves it to the caller to refuse what it cannot run.
 //! - [`gguf`]: llama.cpp's GGUF files: metadata and tensor directory, bounds-checked.
 //! - [`quant`]: llama.cpp's Q8_0 and Q4_0 block formats, quantized and dequantized.
+//! - [`atomic`]: every file written new and renamed into place; outputs that share a file
+//!   with their input refused.
 //! - [`resolve_model`]: a local folder, or `org/name[@revision]` fetched into the standard
 //!   HF cache (`HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
 //!
@@ -48,6 +50,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod atomic;
 mod checkpoint;
 mod config;
 mod error;

@@ -3,11 +3,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::View;
 use serde_json::json;
 
+use crate::atomic::{write_new, NewFile};
 use crate::{Dtype, Result, WeightsError};
 
 /// Shards are cut at this size, as the Hub's checkpoints are.
@@ -21,29 +22,16 @@ struct Pending<'a> {
     data: Cow<'a, [u8]>,
 }
 
-impl View for &Pending<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// Writes tensors into a folder: `model.safetensors`, or shards of about 2 GiB and
-/// `model.safetensors.index.json`. Tensors are held until their shard is full.
+/// `model.safetensors.index.json`. Tensors are held until their shard is full; each shard
+/// is written under a temporary name and renamed into place by [`finish`](Self::finish)
+/// ([`atomic`](crate::atomic)): a writer dropped before it finishes leaves no file.
 pub struct CheckpointWriter<'a> {
     out: PathBuf,
     pending: Vec<Pending<'a>>,
     pending_bytes: usize,
-    /// Each written part file and its tensors.
-    parts: Vec<(PathBuf, Vec<String>)>,
+    /// Each written shard, not yet renamed into place, and its tensors.
+    parts: Vec<(NewFile, Vec<String>)>,
     bytes: u64,
 }
 
@@ -59,7 +47,7 @@ pub struct Written {
 impl<'a> CheckpointWriter<'a> {
     /// A writer into `out` (created if needed).
     pub fn new(out: &Path) -> Result<Self> {
-        std::fs::create_dir_all(out).map_err(|e| WeightsError::io(out, e))?;
+        std::fs::create_dir_all(out).map_err(|e| WeightsError::write(out, e))?;
         Ok(Self {
             out: out.to_path_buf(),
             pending: Vec::new(),
@@ -94,42 +82,39 @@ impl<'a> CheckpointWriter<'a> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let path = self.out.join(format!(
-            "model-{:05}.safetensors.part",
-            self.parts.len() + 1
-        ));
-        let tensors: Vec<(String, &Pending)> =
-            self.pending.iter().map(|p| (p.name.clone(), p)).collect();
-        let metadata = [("format".to_string(), "pt".to_string())].into();
-        safetensors::tensor::serialize_to_file(tensors, Some(metadata), &path)
-            .map_err(|e| WeightsError::io(&path, std::io::Error::other(e.to_string())))?;
+        let path = self
+            .out
+            .join(format!("model-{:05}.safetensors", self.parts.len() + 1));
+        let mut file = NewFile::create(&path)?;
+        write_safetensors(&mut file, &self.pending).map_err(|e| WeightsError::write(&path, e))?;
         let names = self.pending.drain(..).map(|p| p.name).collect();
         self.bytes += self.pending_bytes as u64;
         self.pending_bytes = 0;
-        self.parts.push((path, names));
+        self.parts.push((file, names));
         Ok(())
     }
 
-    /// Writes what is held and names the files (with an index when there are several).
+    /// Writes what is held and renames the shards into place, with an index when there are
+    /// several (after the shards it names).
     pub fn finish(mut self) -> Result<Written> {
         self.flush()?;
         let count = self.parts.len();
         let mut weight_map = BTreeMap::new();
-        for (i, (part, names)) in self.parts.iter().enumerate() {
+        for (i, (part, names)) in std::mem::take(&mut self.parts).into_iter().enumerate() {
             let file = if count == 1 {
                 "model.safetensors".to_string()
             } else {
                 format!("model-{:05}-of-{count:05}.safetensors", i + 1)
             };
-            std::fs::rename(part, self.out.join(&file)).map_err(|e| WeightsError::io(part, e))?;
-            weight_map.extend(names.iter().map(|n| (n.clone(), file.clone())));
+            part.commit_as(&self.out.join(&file))?;
+            weight_map.extend(names.into_iter().map(|n| (n, file.clone())));
         }
         let index = self.out.join("model.safetensors.index.json");
         if count > 1 {
             let json = json!({"metadata": {"total_size": self.bytes}, "weight_map": weight_map});
             write_json(&index, &json)?;
-        } else if index.exists() {
-            std::fs::remove_file(&index).map_err(|e| WeightsError::io(&index, e))?;
+        } else if std::fs::symlink_metadata(&index).is_ok() {
+            std::fs::remove_file(&index).map_err(|e| WeightsError::write(&index, e))?;
         }
         Ok(Written {
             bytes: self.bytes,
@@ -138,8 +123,33 @@ impl<'a> CheckpointWriter<'a> {
     }
 }
 
-/// Writes `value` as pretty JSON.
+/// Writes `tensors` in the safetensors format: the header's length (u64, little-endian),
+/// the JSON header padded with spaces to 8 bytes, the data in the given order.
+fn write_safetensors(out: &mut impl Write, tensors: &[Pending<'_>]) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0;
+    for tensor in tensors {
+        let end = offset + tensor.data.len();
+        let dtype = serde_json::to_value(tensor.dtype).map_err(std::io::Error::other)?;
+        header.insert(
+            tensor.name.clone(),
+            json!({"dtype": dtype, "shape": tensor.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for tensor in tensors {
+        out.write_all(&tensor.data)?;
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON, a new file renamed over `path`.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-    std::fs::write(path, text).map_err(|e| WeightsError::io(path, e))
+    write_new(path, text.as_bytes())
 }

@@ -85,7 +85,9 @@ pub fn prepare(dir: &Path) -> std::io::Result<bool> {
                 std::fs::remove_file(&path)?;
             }
         }
-        std::fs::write(&stamp, STAMP)?;
+        // Written new and renamed into place, as every file llmjp writes.
+        llmjp_weights::atomic::write_new(&stamp, STAMP.as_bytes())
+            .map_err(std::io::Error::other)?;
     }
     Ok(!has_files(&dir.join("compilation")))
 }

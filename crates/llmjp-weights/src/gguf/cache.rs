@@ -116,7 +116,7 @@ pub(crate) struct Staging {
 impl Staging {
     /// Creates a new, empty staging folder in `root` (created if needed).
     pub(crate) fn create(root: &Path, label: &str) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| WeightsError::io(root, e))?;
+        std::fs::create_dir_all(root).map_err(|e| WeightsError::write(root, e))?;
         loop {
             let path = unique_name(root, label);
             match std::fs::create_dir(&path) {
@@ -128,7 +128,7 @@ impl Staging {
                 }
                 // Left by an earlier process of the same id: take another number.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(WeightsError::io(&path, e)),
+                Err(e) => return Err(WeightsError::write(&path, e)),
             }
         }
     }
@@ -144,7 +144,7 @@ impl Staging {
     pub(crate) fn publish(mut self, dir: &Path) -> Result<()> {
         let marker = self.path.join(COMPLETE);
         std::fs::write(&marker, dir.display().to_string())
-            .map_err(|e| WeightsError::io(&marker, e))?;
+            .map_err(|e| WeightsError::write(&marker, e))?;
         let first = match std::fs::rename(&self.path, dir) {
             Ok(()) => {
                 self.published = true;
@@ -154,7 +154,7 @@ impl Staging {
             Err(e) => e,
         };
         if std::fs::symlink_metadata(dir).is_err() {
-            return Err(WeightsError::io(dir, first));
+            return Err(WeightsError::write(dir, first));
         }
         let root = dir.parent().unwrap_or(Path::new("."));
         let aside = unique_name(root, "replaced");
@@ -167,7 +167,7 @@ impl Staging {
                 Ok(())
             }
             Err(_) if is_complete(dir) => Ok(()),
-            Err(e) => Err(WeightsError::io(dir, e)),
+            Err(e) => Err(WeightsError::write(dir, e)),
         }
     }
 }

@@ -17,6 +17,7 @@ use super::cache;
 use super::llama::{checked_hf_row_order, expected_shape, hf_name, HfTensor};
 use super::tokenizer::TokenizerFiles;
 use super::{GgmlType, Gguf, GgufFile, GgufTensor};
+use crate::atomic::copy_new;
 use crate::quant::{split, values_dtype, BlockFormat, BLOCK, SCALE_SUFFIX};
 use crate::writer::{write_json, CheckpointWriter};
 use crate::{Dtype, ModelConfig, Result, WeightsError, QUANT_METHOD};
@@ -144,7 +145,6 @@ pub fn import(
             "group_size": BLOCK,
         });
     }
-    write_json(&out.join("config.json"), &raw)?;
     if let Some(files) = embedded {
         files.write(out)?;
     }
@@ -152,10 +152,12 @@ pub fn import(
         for name in TOKENIZER_FILES {
             let from = dir.join(name);
             if from.is_file() {
-                std::fs::copy(&from, out.join(name)).map_err(|e| WeightsError::io(&from, e))?;
+                copy_new(&from, &out.join(name))?;
             }
         }
     }
+    // Last: a folder without its config.json is not taken for a model.
+    write_json(&out.join("config.json"), &raw)?;
     Ok(Imported {
         format,
         tensors,
