@@ -232,19 +232,22 @@ fn without_a_tokenizer_folder_the_gguf_s_own_tokenizer_is_written() {
         out
     };
     w.meta("tokenizer.ggml.model", 8, &string("llama"));
-    w.meta(
-        "tokenizer.ggml.tokens",
-        9,
-        &strings(&["<unk>", "<s>", "</s>", "\u{2581}a", "b"]),
-    );
-    u32_meta(&mut w, "tokenizer.ggml.bos_token_id", 1);
-    u32_meta(&mut w, "tokenizer.ggml.eos_token_id", 2);
+    // As llama.cpp's converter pads a vocabulary to the model's vocab_size.
+    let vocab = ModelConfig::from_file(&llmjp_testdata::fixture_dir(FIXTURE).join("config.json"))
+        .unwrap()
+        .vocab_size;
+    let mut pieces: Vec<String> = ["<unk>", "<s>", "</s>", "\u{2581}a", "b"]
+        .map(String::from)
+        .to_vec();
+    pieces.extend((pieces.len()..vocab).map(|i| format!("[PAD{i}]")));
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    w.meta("tokenizer.ggml.tokens", 9, &strings(&pieces));
     fs::write(&file, w.bytes()).unwrap();
     let out = dir.join("imported");
     import(&file, None, &out, &mut |_, _| {}).unwrap();
     let tokenizer: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
-    assert_eq!(tokenizer["model"]["vocab"].as_array().unwrap().len(), 5);
+    assert_eq!(tokenizer["model"]["vocab"].as_array().unwrap().len(), vocab);
     let config = fs::read_to_string(out.join("tokenizer_config.json")).unwrap();
     assert!(config.contains("\"eos_token\": \"</s>\""), "{config}");
 
