@@ -56,13 +56,11 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
             Line::Text(line) => line,
             // A bad line is reported and skipped; the session goes on.
             Line::NotUtf8 => {
-                eprintln!("error: that line is not valid UTF-8 text; it was ignored.");
+                status!("error: that line is not valid UTF-8 text; it was ignored.");
                 continue;
             }
             Line::TooLong => {
-                eprintln!(
-                    "error: that line is longer than {MAX_LINE_BYTES} bytes; it was ignored."
-                );
+                status!("error: that line is longer than {MAX_LINE_BYTES} bytes; it was ignored.");
                 continue;
             }
         };
@@ -93,9 +91,9 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
         match result {
             Ok(answer) => {
                 writeln!(out)?;
-                eprintln!("{}", summary(&answer));
+                status!("{}", summary(&answer));
                 if answer.finish_reason == FinishReason::Cancelled {
-                    eprintln!("(answer stopped)");
+                    status!("(answer stopped)");
                 }
                 history.push(Message::assistant(answer.text));
             }
@@ -103,7 +101,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
             // the session goes on.
             Err(e) => {
                 history.pop();
-                eprintln!("error: {e}");
+                status!("error: {e}");
             }
         }
     }

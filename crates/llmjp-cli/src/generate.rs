@@ -89,7 +89,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result {
     match args.format {
         Format::Text => {
             writeln!(out)?;
-            eprintln!("{}", summary(&generation));
+            status!("{}", summary(&generation));
         }
         Format::Json => {
             let t = generation.timings;

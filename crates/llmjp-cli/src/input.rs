@@ -32,6 +32,10 @@ pub fn file(path: &Path) -> Result<String> {
 /// Longest line read from standard input by `llmjp chat` and `llmjp tokenize` (far more than a context of tokens holds).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// How far past the limit a too-long line is skipped, in multiples of the limit, before
+/// reading stops with an error.
+const SKIP_LINES_OF: usize = 16;
+
 /// One line of input, or why there is none.
 #[derive(Debug, PartialEq)]
 pub enum Line {
@@ -53,12 +57,25 @@ pub fn read_line(input: &mut impl BufRead, limit: usize) -> std::io::Result<Line
         return Ok(Line::End);
     }
     if bytes.len() > limit && bytes.last() != Some(&b'\n') {
-        // Skip the rest of the line, a buffer at a time.
+        // Skip the rest of the line, a buffer at a time, but not without end: input with no
+        // newline at all (`< /dev/zero`) stops with an error once SKIP_LINES_OF × limit bytes
+        // were skipped.
+        let mut skipped = 0usize;
         loop {
             let buffer = input.fill_buf()?;
             if buffer.is_empty() {
                 break;
             }
+            if skipped > limit.saturating_mul(SKIP_LINES_OF) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "an input line ran past {} bytes without a newline: stopped reading",
+                        limit.saturating_mul(SKIP_LINES_OF)
+                    ),
+                ));
+            }
+            skipped += buffer.len();
             match buffer.iter().position(|&b| b == b'\n') {
                 Some(end) => {
                     input.consume(end + 1);
@@ -90,5 +107,13 @@ mod tests {
         assert_eq!(read_line(&mut input, 8).unwrap(), Line::TooLong);
         assert_eq!(read_line(&mut input, 8).unwrap(), Line::Text("bye".into()));
         assert_eq!(read_line(&mut input, 8).unwrap(), Line::End);
+    }
+
+    #[test]
+    fn a_line_without_end_stops_reading_in_bounded_time() {
+        let mut input = std::io::BufReader::with_capacity(4, std::io::repeat(0));
+        let error = read_line(&mut input, 8).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("without a newline"), "{error}");
     }
 }

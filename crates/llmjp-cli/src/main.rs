@@ -16,6 +16,15 @@
 //!
 //! Features: `cuda` adds `--device cuda[:N]` (burn-cuda; off by default).
 
+/// A line on standard error that never panics (an unwritable stderr, `2>/dev/full`, loses
+/// the line instead of killing the process).
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod chat;
 mod generate;
@@ -112,7 +121,7 @@ fn main() -> ExitCode {
         // A closed pipe (`llmjp ... | head`) is not an error.
         Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            status!("error: {e}");
             ExitCode::FAILURE
         }
     }

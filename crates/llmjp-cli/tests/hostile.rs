@@ -595,3 +595,34 @@ fn quantized_models_run_and_hostile_quantized_inputs_are_refused() {
     std::fs::write(&hostile, &bytes[..10]).unwrap();
     assert_refused("truncated GGUF", &generate(path, &tokenizer, &[]), "GGUF");
 }
+
+#[test]
+fn an_eos_token_id_outside_the_vocabulary_is_refused() {
+    let Some(tokenizer) = tokenizer() else { return };
+    let model = model_with_config("eos-oov", json!({}));
+    std::fs::write(
+        model.0.join("generation_config.json"),
+        r#"{"eos_token_id": 99999999}"#,
+    )
+    .unwrap();
+    let output = generate(model.path(), &tokenizer, &[]);
+    assert_refused(
+        "eos outside the vocabulary",
+        &output,
+        "eos_token_id 99999999",
+    );
+}
+
+#[test]
+fn chat_stops_on_endless_input_with_a_message() {
+    let Some(tokenizer) = tokenizer() else { return };
+    let tiny = tiny();
+    let model = tiny.to_str().unwrap();
+    // 40 MiB without a newline (what `< /dev/zero` gives): an error, in bounded time.
+    let input = vec![b'x'; 40 << 20];
+    let output = run(
+        &["chat", "--model", model, "--tokenizer", &tokenizer],
+        &input,
+    );
+    assert_refused("endless line", &output, "without a newline");
+}

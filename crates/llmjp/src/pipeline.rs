@@ -409,6 +409,21 @@ pub fn check_prompt_text(text: &str, tokenizer: &Tokenizer, context: usize) -> R
 /// tokenizer's EOS.
 fn eos_ids(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     let generation = GenerationConfig::from_dir_or_default(dir)?;
+    // An id past the vocabulary is never sampled: generation would never stop on it.
+    if let Some(id) = generation
+        .eos_token_ids
+        .iter()
+        .find(|&&id| id as usize >= config.vocab_size)
+    {
+        return Err(llmjp_weights::WeightsError::InvalidConfig {
+            path: dir.join("generation_config.json"),
+            message: format!(
+                "eos_token_id {id} is outside the vocabulary of {} tokens",
+                config.vocab_size
+            ),
+        }
+        .into());
+    }
     let ids = if !generation.eos_token_ids.is_empty() {
         generation.eos_token_ids
     } else if !config.eos_token_ids.is_empty() {
