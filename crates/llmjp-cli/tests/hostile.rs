@@ -626,3 +626,32 @@ fn chat_stops_on_endless_input_with_a_message() {
     );
     assert_refused("endless line", &output, "without a newline");
 }
+
+#[test]
+fn an_unwritable_stderr_loses_status_lines_not_the_process() {
+    let Some(tokenizer) = tokenizer() else { return };
+    let tiny = tiny();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let generate = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_llmjp"))
+            .args(["generate", "--model", model, "--tokenizer", &tokenizer])
+            .args(["--prompt", "こんにちは", "--max-new-tokens", "2"])
+            .args(["--temperature", "0"])
+            .stdin(Stdio::null())
+            .stderr(full())
+            .output()
+            .unwrap()
+    };
+    // Loading lines and the summary go to a full stderr: the answer still comes.
+    let output = generate(tiny.to_str().unwrap());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!output.stdout.is_empty());
+    // An error line that cannot be written still exits 1, not with a panic (101).
+    let output = generate("/nonexistent/model-folder");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+}
