@@ -15,8 +15,10 @@
 //!   per-item call is charged too;
 //! - before a render, [`harden`] rewrites the compiled instructions: `~`, `+`, `*` and `in`
 //!   become calls of checked versions that size their result first, and `==`, `!=`, `<`,
-//!   `<=`, `>`, `>=` calls that refuse to compare more than [`MAX_COMPARED_BYTES`] (chained
-//!   comparisons such as `a < b < c` keep minijinja's own operator); results of function
+//!   `<=`, `>`, `>=` calls that refuse to compare more than [`MAX_COMPARED_BYTES`] (the
+//!   links of a chained comparison such as `a < b < c` are checked the same way before
+//!   minijinja compares them; `in` counts what comparing the needle with every item
+//!   reads); results of function
 //!   calls, slices and list/map literals are charged when made; raw template text is
 //!   emitted through the formatter, which charges every emitted byte, captured
 //!   (`{% set x %}…{% endset %}`) or not;
@@ -31,19 +33,26 @@
 //! The exact accounting is documented on [`RenderLimits::max_memory_bytes`].
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::fmt::{self, Write as _};
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::time::Duration;
 
 use minijinja::machinery::{tokenize, Instruction, Instructions, Token, WhitespaceConfig};
 use minijinja::value::{Rest, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Output, State};
 
+pub(crate) mod budget;
 mod filters;
 mod functions;
 pub(crate) mod methods;
 mod predicates;
 pub(crate) mod sizes;
+mod wrap;
+
+use budget::{
+    charge, check_nesting, cost, display_string, fail, item_count, text_of, tick, ITEM_BYTES,
+    MAX_COMPARED_BYTES,
+};
+pub(crate) use budget::{BudgetGuard, CappedString, Exceeded, MAX_NESTING};
 
 /// Limits of one render of an untrusted template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +111,6 @@ impl Default for RenderLimits {
     }
 }
 
-/// Deepest nesting of lists and maps a render may build.
-pub(crate) const MAX_NESTING: usize = 64;
-/// Bytes charged per list or map item.
-pub(crate) const ITEM_BYTES: usize = 32;
 /// Straight-line instructions between two deadline checks.
 const TICK_EVERY: usize = 32;
 
@@ -122,280 +127,9 @@ const LT: &str = "llmjp:lt";
 const LTE: &str = "llmjp:lte";
 const GT: &str = "llmjp:gt";
 const GTE: &str = "llmjp:gte";
-
-/// Most bytes one comparison, or one sorting or comparing filter, may compare (well under
-/// a second of work): minijinja compares lists and strings with no deadline check inside,
-/// so `[s] * 500000 == [s] * 500000` with a 10 MB `s` would run for hours.
-pub(crate) const MAX_COMPARED_BYTES: usize = 1 << 30;
-
-/// Which limit a render ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exceeded {
-    Memory,
-    Time,
-    Nesting,
-}
-
-struct Budget {
-    bytes_left: usize,
-    deadline: Instant,
-    exceeded: Option<Exceeded>,
-}
-
-thread_local! {
-    static BUDGET: RefCell<Option<Budget>> = const { RefCell::new(None) };
-}
-
-/// The budget of the render running on this thread, removed on drop.
-pub(crate) struct BudgetGuard(());
-
-impl BudgetGuard {
-    pub(crate) fn install(limits: &RenderLimits) -> Self {
-        let deadline = Instant::now()
-            .checked_add(limits.timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
-        BUDGET.with(|b| {
-            *b.borrow_mut() = Some(Budget {
-                bytes_left: limits.max_memory_bytes,
-                deadline,
-                exceeded: None,
-            })
-        });
-        Self(())
-    }
-
-    /// The limit the render ran into, if any.
-    pub(crate) fn exceeded(&self) -> Option<Exceeded> {
-        BUDGET.with(|b| b.borrow().as_ref().and_then(|b| b.exceeded))
-    }
-}
-
-impl Drop for BudgetGuard {
-    fn drop(&mut self) {
-        BUDGET.with(|b| *b.borrow_mut() = None);
-    }
-}
-
-fn fail(kind: Exceeded) -> Error {
-    BUDGET.with(|b| {
-        if let Some(b) = b.borrow_mut().as_mut() {
-            b.exceeded.get_or_insert(kind);
-        }
-    });
-    let message = match kind {
-        Exceeded::Memory => "render memory budget exceeded",
-        Exceeded::Time => "render time budget exceeded",
-        Exceeded::Nesting => "values nested too deeply",
-    };
-    Error::new(ErrorKind::InvalidOperation, message)
-}
-
-/// The error of a built-in that would make more than what is left of the budget.
-pub(crate) fn memory_exceeded() -> Error {
-    fail(Exceeded::Memory)
-}
-
-/// Bytes this render may still create (unbounded outside a render).
-fn bytes_left() -> usize {
-    BUDGET.with(|b| b.borrow().as_ref().map_or(usize::MAX, |b| b.bytes_left))
-}
-
-/// Takes `bytes` from the budget, or fails without taking anything.
-pub(crate) fn charge(bytes: usize) -> Result<(), Error> {
-    let ok = BUDGET.with(|b| match b.borrow_mut().as_mut() {
-        Some(b) if b.bytes_left >= bytes => {
-            b.bytes_left -= bytes;
-            true
-        }
-        Some(_) => false,
-        None => true,
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(fail(Exceeded::Memory))
-    }
-}
-
-/// Fails when `len` bytes would not fit in what is left of the budget.
-pub(crate) fn check_len(len: usize) -> Result<(), Error> {
-    if len > bytes_left() {
-        Err(fail(Exceeded::Memory))
-    } else {
-        Ok(())
-    }
-}
-
-/// For code that builds a result piece by piece: fails once `len` bytes no longer fit, or
-/// the deadline has passed.
-pub(crate) fn check_growth(len: usize) -> Result<(), Error> {
-    check_len(len)?;
-    tick()
-}
-
-/// Fails once the render's deadline has passed.
-pub(crate) fn tick() -> Result<(), Error> {
-    let late = BUDGET.with(|b| {
-        b.borrow()
-            .as_ref()
-            .is_some_and(|b| Instant::now() > b.deadline)
-    });
-    if late {
-        Err(fail(Exceeded::Time))
-    } else {
-        Ok(())
-    }
-}
-
-/// A `fmt::Write` that fails instead of growing past `limit`.
-pub(crate) struct CappedString {
-    pub(crate) text: String,
-    pub(crate) limit: usize,
-}
-
-impl CappedString {
-    /// An empty string that may grow to what is left of the budget.
-    pub(crate) fn within_budget() -> Self {
-        Self {
-            text: String::new(),
-            limit: bytes_left(),
-        }
-    }
-}
-
-impl fmt::Write for CappedString {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        if self.text.len() + s.len() > self.limit {
-            return Err(fmt::Error);
-        }
-        self.text.push_str(s);
-        Ok(())
-    }
-}
-
-/// Counts what `Display` would write, stopping once past `limit`.
-struct CappedCount {
-    len: usize,
-    limit: usize,
-}
-
-impl fmt::Write for CappedCount {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.len += s.len();
-        if self.len > self.limit {
-            Err(fmt::Error)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// The length of `value` as text, failing when it would not fit the budget.
-pub(crate) fn display_len(value: &Value) -> Result<usize, Error> {
-    if let Some(s) = value.as_str() {
-        return Ok(s.len());
-    }
-    let mut count = CappedCount {
-        len: 0,
-        limit: bytes_left(),
-    };
-    write!(count, "{value}").map_err(|_| fail(Exceeded::Memory))?;
-    Ok(count.len)
-}
-
-/// `values` as one string, built only if it fits in what is left of the budget.
-pub(crate) fn display_string(values: &[&Value]) -> Result<String, Error> {
-    let mut out = CappedString {
-        text: String::new(),
-        limit: bytes_left(),
-    };
-    for v in values {
-        write!(out, "{v}").map_err(|_| fail(Exceeded::Memory))?;
-    }
-    Ok(out.text)
-}
-
-/// The bytes a built-in makes converting `value` to text: none for strings, their
-/// printed length for anything else (minijinja prints non-strings to convert them).
-pub(crate) fn conversion_len(value: &Value) -> Result<usize, Error> {
-    match value.as_str() {
-        Some(_) => Ok(0),
-        None => display_len(value),
-    }
-}
-
-/// `value` as text: borrowed for strings, printed (within the budget) otherwise.
-pub(crate) fn text_of(value: &Value) -> Result<Cow<'_, str>, Error> {
-    match value.as_str() {
-        Some(s) => Ok(Cow::Borrowed(s)),
-        None => Ok(Cow::Owned(display_string(&[value])?)),
-    }
-}
-
-/// How many items iterating `value` yields (characters for strings), counted without
-/// keeping them; fails once their [`ITEM_BYTES`] no longer fit the budget.
-pub(crate) fn item_count(value: &Value) -> Result<usize, Error> {
-    if let Some(s) = value.as_str() {
-        return Ok(s.chars().count());
-    }
-    if let Some(len) = value.len() {
-        return Ok(len);
-    }
-    let Ok(items) = value.try_iter() else {
-        return Ok(0);
-    };
-    let mut count = 0usize;
-    for _ in items {
-        count += 1;
-        if count.is_multiple_of(1024) {
-            check_growth(count.saturating_mul(ITEM_BYTES))?;
-        }
-    }
-    Ok(count)
-}
-
-/// What a value costs: its bytes for strings, [`ITEM_BYTES`] an item for containers.
-pub(crate) fn cost(value: &Value) -> usize {
-    match value.kind() {
-        ValueKind::String | ValueKind::Bytes => value.as_str().map_or(0, str::len),
-        ValueKind::Seq | ValueKind::Map => value.len().unwrap_or(0).saturating_mul(ITEM_BYTES),
-        _ => 0,
-    }
-}
-
-/// Fails when containers (lazy iterables included) nest deeper than [`MAX_NESTING`]
-/// (dropping or printing a deeper value would recurse that deep). The walk checks the
-/// deadline as it goes.
-pub(crate) fn check_nesting(value: &Value) -> Result<(), Error> {
-    fn walk(value: &Value, level: usize, visits: &mut usize) -> Result<(), Error> {
-        *visits += 1;
-        if (*visits).is_multiple_of(4096) {
-            tick()?;
-        }
-        if !matches!(
-            value.kind(),
-            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
-        ) {
-            return Ok(());
-        }
-        if level >= MAX_NESTING {
-            return Err(fail(Exceeded::Nesting));
-        }
-        let Ok(items) = value.try_iter() else {
-            return Ok(());
-        };
-        for item in items {
-            let item = if value.kind() == ValueKind::Map {
-                value.get_item(&item).unwrap_or_default()
-            } else {
-                item
-            };
-            walk(&item, level + 1, visits)?;
-        }
-        Ok(())
-    }
-    walk(value, 0, &mut 0)
-}
+const CHAIN_CHECK: &str = "llmjp:chain_check";
+const CHAIN_LEFT: &str = "llmjp:chain_left";
+const CHAIN_RIGHT: &str = "llmjp:chain_right";
 
 /// Charges a freshly built value and bounds its nesting; returns it unchanged.
 fn account(value: Value) -> Result<Value, Error> {
@@ -498,15 +232,10 @@ fn contains(args: Rest<Value>) -> Result<Value, Error> {
         return Ok(Value::from(haystack.contains(needle.as_ref())));
     }
     if matches!(container.kind(), ValueKind::Seq | ValueKind::Iterable) {
-        for (i, item) in container.try_iter()?.enumerate() {
-            if i.is_multiple_of(1024) {
-                tick()?;
-            }
-            if &item == needle {
-                return Ok(Value::from(true));
-            }
-        }
-        return Ok(Value::from(false));
+        containment_work(needle, container)?;
+        return Ok(Value::from(
+            container.try_iter()?.any(|item| &item == needle),
+        ));
     }
     if container.is_undefined() {
         return Ok(Value::from(false));
@@ -521,6 +250,30 @@ fn contains(args: Rest<Value>) -> Result<Value, Error> {
             "cannot perform a containment check on this value",
         )),
     }
+}
+
+/// Fails as the time budget when looking for `needle` among the items of `container` (a
+/// list) could compare more than [`MAX_COMPARED_BYTES`]: a list of a thousand copies of
+/// one long string holds only a thousand references, yet comparing a long needle with
+/// each reads every copy. Anything else passes.
+fn containment_work(needle: &Value, container: &Value) -> Result<(), Error> {
+    if !matches!(container.kind(), ValueKind::Seq | ValueKind::Iterable) {
+        return Ok(());
+    }
+    let needle_size = compared_size(needle, MAX_COMPARED_BYTES)?;
+    let mut work = 0usize;
+    for (i, item) in container.try_iter()?.enumerate() {
+        if i.is_multiple_of(1024) {
+            tick()?;
+        }
+        // Comparing two values reads at most the smaller of them.
+        let cost = compared_size(&item, needle_size)?.min(needle_size).max(1);
+        work = work.saturating_add(cost);
+        if work > MAX_COMPARED_BYTES {
+            return Err(fail(Exceeded::Time));
+        }
+    }
+    Ok(())
 }
 
 /// Fails as the time budget when comparing two containers could compare more than
@@ -605,6 +358,10 @@ pub(crate) fn install(env: &mut Environment<'static>) {
     env.add_function(LTE, |a: Value, b: Value| compare(&a, &b).map(|()| a <= b));
     env.add_function(GT, |a: Value, b: Value| compare(&a, &b).map(|()| a > b));
     env.add_function(GTE, |a: Value, b: Value| compare(&a, &b).map(|()| a >= b));
+    env.add_function(CHAIN_CHECK, |a: Value, b: Value| {
+        compare(&a, &b)?;
+        containment_work(&a, &b).map(|()| Value::UNDEFINED)
+    });
     env.set_formatter(|out: &mut Output, _: &State, value: &Value| {
         tick()?;
         if let Some(s) = value.as_str() {
@@ -706,6 +463,21 @@ pub(crate) fn harden<'s>(old: &Instructions<'s>) -> Instructions<'s> {
             Instruction::EmitRaw(text) => {
                 add(&mut new, Instruction::LoadConst(Value::from(text)));
                 add(&mut new, Instruction::Emit)
+            }
+            // `a < b < c`: the operator of a link is not nameable outside minijinja, so
+            // both operands are checked (as a comparison and as a containment test) by a
+            // call on copies kept in two locals no template can name, then compared by
+            // minijinja.
+            chained @ Instruction::CompareAndPreserve(_) => {
+                add(&mut new, Instruction::StoreLocal(CHAIN_RIGHT));
+                add(&mut new, Instruction::StoreLocal(CHAIN_LEFT));
+                for _ in 0..2 {
+                    add(&mut new, Instruction::Lookup(CHAIN_LEFT));
+                    add(&mut new, Instruction::Lookup(CHAIN_RIGHT));
+                }
+                add(&mut new, Instruction::CallFunction(CHAIN_CHECK, Some(2)));
+                add(&mut new, Instruction::DiscardTop);
+                add(&mut new, chained)
             }
             other => add(&mut new, other),
         };

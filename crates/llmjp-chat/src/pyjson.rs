@@ -53,8 +53,8 @@ pub(crate) fn tojson_filter(
             let parts: Vec<Value> = v.try_iter()?.collect();
             match parts.as_slice() {
                 [a, b] => (
-                    crate::bounded::display_string(&[a])?,
-                    crate::bounded::display_string(&[b])?,
+                    crate::bounded::budget::display_string(&[a])?,
+                    crate::bounded::budget::display_string(&[b])?,
                 ),
                 _ => return Err(bad_arg("separators must be a pair of strings")),
             }
@@ -94,7 +94,7 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
         ValueKind::Seq | ValueKind::Iterable => {
             let mut items = Vec::new();
             for item in value.try_iter()? {
-                crate::bounded::check_growth(out.len() + items.len() * 16)?;
+                crate::bounded::budget::check_growth(out.len() + items.len() * 16)?;
                 items.push(item);
             }
             dump_container(out, opts, depth, ('[', ']'), &items, |item, out| {
@@ -104,7 +104,7 @@ fn dump(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> Re
         ValueKind::Map => {
             let mut entries = Vec::new();
             for key in value.try_iter()? {
-                crate::bounded::check_growth(out.len() + entries.len() * 32)?;
+                crate::bounded::budget::check_growth(out.len() + entries.len() * 32)?;
                 let item = value.get_item(&key)?;
                 entries.push((key_string(&key)?, item));
             }
@@ -176,7 +176,7 @@ fn dump_container<T>(
 /// Fails (before writing) when `out` cannot grow by `more` bytes within the render's
 /// budget, or the deadline has passed.
 fn grow(out: &str, more: usize) -> Result<(), Error> {
-    crate::bounded::check_growth(out.len().saturating_add(more))
+    crate::bounded::budget::check_growth(out.len().saturating_add(more))
 }
 
 /// Python converts non-string keys: `True` → `"true"`, `None` → `"null"`, numbers as text.

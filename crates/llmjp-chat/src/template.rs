@@ -243,7 +243,8 @@ impl ChatTemplate {
 
     /// Runs the hardened program (see [`bounded`]) under this render's budget.
     fn render_context(&self, context: &Map<String, Json>) -> Result<String> {
-        let guard = bounded::BudgetGuard::install(&self.limits);
+        let guard =
+            bounded::BudgetGuard::install(self.limits.max_memory_bytes, self.limits.timeout);
         let mut text = String::new();
         let result = Vm::new(&self.env).eval(
             &self.program.root,
@@ -422,7 +423,7 @@ fn strftime_now(format: &str) -> std::result::Result<String, Error> {
     chrono::Local::now()
         .format_with_items(StrftimeItems::new(format))
         .write_to(&mut out)
-        .map_err(|_| bounded::memory_exceeded())?;
+        .map_err(|_| bounded::budget::memory_exceeded())?;
     Ok(out.text)
 }
 

@@ -143,6 +143,26 @@ const TIME: &[(&str, &str)] = &[
         "{% set a = 'x' * 10000000 %}{% set b = 'x' * 10000000 %}{% for i in range(100000) %}{% if a == b %}{% endif %}{% endfor %}",
     ),
     (
+        "chained comparison of lists of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{% set l = [s] * 500000 %}{% set m = [s] * 500000 %}{{ l == m < 1 }}",
+    ),
+    (
+        "chained ordering of lists of many copies of a large string",
+        "{% set s = 'x' * 10000000 %}{% set l = [s] * 500000 %}{% set m = l + [1] %}{{ l < m > 1 }}",
+    ),
+    (
+        "a large string looked for among many copies of itself",
+        "{% set s = 'x' * 10000000 %}{% set t = 'x' * 9999999 ~ 'y' %}{{ t in [s] * 500000 }}",
+    ),
+    (
+        "a large list looked for among many copies of a list",
+        "{% set s = 'x' * 10000000 %}{% set l = [s] * 1000 %}{{ (l + [1]) in [l] * 500000 }}",
+    ),
+    (
+        "chained containment among many copies",
+        "{% set s = 'x' * 10000000 %}{% set t = 'x' * 9999999 ~ 'y' %}{{ t in [s] * 500000 in [[1]] }}",
+    ),
+    (
         "searching big strings in a loop",
         "{% set a = 'x' * 10000000 %}{% for i in range(100000) %}{% if 'y' in a %}{% endif %}{% endfor %}",
     ),
@@ -553,6 +573,10 @@ fn wrapped_built_ins_keep_their_meaning() {
         ("{{ '3' | int + 1 }} {{ '1.5' | float }} {{ 2.567 | round(1) }} {{ -2 | abs }}", "4 1.5 2.6 2"),
         ("{{ 'ab' | list }}{{ 1 | string }}{{ 'x' | safe }}", "[\"a\", \"b\"]1x"),
         ("{{ 'x' in 'xy' }}{{ 1 in [1, 2] }}{{ 'a' in {'a': 1} }}{{ 3 in [1] }}", "TrueTrueTrueFalse"),
+        (
+            "{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'a' == 'a' != 'b' }}{{ 1 in [1] in [[1]] }}{{ 0 < (1 < 2 < 3) + 1 < 3 }}{{ 2 not in [1] not in [[2]] }}",
+            "TrueFalseTrueTrueTrueTrue",
+        ),
         ("{{ 1 in 'a1' }}{{ 'b' not in 'abc' }}{{ 'x' in missing }}", "TrueFalseFalse"),
         ("{{ {'a': 1}.items() | list }}{{ {'a': 1}.keys() | list }}{{ {'a': 1}.values() | list }}", "[[\"a\", 1]][\"a\"][1]"),
         ("{{ {'a': 1}.get('b', 2) }}{{ [1, 1].count(1) }}", "22"),

@@ -60,6 +60,10 @@ pub struct Args {
     /// Seconds to receive a request's body; 408 past it.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
     body_read_timeout: Duration,
+    /// Seconds a response may wait between two writes (a client that stops reading);
+    /// the connection is closed past it.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    send_timeout: Duration,
     /// Most connections open at once (more wait in the listen backlog).
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
@@ -102,6 +106,7 @@ pub fn run(args: Args) -> Result {
     config.max_body_bytes = args.max_body_bytes;
     config.header_read_timeout = args.header_read_timeout;
     config.body_read_timeout = args.body_read_timeout;
+    config.send_timeout = args.send_timeout;
     config.max_connections = args.max_connections;
     config.shutdown_grace = args.shutdown_grace;
     config.default_max_tokens = args.default_max_tokens;

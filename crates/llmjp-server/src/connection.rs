@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// The request line and headers together are at most this long (431 beyond).
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -39,6 +40,9 @@ pub const MAX_HEADERS: usize = 100;
 const LINGER: Duration = Duration::from_secs(1);
 /// Longest pause after a failed `accept` (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The `endpoint` label of what is refused before it reaches the router.
+const CONNECTION: &str = "connection";
 
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,9 @@ pub enum Phase {
 pub struct ConnectionLimits {
     /// Time to receive a request's line and headers (and the longest idle keep-alive).
     pub header_read_timeout: Duration,
+    /// Longest a write may wait for room in the socket's send buffer; past it the
+    /// connection is closed.
+    pub send_timeout: Duration,
     /// A declared `Content-Length` above this is answered 413 without reading the body.
     pub max_body_bytes: usize,
 }
@@ -66,17 +73,25 @@ pub struct ConnectionLimits {
 pub struct Connections {
     router: Router,
     limits: Arc<ConnectionLimits>,
+    metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
     capacity: u32,
     phase: watch::Sender<Phase>,
 }
 
 impl Connections {
-    /// Room for `capacity` connections at once, answered by `router`.
-    pub fn new(router: Router, limits: ConnectionLimits, capacity: u32) -> Self {
+    /// Room for `capacity` connections at once, answered by `router`; what is refused
+    /// before it reaches the router is counted in `metrics` (endpoint `connection`).
+    pub fn new(
+        router: Router,
+        limits: ConnectionLimits,
+        metrics: Arc<Metrics>,
+        capacity: u32,
+    ) -> Self {
         Self {
             router,
             limits: Arc::new(limits),
+            metrics,
             slots: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             phase: watch::Sender::new(Phase::Serving),
@@ -113,6 +128,7 @@ impl Connections {
                 slot,
                 self.router.clone(),
                 self.limits.clone(),
+                self.metrics.clone(),
                 self.phase.subscribe(),
             ));
         }
@@ -166,6 +182,7 @@ async fn serve(
     _slot: OwnedSemaphorePermit,
     router: Router,
     limits: Arc<ConnectionLimits>,
+    metrics: Arc<Metrics>,
     mut phase: watch::Receiver<Phase>,
 ) {
     let stream = Arc::new(stream);
@@ -173,11 +190,19 @@ async fn serve(
     let io = SharedStream {
         stream: stream.clone(),
         traffic: traffic.clone(),
+        send_timeout: limits.send_timeout,
+        stalled: None,
     };
     let service = {
-        let (limits, traffic) = (limits.clone(), traffic.clone());
+        let (limits, metrics, traffic) = (limits.clone(), metrics.clone(), traffic.clone());
         hyper::service::service_fn(move |request| {
-            answer(request, router.clone(), limits.clone(), traffic.clone())
+            answer(
+                request,
+                router.clone(),
+                limits.clone(),
+                metrics.clone(),
+                traffic.clone(),
+            )
         })
     };
     let mut connection = Box::pin(
@@ -207,6 +232,14 @@ async fn serve(
     // hyper's handle on the socket goes with the connection.
     drop(connection);
     let Some(ended) = ended else { return };
+    if let Err(error) = &ended {
+        // hyper answered these itself: 431 for a head over the limits, else 400.
+        if error.is_parse_too_large() {
+            metrics.request(CONNECTION, 431);
+        } else if error.is_parse() {
+            metrics.request(CONNECTION, 400);
+        }
+    }
     let slow_head = ended.as_ref().is_err_and(|e| e.is_timeout()) && traffic.has_partial_request();
     if !slow_head && !traffic.refused.load(Ordering::Acquire) {
         return;
@@ -215,6 +248,7 @@ async fn serve(
         return;
     };
     if slow_head {
+        metrics.request(CONNECTION, 408);
         let error = ApiError::read_timeout("headers", limits.header_read_timeout);
         let _ = tokio::time::timeout(LINGER, stream.write_all(&raw_response(&error))).await;
     }
@@ -227,12 +261,14 @@ async fn answer(
     request: Request<Incoming>,
     mut router: Router,
     limits: Arc<ConnectionLimits>,
+    metrics: Arc<Metrics>,
     traffic: Arc<Traffic>,
 ) -> Result<Response<Body>, Infallible> {
     let in_flight = InFlight::new(traffic.clone());
     let mut response = if declared_length(&request)
         .is_some_and(|n| n > limits.max_body_bytes as u64)
     {
+        metrics.request(CONNECTION, 413);
         ApiError::too_large(limits.max_body_bytes).into_response()
     } else {
         let Ok(response) = tower_service::Service::call(&mut router, request.map(Body::new)).await;
@@ -338,10 +374,41 @@ impl HttpBody for CountedBody {
 }
 
 /// The socket as hyper reads and writes it, while the connection's task keeps a handle to
-/// answer a timed-out request after hyper has given up. Counts the bytes read.
+/// answer a timed-out request after hyper has given up. Counts the bytes read; a write
+/// that waits `send_timeout` for room fails (`TimedOut`), ending the connection.
 struct SharedStream {
     stream: Arc<TcpStream>,
     traffic: Arc<Traffic>,
+    send_timeout: Duration,
+    /// When the pending write gives up; armed when a write first has to wait.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SharedStream {
+    /// Waits until the socket has room for a write, or fails once it has waited
+    /// `send_timeout`.
+    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.stream.poll_write_ready(cx)?.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(stalled.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no room to send for {timeout:?}: the client is not reading"),
+        )))
+    }
+
+    /// `written`, after which a later wait starts a new stall deadline.
+    fn progressed(&mut self, written: io::Result<usize>) -> Poll<io::Result<usize>> {
+        if written.is_ok() {
+            self.stalled = None;
+        }
+        Poll::Ready(written)
+    }
 }
 
 impl AsyncRead for SharedStream {
@@ -373,11 +440,12 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(data) {
+            ready!(this.poll_writable(cx))?;
+            match this.stream.try_write(data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
+                written => return this.progressed(written),
             }
         }
     }
@@ -387,11 +455,12 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(data) {
+            ready!(this.poll_writable(cx))?;
+            match this.stream.try_write_vectored(data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
+                written => return this.progressed(written),
             }
         }
     }
@@ -407,5 +476,77 @@ impl AsyncWrite for SharedStream {
     /// The socket closes when the connection's task ends.
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the peer takes nothing of fails with `TimedOut` once the send timeout has
+    /// passed, whatever the socket buffers held before.
+    #[tokio::test]
+    async fn a_write_the_client_takes_nothing_of_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let mut shared = SharedStream {
+            stream: Arc::new(server),
+            traffic: Arc::default(),
+            send_timeout: Duration::from_millis(300),
+            stalled: None,
+        };
+        let chunk = vec![b'x'; 64 << 10];
+        let start = tokio::time::Instant::now();
+        let mut sent = 0usize;
+        let error = loop {
+            match shared.write(&chunk).await {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{sent} bytes taken"
+            );
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(sent > 0);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_reader_is_not_cut() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let mut shared = SharedStream {
+            stream: Arc::new(server),
+            traffic: Arc::default(),
+            send_timeout: Duration::from_secs(2),
+            stalled: None,
+        };
+        // The reader takes 64 KiB every 5 ms, slower than the writer: the send buffer is
+        // full most of the time, yet room comes well within the timeout.
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0; 64 << 10];
+            let mut total = 0;
+            loop {
+                match client.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let chunk = vec![b'x'; 64 << 10];
+        let total = 16 << 20;
+        let mut sent = 0;
+        while sent < total {
+            sent += shared.write(&chunk).await.unwrap();
+        }
+        drop(shared);
+        assert_eq!(reader.await.unwrap(), sent);
     }
 }

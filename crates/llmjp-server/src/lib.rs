@@ -95,6 +95,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Time to receive a request's body once its headers are in (408 past it).
     pub body_read_timeout: Duration,
+    /// Longest a response may wait between two successive writes to the socket, as
+    /// nginx's `send_timeout`: a client that stops reading is cut once the socket's send
+    /// buffer has stayed full this long.
+    pub send_timeout: Duration,
     /// Most connections open at once; further clients wait in the listen backlog until
     /// one closes. Bounds the file descriptors the server holds.
     pub max_connections: usize,
@@ -120,6 +124,7 @@ impl ServerConfig {
             max_body_bytes: 4 << 20,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_connections: 512,
             default_max_tokens: 512,
             max_stops: 16,
@@ -182,6 +187,7 @@ impl Server {
             listener,
             connections: ConnectionLimits {
                 header_read_timeout: config.header_read_timeout,
+                send_timeout: config.send_timeout,
                 max_body_bytes: config.max_body_bytes,
             },
             max_connections: config.max_connections as u32,
@@ -208,6 +214,7 @@ impl Server {
         let connections = Connections::new(
             http::router(self.app.clone()),
             self.connections,
+            self.app.metrics.clone(),
             self.max_connections,
         );
         connections.accept_until(self.listener, shutdown).await;
@@ -234,6 +241,7 @@ impl ServerConfig {
         for (name, value) in [
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             if value.is_zero() {
                 return invalid(format!("{name} must be above 0"));

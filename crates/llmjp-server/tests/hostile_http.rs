@@ -135,6 +135,12 @@ fn dripped_headers_get_408_and_an_idle_connection_is_closed() {
     let silent = read_answer(&mut idle);
     assert_eq!(silent.status, None, "{:?}", silent.text);
     assert_still_answers(server.addr);
+    assert_eq!(server.metric(&refused(408)), 1.0);
+}
+
+/// The metric counting requests refused with `status` before they reached the router.
+fn refused(status: u16) -> String {
+    format!("llmjp_requests_total{{endpoint=\"connection\",status=\"{status}\"}}")
 }
 
 #[test]
@@ -156,6 +162,7 @@ fn a_declared_gigabyte_body_gets_413_before_it_is_read() {
         start.elapsed()
     );
     assert_still_answers(server.addr);
+    assert_eq!(server.metric(&refused(413)), 1.0);
 }
 
 #[test]
@@ -422,4 +429,69 @@ fn malformed_request_heads_get_a_4xx_or_a_closed_connection() {
         }
     });
     assert_still_answers(addr);
+    // What hyper refuses itself is counted too.
+    let mut stream = connect(addr);
+    stream.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut stream).status, Some(400));
+    assert!(server.metric(&refused(400)) >= 1.0);
+}
+
+/// Streams still generating when the grace period ends get a last `shutting_down` event
+/// and `[DONE]`; a stream whose client stopped reading is cut; `run` returns within the
+/// grace, a second to flush and a second to close, whatever the clients do.
+#[test]
+fn shutdown_ends_running_streams_after_the_grace_period() {
+    let Some(_) = tokenizer_dir() else { return };
+    let (pipeline, _folder) = common::long_context_pipeline();
+    let server = TestServer::start_with(pipeline, |c| {
+        c.shutdown_grace = Duration::from_millis(500);
+        c.engine.max_batch = 8;
+    });
+    let addr = server.addr;
+    // Sampled, 4,000 tokens each, eight at once: many seconds of work on any CPU.
+    let body = |seed: u64| {
+        json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "長い話をして"}],
+            "max_tokens": 4000,
+            "ignore_eos": true,
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "seed": seed,
+            "stream": true,
+        })
+        .to_string()
+    };
+    let readers: Vec<_> = (0..7)
+        .map(|seed| {
+            let body = body(seed);
+            std::thread::spawn(move || request(addr, "POST", CHAT, &[], &body))
+        })
+        .collect();
+    // One client sends its request and never reads the answer.
+    let mut silent = connect(addr);
+    common::send(&mut silent, "POST", CHAT, &[], &body(7));
+    let start = Instant::now();
+    while server.metric("llmjp_running_sequences") < 8.0 {
+        assert!(start.elapsed() < DEADLINE, "the streams never all ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    server.shutdown();
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(3500), "shutdown took {took:?}");
+    for reader in readers {
+        let response = reader.join().unwrap();
+        assert_eq!(response.status, 200);
+        let events = response.events();
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(last["error"]["code"], "shutting_down", "{last}");
+        assert!(events.len() > 3, "{events:?}");
+    }
+    // The silent client's connection is closed, not held.
+    let answer = read_answer(&mut silent);
+    assert_eq!(answer.status, Some(200));
+    assert!(TcpStream::connect(addr).is_err());
 }

@@ -7,81 +7,15 @@
 //! calls go through these wrappers too.
 
 use minijinja::filters as builtin;
-use minijinja::value::{from_args, Kwargs, Rest, Value, ValueKind};
+use minijinja::value::{Kwargs, Rest, Value, ValueKind};
 use minijinja::{Environment, Error, State};
 
-use super::{
-    charge, check_growth, check_nesting, conversion_len, cost, display_len, display_string,
-    item_count, sizes, text_of, tick, CappedString, ITEM_BYTES, MAX_COMPARED_BYTES,
+use super::budget::{
+    check_growth, conversion_len, display_len, display_string, fail, item_count, text_of, tick,
+    CappedString, Exceeded, ITEM_BYTES, MAX_COMPARED_BYTES,
 };
-
-/// Bytes a wrapped call will make, from its arguments.
-pub(super) type Sizer = fn(&Args<'_>) -> Result<usize, Error>;
-
-/// How a wrapped built-in is charged.
-#[derive(Clone, Copy)]
-pub(super) enum Made {
-    /// Before the call, the bytes the sizer computes.
-    Sized(Sizer),
-    /// After the call, by the cost of its result: the callee builds it within what is left
-    /// of the budget and fails rather than grow past it.
-    Capped,
-}
-
-/// The arguments of a filter or test call: the value, then positional arguments, then
-/// keyword arguments.
-pub(super) struct Args<'a> {
-    pub(super) value: &'a Value,
-    pub(super) positional: &'a [Value],
-    kwargs: Kwargs,
-}
-
-impl<'a> Args<'a> {
-    pub(super) fn new(all: &'a [Value]) -> Result<Self, Error> {
-        let (value, rest) = all.split_first().unwrap_or((&Value::UNDEFINED, &[]));
-        let (positional, kwargs): (&[Value], Kwargs) = from_args(rest)?;
-        Ok(Self {
-            value,
-            positional,
-            kwargs,
-        })
-    }
-
-    /// The argument at `index`, or passed by `name`; `None` when absent or `none`.
-    pub(super) fn get(&self, index: usize, name: &str) -> Option<Value> {
-        self.positional
-            .get(index)
-            .cloned()
-            .or_else(|| self.kwargs.peek::<Option<Value>>(name).ok().flatten())
-            .filter(|v| !v.is_none() && !v.is_undefined())
-    }
-
-    fn count(&self, index: usize, name: &str) -> usize {
-        self.get(index, name)
-            .and_then(|v| v.as_usize())
-            .unwrap_or(0)
-    }
-}
-
-/// `original` behind the budget: ticks, charges what it makes, bounds its result's
-/// nesting.
-pub(super) fn charged(
-    original: Value,
-    made: Made,
-) -> impl Fn(&State, Rest<Value>) -> Result<Value, Error> + Send + Sync + 'static {
-    move |state: &State, args: Rest<Value>| {
-        tick()?;
-        if let Made::Sized(size) = made {
-            charge(size(&Args::new(&args)?)?)?;
-        }
-        let result = original.call(state, &args)?;
-        if let Made::Capped = made {
-            charge(cost(&result))?;
-        }
-        check_nesting(&result)?;
-        Ok(result)
-    }
-}
+use super::sizes;
+use super::wrap::{charged, Args, Made};
 
 pub(super) fn install(env: &mut Environment<'static>) {
     for (name, original, made) in table() {
@@ -417,7 +351,7 @@ fn compared(args: &Args<'_>) -> Result<usize, Error> {
     }
     let rounds = (usize::BITS - count.leading_zeros()) as usize + 1;
     if count.saturating_mul(rounds).saturating_mul(longest) > MAX_COMPARED_BYTES {
-        return Err(super::fail(super::Exceeded::Time));
+        return Err(fail(Exceeded::Time));
     }
     Ok(0)
 }
@@ -539,7 +473,7 @@ fn string(value: &Value) -> Result<Value, Error> {
 fn pprint(value: &Value) -> Result<Value, Error> {
     use std::fmt::Write as _;
     let mut out = CappedString::within_budget();
-    write!(out, "{value:#?}").map_err(|_| super::fail(super::Exceeded::Memory))?;
+    write!(out, "{value:#?}").map_err(|_| fail(Exceeded::Memory))?;
     Ok(Value::from(out.text))
 }
 

@@ -9,8 +9,8 @@ use minijinja::functions as builtin;
 use minijinja::value::{Rest, Value};
 use minijinja::{Environment, Error, State};
 
-use super::filters::{charged, Made};
-use super::{fail, CappedString, Exceeded};
+use super::budget::{fail, CappedString, Exceeded};
+use super::wrap::{charged, Made};
 
 pub(super) fn install(env: &mut Environment<'static>) {
     // `range` is lazy and minijinja refuses more than 100,000 numbers; lists made from it

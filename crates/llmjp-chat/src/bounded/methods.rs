@@ -6,8 +6,9 @@
 use minijinja::value::{from_args, Value, ValueKind};
 use minijinja::{Error, State};
 
+use super::budget::{charge, check_nesting, item_count, tick, ITEM_BYTES};
 use super::filters::{formatted_len, joined_len, lines_made, materialise, replaced, split_made};
-use super::{charge, check_nesting, item_count, sizes, tick, ITEM_BYTES};
+use super::sizes;
 
 /// The environment's unknown-method callback: `value.method(args)` for the methods
 /// pycompat knows, charged.

@@ -7,8 +7,8 @@ use minijinja::tests as builtin;
 use minijinja::value::Value;
 use minijinja::{Environment, Error};
 
-use super::conversion_len;
-use super::filters::{charged, Args, Made};
+use super::budget::conversion_len;
+use super::wrap::{charged, Args, Made};
 
 pub(super) fn install(env: &mut Environment<'static>) {
     for (name, original, made) in table() {

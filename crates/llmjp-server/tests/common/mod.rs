@@ -122,3 +122,52 @@ impl Drop for TestServer {
         self.stop_now();
     }
 }
+
+/// The tiny fixture copied with a 4,096-token context (its weights do not depend on the
+/// context), so a stream with `ignore_eos` can run for thousands of tokens. The copy lives
+/// in a fresh folder under the system's temp dir, removed when the returned guard drops.
+pub fn long_context_pipeline() -> (Pipeline<Cpu>, TempFolder) {
+    let source = llmjp_testdata::fixture_dir("tiny-llmjp");
+    let folder = TempFolder::new("long-context");
+    for name in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(source.join(name), folder.0.join(name)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(source.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 4096.into();
+    std::fs::write(folder.0.join("config.json"), config.to_string()).unwrap();
+    let options = LoadOptions {
+        tokenizer_dir: tokenizer_dir(),
+        dtype: llmjp::ComputeDtype::BF16.into(),
+        ..LoadOptions::default()
+    };
+    let pipeline = Pipeline::<Cpu>::load(
+        folder.0.to_str().unwrap(),
+        &options,
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    (pipeline, folder)
+}
+
+/// A folder removed when dropped.
+pub struct TempFolder(pub PathBuf);
+
+impl TempFolder {
+    pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("llmjp-server-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
