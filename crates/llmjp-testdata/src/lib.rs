@@ -13,6 +13,8 @@
 
 pub mod gguf;
 pub mod http;
+#[cfg(unix)]
+pub mod limits;
 
 use std::path::{Path, PathBuf};
 

@@ -379,7 +379,7 @@ fn sparse_cases() -> Vec<SparseCase> {
 #[test]
 fn sparse_16_gib_files_are_refused_under_an_address_space_limit() {
     use std::os::unix::fs::FileExt;
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
 
     if let Some(dir) = std::env::var_os(SPARSE_CHILD) {
         // The child: parse each file under the limit; a typed error each, else a panic.
@@ -415,19 +415,7 @@ fn sparse_16_gib_files_are_refused_under_an_address_space_limit() {
             "--test-threads=1",
         ])
         .env(SPARSE_CHILD, &dir);
-    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let rlimit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    llmjp_testdata::limits::limit_address_space(&mut command, limit);
     let start = std::time::Instant::now();
     let output = command.output().unwrap();
     let elapsed = start.elapsed();

@@ -4,7 +4,6 @@
 //! only the child.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -96,19 +95,7 @@ pub fn run_in_child(name: &str) {
         .env(CHILD, "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: ADDRESS_SPACE,
-                rlim_max: ADDRESS_SPACE,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    llmjp_testdata::limits::limit_address_space(&mut command, ADDRESS_SPACE);
     let mut child = command.spawn().unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
