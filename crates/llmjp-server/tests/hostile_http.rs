@@ -2,7 +2,8 @@
 //! bodies over the limit, malformed request heads, floods of connections, and requests
 //! the API refuses field by field. Each ends with the right status or a closed connection
 //! within 20 s, and the server answers a normal request afterwards. Short timeouts come
-//! from `ServerConfig`.
+//! from `ServerConfig`. Each test runs in a child process under a 4 GiB address-space
+//! limit.
 
 mod common;
 
@@ -11,11 +12,26 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{request, tokenizer_dir, TestServer, MODEL};
+use llmjp_testdata::limits::{is_test_child, run_test_in_child};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const CHAT: &str = "/v1/chat/completions";
+
+/// Address space of the child process each test runs in.
+const ADDRESS_SPACE: u64 = 4 << 30;
+
+/// Whether the calling test should run its body here: in the child process that
+/// `run_test_in_child` starts under an address-space limit. Outside it, runs the test
+/// `name` there (panicking unless it passes) and returns `false`.
+fn in_limited_child(name: &str) -> bool {
+    if is_test_child() {
+        return true;
+    }
+    run_test_in_child(name, ADDRESS_SPACE, Duration::from_secs(120));
+    false
+}
 
 fn short_timeouts(config: &mut llmjp_server::ServerConfig) {
     config.header_read_timeout = Duration::from_millis(800);
@@ -107,6 +123,9 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 #[test]
 fn dripped_headers_get_408_and_an_idle_connection_is_closed() {
+    if !in_limited_child("dripped_headers_get_408_and_an_idle_connection_is_closed") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(short_timeouts);
     let start = Instant::now();
@@ -145,6 +164,9 @@ fn refused(status: u16) -> String {
 
 #[test]
 fn a_declared_gigabyte_body_gets_413_before_it_is_read() {
+    if !in_limited_child("a_declared_gigabyte_body_gets_413_before_it_is_read") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(short_timeouts);
     let start = Instant::now();
@@ -167,6 +189,9 @@ fn a_declared_gigabyte_body_gets_413_before_it_is_read() {
 
 #[test]
 fn a_chunked_body_over_the_limit_is_cut_with_413() {
+    if !in_limited_child("a_chunked_body_over_the_limit_is_cut_with_413") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(short_timeouts);
     let mut stream = connect(server.addr);
@@ -187,6 +212,9 @@ fn a_chunked_body_over_the_limit_is_cut_with_413() {
 
 #[test]
 fn a_slow_body_gets_408() {
+    if !in_limited_child("a_slow_body_gets_408") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(short_timeouts);
     let mut stream = connect(server.addr);
@@ -205,6 +233,10 @@ fn a_slow_body_gets_408() {
 
 #[test]
 fn a_flood_of_silent_connections_is_capped_and_normal_requests_get_through() {
+    if !in_limited_child("a_flood_of_silent_connections_is_capped_and_normal_requests_get_through")
+    {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(|c| {
         short_timeouts(c);
@@ -220,6 +252,9 @@ fn a_flood_of_silent_connections_is_capped_and_normal_requests_get_through() {
 
 #[test]
 fn shutdown_closes_half_sent_requests_and_idle_connections_at_once() {
+    if !in_limited_child("shutdown_closes_half_sent_requests_and_idle_connections_at_once") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(|c| {
         c.shutdown_grace = Duration::from_secs(30);
@@ -254,6 +289,9 @@ fn shutdown_closes_half_sent_requests_and_idle_connections_at_once() {
 
 #[test]
 fn shutdown_cuts_a_request_still_running_after_the_grace_period() {
+    if !in_limited_child("shutdown_cuts_a_request_still_running_after_the_grace_period") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(|c| {
         c.shutdown_grace = Duration::from_millis(500);
@@ -279,6 +317,9 @@ fn shutdown_cuts_a_request_still_running_after_the_grace_period() {
 
 #[test]
 fn api_refusals_name_the_field_at_fault() {
+    if !in_limited_child("api_refusals_name_the_field_at_fault") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     // An empty key is no key.
     let server = TestServer::start(|c| c.api_key = Some(String::new()));
@@ -406,6 +447,9 @@ fn hostile_head() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn malformed_request_heads_get_a_4xx_or_a_closed_connection() {
+    if !in_limited_child("malformed_request_heads_get_a_4xx_or_a_closed_connection") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let server = TestServer::start(short_timeouts);
     let addr = server.addr;
@@ -441,6 +485,9 @@ fn malformed_request_heads_get_a_4xx_or_a_closed_connection() {
 /// grace, a second to flush and a second to close, whatever the clients do.
 #[test]
 fn shutdown_ends_running_streams_after_the_grace_period() {
+    if !in_limited_child("shutdown_ends_running_streams_after_the_grace_period") {
+        return;
+    }
     let Some(_) = tokenizer_dir() else { return };
     let (pipeline, _folder) = common::long_context_pipeline();
     let server = TestServer::start_with(pipeline, |c| {

@@ -2,6 +2,7 @@
 //! hostile files are `InvalidGguf` errors, never panics or huge allocations.
 
 use llmjp_testdata::gguf::{string, Writer};
+use llmjp_testdata::limits::{is_test_child, run_test_in_child};
 use llmjp_weights::gguf::{
     GgmlType, Gguf, GgufFile, GgufValue, MAX_ARRAY_ITEMS, MAX_METADATA_ENTRIES,
     MAX_METADATA_VALUES, MAX_STRING_BYTES, MAX_TENSORS, MAX_TENSOR_NAME_BYTES,
@@ -432,12 +433,15 @@ fn sparse_16_gib_files_are_refused_under_an_address_space_limit() {
     assert!(elapsed.as_secs() < 30, "took {elapsed:?}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
-
-    /// Any byte changed anywhere: an error or a header whose tensors lie in the file.
-    #[test]
-    fn corrupt_bytes_never_panic(at in 0usize..400, value in any::<u8>()) {
+/// Any byte changed anywhere: an error or a header whose tensors lie in the file. Runs in
+/// a child process under a 2 GiB address-space limit.
+#[test]
+fn corrupt_bytes_never_panic() {
+    if !is_test_child() {
+        run_test_in_child("corrupt_bytes_never_panic", 2 << 30, CHILD_DEADLINE);
+        return;
+    }
+    proptest!(ProptestConfig::with_cases(512), |(at in 0usize..400, value in any::<u8>())| {
         let mut bytes = sample();
         let at = at % bytes.len();
         bytes[at] = value;
@@ -446,8 +450,11 @@ proptest! {
                 prop_assert!(t.start + t.len <= bytes.len());
             }
         }
-    }
+    });
 }
+
+/// How long a child running a fuzzing test may take.
+const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A count or length as a hostile header gives it: mostly small, sometimes huge.
 fn count() -> impl Strategy<Value = u64> {
@@ -552,13 +559,21 @@ fn hostile_file() -> impl Strategy<Value = (Vec<u8>, Option<u64>)> {
         )
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Random and hostile headers, some in sparse files of up to 16 GiB: a header whose
-    /// tensors lie in the file, apart, or an `InvalidGguf`; never a panic, in bounded time.
-    #[test]
-    fn hostile_headers_end_in_a_typed_error(file in hostile_file()) {
+/// Random and hostile headers, some in sparse files of up to 16 GiB: a header whose
+/// tensors lie in the file, apart, or an `InvalidGguf`; never a panic, in bounded time.
+/// Runs in a child process whose address space is the largest file's mapping and 2 GiB.
+#[test]
+fn hostile_headers_end_in_a_typed_error() {
+    if !is_test_child() {
+        let address_space = (1u64 << 34) + (2 << 30);
+        run_test_in_child(
+            "hostile_headers_end_in_a_typed_error",
+            address_space,
+            CHILD_DEADLINE,
+        );
+        return;
+    }
+    proptest!(ProptestConfig::with_cases(256), |(file in hostile_file())| {
         let (bytes, stretch) = file;
         let path = std::env::temp_dir().join(format!(
             "llmjp-gguf-fuzz-{}-{:?}.gguf",
@@ -586,7 +601,7 @@ proptest! {
             Err(WeightsError::InvalidGguf { .. }) => {}
             Err(other) => prop_assert!(false, "not an InvalidGguf: {other}"),
         }
-    }
+    });
 }
 
 mod llama {

@@ -4,12 +4,9 @@
 //! only the child.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Environment variable that makes a child-only test run (see [`run_in_child`]).
-pub const CHILD: &str = "LLMJP_CHAT_HOSTILE_CHILD";
 /// Address space of the child process.
 const ADDRESS_SPACE: u64 = 2 << 30;
 /// How long the child may run in all.
@@ -83,36 +80,12 @@ pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
 
 /// Whether this process is the child started by [`run_in_child`].
 pub fn is_child() -> bool {
-    std::env::var_os(CHILD).is_some()
+    llmjp_testdata::limits::is_test_child()
 }
 
 /// Runs the test `name` of this binary alone, in a child process under a 2 GiB
 /// address-space limit and a deadline; panics with the child's output unless it passes.
 pub fn run_in_child(name: &str) {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    llmjp_testdata::limits::limit_address_space(&mut command, ADDRESS_SPACE);
-    let mut child = command.spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > DEADLINE {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{name} failed in the child ({:?} after {:?}):\n{stdout}\n{stderr}",
-        output.status,
-        start.elapsed()
-    );
+    let stderr = llmjp_testdata::limits::run_test_in_child(name, ADDRESS_SPACE, DEADLINE);
     eprintln!("{name} (child, 2 GiB address space): {stderr}");
 }
