@@ -17,8 +17,8 @@ use llmjp_testdata::{LogitAgreement, CLEAR_MARGIN};
 use llmjp_weights::quant::BlockFormat;
 use llmjp_weights::Checkpoint;
 
-use crate::bench::{ensure_checkpoint, MODEL_DIR};
-use crate::root;
+use crate::bench_model::{ensure_checkpoint, MODEL_DIR};
+use crate::shell::root;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let (mut model, mut positions) = (None, 256usize);

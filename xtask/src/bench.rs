@@ -4,10 +4,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::{output, root, run as run_command};
+use crate::bench_model::{ensure_checkpoint, MODEL_DIR};
+use crate::shell::{output, root, run as run_command};
 
-/// The random-weight checkpoint with the real llm-jp-3.1-1.8b config.
-pub const MODEL_DIR: &str = "target/bench-model-1.8b";
 const METRICS: [&str; 4] = ["load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"];
 
 struct Options {
@@ -51,31 +50,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-/// Installs transformers if needed and creates the checkpoint if it is not there.
-pub fn ensure_checkpoint() -> Result<(), String> {
-    let model = root().join(MODEL_DIR);
-    let python_ok = Command::new("python3")
-        .args(["-c", "import torch, transformers, safetensors"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !python_ok {
-        eprintln!("installing transformers, torch and safetensors with pip");
-        run_command(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "transformers",
-            "torch",
-            "safetensors",
-        ]))?;
-    }
-    if !model.join("config.json").is_file() {
-        eprintln!("creating the 1.8b-shaped checkpoint in {MODEL_DIR}");
-        run_command(Command::new("python3").args(["xtask/bench/make_checkpoint.py", MODEL_DIR]))?;
-    }
-    Ok(())
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{output, root, run};
+use crate::shell::{output, root, run};
 
 /// The folder the device run carries.
 pub const OUT: &str = "target/gpu-check";

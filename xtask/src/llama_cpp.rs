@@ -7,8 +7,8 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::bench::MODEL_DIR;
-use crate::{output, root, run};
+use crate::bench_model::MODEL_DIR;
+use crate::shell::{output, root, run};
 
 pub struct LlamaCpp {
     bench: PathBuf,

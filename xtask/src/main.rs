@@ -22,12 +22,15 @@
 
 mod accuracy;
 mod bench;
+mod bench_model;
 mod gpu_check;
 mod llama_cpp;
 mod serve_bench;
+mod shell;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+use shell::run;
 
 const GOLDEN_SCRIPTS: [&str; 4] = [
     "xtask/golden/tokenizer_golden.py",
@@ -53,37 +56,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Runs a command in the workspace root; an error unless it succeeds.
-fn run(command: &mut Command) -> Result<(), String> {
-    let status = command
-        .current_dir(root())
-        .status()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{command:?} failed: {status}"))
-    }
-}
-
-/// Runs a command in the workspace root and returns its standard output.
-fn output(command: &mut Command) -> Result<String, String> {
-    let out = command
-        .current_dir(root())
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -10,8 +10,8 @@ use std::time::Instant;
 use llmjp_testdata::http::{read_chunk, read_head, send};
 use serde_json::{json, Value};
 
-use crate::bench::{ensure_checkpoint, MODEL_DIR};
-use crate::{root, run as run_command};
+use crate::bench_model::{ensure_checkpoint, MODEL_DIR};
+use crate::shell::{root, run as run_command};
 
 struct Options {
     gen_tokens: usize,

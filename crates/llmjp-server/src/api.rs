@@ -5,8 +5,8 @@ use llmjp::{Message, SamplingParams};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::FinishReason;
 use crate::error::ApiError;
+use llmjp::FinishReason;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Deserialize)]
@@ -452,13 +452,13 @@ impl Responder {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": null,
-                "finish_reason": finish.as_str(),
+                "finish_reason": finish.openai(),
             }),
             Endpoint::Completions => json!({
                 "index": 0,
                 "text": text,
                 "logprobs": null,
-                "finish_reason": finish.as_str(),
+                "finish_reason": finish.openai(),
             }),
         };
         json!({
@@ -474,7 +474,7 @@ impl Responder {
     /// A streamed chunk: the assistant role first (chat), then text, then the finish
     /// reason with nothing more.
     pub fn chunk(&self, text: Option<&str>, role: bool, finish: Option<FinishReason>) -> Value {
-        let finish = finish.map(FinishReason::as_str);
+        let finish = finish.map(FinishReason::openai);
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = serde_json::Map::new();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use llmjp::backend::Backend;
 use llmjp::crates::model::{read_f32, KvCache, Sequence};
 use llmjp::crates::sampler::processors::LogitsProcessor;
-use llmjp::{Llm, Pipeline, Sampler, SamplingParams, StopMatcher};
+use llmjp::{Decoding, FinishReason, GenerateOptions, Llm, Pipeline, SamplingParams};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::Usage;
@@ -58,25 +58,6 @@ impl Default for EngineConfig {
             kv_budget_bytes: 4 << 30,
             prefix_cache_blocks: 4096,
             request_timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-/// Why a request's generation ended, in OpenAI's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// `max_tokens`, or the context is full.
-    Length,
-}
-
-impl FinishReason {
-    /// `stop` or `length`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
         }
     }
 }
@@ -244,12 +225,10 @@ impl Shared {
 struct Active<'p, B: Backend> {
     request: Request,
     cache: KvCache<B>,
-    /// Prompt, then the generated ids; all but the last generated one are in the cache.
-    ids: Vec<u32>,
+    /// The token step; its ids (prompt, then generated) are all in the cache but the
+    /// last generated one.
+    decoding: Decoding<'p>,
     prompt_len: usize,
-    sampler: Sampler,
-    decoder: llmjp::crates::tokenizer::StreamDecoder<'p>,
-    stops: StopMatcher,
     usage: Usage,
     last_token: Option<Instant>,
     deadline: Instant,
@@ -340,7 +319,7 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
         for (slot, a) in plan.iter_mut().zip(&active) {
             let fed = a.cache.len();
             if fed >= a.prompt_len {
-                *slot = Some(fed..a.ids.len());
+                *slot = Some(fed..a.decoding.ids().len());
                 budget = budget.saturating_sub(1);
             }
         }
@@ -367,7 +346,7 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
             if let Some(range) = slot {
                 order.push(i);
                 batch.push(Sequence {
-                    ids: &a.ids[range.clone()],
+                    ids: &a.decoding.ids()[range.clone()],
                     cache: &mut a.cache,
                 });
             }
@@ -394,14 +373,14 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
             if a.cache.len() < a.prompt_len {
                 continue; // mid-prompt
             }
-            if a.ids.len() == a.prompt_len {
+            if a.decoding.ids().len() == a.prompt_len {
                 // The prompt is in: later requests starting the same way reuse it.
-                prefix.insert(&a.ids, &a.cache);
+                prefix.insert(a.decoding.ids(), &a.cache);
             }
-            step(pipeline, a, row, metrics);
+            step(a, row, metrics);
             if a.done {
                 let cached = a.cache.len();
-                prefix.insert(&a.ids[..cached], &a.cache);
+                prefix.insert(&a.decoding.ids()[..cached], &a.cache);
             }
         }
         active.retain(|a| !a.done);
@@ -480,8 +459,15 @@ fn admit<'p, B: Backend>(
         } else {
             Vec::new()
         };
-        let sampler = match Sampler::with_processors(request.sampling, extra) {
-            Ok(sampler) => sampler,
+        let options = GenerateOptions {
+            max_new_tokens: positions - prompt_len,
+            sampling: request.sampling,
+            stop: request.stop.clone(),
+            ignore_eos: request.ignore_eos,
+            processors: extra,
+        };
+        let decoding = match pipeline.decoding(&request.ids, &options) {
+            Ok(decoding) => decoding,
             Err(e) => {
                 let _ = request.events.send(Event::Error(ApiError::invalid(
                     e.to_string(),
@@ -507,13 +493,10 @@ fn admit<'p, B: Backend>(
                 completion_tokens: 0,
                 cached_tokens: cache.len(),
             },
-            ids: request.ids.clone(),
-            stops: StopMatcher::new(&request.stop),
+            decoding,
             request,
             cache,
             prompt_len,
-            sampler,
-            decoder: pipeline.tokenizer().stream_decoder(true),
             last_token: None,
             deadline,
             done: false,
@@ -522,17 +505,11 @@ fn admit<'p, B: Backend>(
 }
 
 /// Samples the next token of `a` from `logits`, streams its text and ends it when done.
-fn step<B: Backend>(
-    pipeline: &Pipeline<B>,
-    a: &mut Active<'_, B>,
-    logits: &[f32],
-    metrics: &Metrics,
-) {
-    let token = match a.sampler.sample(logits, &a.ids) {
-        Ok(token) => token,
-        Err(e) => return a.fail(ApiError::internal(format!("sampling failed: {e}"))),
+fn step<B: Backend>(a: &mut Active<'_, B>, logits: &[f32], metrics: &Metrics) {
+    let step = match a.decoding.accept(logits) {
+        Ok(step) => step,
+        Err(e) => return a.fail(ApiError::internal(format!("generation failed: {e}"))),
     };
-    a.ids.push(token);
     a.usage.completion_tokens += 1;
     metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
@@ -545,46 +522,10 @@ fn step<B: Backend>(
             .observe((now - last).as_secs_f64()),
     }
     a.last_token = Some(now);
-
-    let mut finish = None;
-    let mut stopped_by_string = false;
-    if !a.request.ignore_eos && pipeline.eos_ids().contains(&token) {
-        finish = Some(FinishReason::Stop);
-    } else {
-        match a.decoder.step(token) {
-            Ok(Some(chunk)) => {
-                let (released, stopped) = a.stops.push(&chunk);
-                if !released.is_empty() {
-                    a.send(Event::Text(released));
-                }
-                if stopped {
-                    finish = Some(FinishReason::Stop);
-                    stopped_by_string = true;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return a.fail(ApiError::internal(format!("decoding failed: {e}"))),
-        }
+    if !step.text.is_empty() {
+        a.send(Event::Text(step.text));
     }
-    let generated = a.ids.len() - a.prompt_len;
-    if finish.is_none() && (generated >= a.request.max_tokens || a.ids.len() >= a.cache.capacity())
-    {
-        finish = Some(FinishReason::Length);
-    }
-    let Some(mut finish) = finish else { return };
-    if !stopped_by_string {
-        // Whatever the decoder and the stop matcher still hold.
-        let tail = a.decoder.finish().ok().flatten().unwrap_or_default();
-        let (mut released, stopped) = a.stops.push(&tail);
-        if stopped {
-            finish = FinishReason::Stop;
-        } else {
-            released.push_str(&a.stops.finish());
-        }
-        if !released.is_empty() {
-            a.send(Event::Text(released));
-        }
-    }
+    let Some(finish) = step.finish else { return };
     metrics
         .request_latency
         .observe((now - a.request.arrived).as_secs_f64());

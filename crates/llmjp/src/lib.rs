@@ -48,17 +48,19 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod decoding;
 mod device;
 mod error;
 mod llm;
 mod pipeline;
 mod stop;
 
+pub use decoding::{Decoding, FinishReason, Step, TokenBudget};
 pub use device::Device;
 pub use error::{LlmError, Result};
 pub use llm::Llm;
 pub use pipeline::{
-    check_prompt_text, FinishReason, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
+    check_prompt_text, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
 };
 pub use stop::StopMatcher;
 

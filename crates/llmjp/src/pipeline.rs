@@ -9,11 +9,11 @@ use llmjp_chat::{ChatTemplate, Message};
 use llmjp_model::backend::DecoderBackend;
 use llmjp_model::{read_f32, CausalLm, ComputeDtype, WeightDtype};
 use llmjp_sampler::processors::LogitsProcessor;
-use llmjp_sampler::{Sampler, SamplerError, SamplingParams};
+use llmjp_sampler::{Sampler, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
 
-use crate::stop::StopMatcher;
+use crate::decoding::{Decoding, FinishReason, TokenBudget};
 use crate::{LlmError, Result};
 
 /// How to load a model.
@@ -86,34 +86,6 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             ignore_eos: false,
             processors: Vec::new(),
-        }
-    }
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// The model produced an end-of-sequence token.
-    Eos,
-    /// `max_new_tokens` were generated.
-    Length,
-    /// The text reached a stop string.
-    Stop,
-    /// The model's context is full.
-    Context,
-    /// The caller's callback asked to stop.
-    Cancelled,
-}
-
-impl FinishReason {
-    /// The name used in JSON output and by OpenAI-style APIs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Eos => "eos",
-            Self::Length => "length",
-            Self::Stop => "stop",
-            Self::Context => "context",
-            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -286,14 +258,12 @@ impl<B: Backend> Pipeline<B> {
         self.generate(&ids, options, on_text)
     }
 
-    /// Generates after `prompt_ids`, streaming text to `on_text` (return `false` to stop).
-    pub fn generate(
-        &self,
-        prompt_ids: &[u32],
-        options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Generation> {
-        let mut sampler = Sampler::with_processors(options.sampling, options.processors.clone())?;
+    /// The token step of one sequence after `prompt_ids` with `options` (sampler, stop
+    /// strings, token budget): what [`generate`](Self::generate) runs, and what a server
+    /// runs for each of its sequences. Refuses an empty prompt, one that fills the context,
+    /// `max_new_tokens` of 0 and invalid sampling settings.
+    pub fn decoding(&self, prompt_ids: &[u32], options: &GenerateOptions) -> Result<Decoding<'_>> {
+        let sampler = Sampler::with_processors(options.sampling, options.processors.clone())?;
         if options.max_new_tokens == 0 {
             return Err(LlmError::InvalidOption(
                 "max_new_tokens must be at least 1".into(),
@@ -309,6 +279,29 @@ impl<B: Backend> Pipeline<B> {
                 limit: context - 1,
             });
         }
+        let budget = TokenBudget {
+            max_new_tokens: options.max_new_tokens,
+            context,
+        };
+        Ok(Decoding::new(
+            &self.tokenizer,
+            &self.eos_ids,
+            prompt_ids,
+            sampler,
+            budget,
+            &options.stop,
+            options.ignore_eos,
+        ))
+    }
+
+    /// Generates after `prompt_ids`, streaming text to `on_text` (return `false` to stop).
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let mut decoding = self.decoding(prompt_ids, options)?;
         // The cache grows with what is generated, up to this many positions.
         let mut cache = self
             .model
@@ -318,68 +311,35 @@ impl<B: Backend> Pipeline<B> {
             prefill_tokens: prompt_ids.len(),
             ..Timings::default()
         };
-        let mut stream = self.tokenizer.stream_decoder(true);
-        let mut stops = StopMatcher::new(&options.stop);
-        let mut context_ids = prompt_ids.to_vec();
-        let mut generated = Vec::new();
         let mut text = String::new();
-        let mut emit = |chunk: &str, text: &mut String| {
-            text.push_str(chunk);
-            chunk.is_empty() || on_text(chunk)
-        };
 
         let start = Instant::now();
         let mut logits = read_f32(self.model.forward_last(prompt_ids, &mut cache)?)?;
         timings.prefill_s = start.elapsed().as_secs_f64();
 
-        let mut finish_reason = loop {
-            let token = sampler.sample(&logits, &context_ids).map_err(|e| match e {
-                SamplerError::NonFiniteLogits { token, value } => LlmError::NonFiniteLogits {
-                    step: generated.len(),
-                    token,
-                    value,
-                },
-                other => LlmError::Sampler(other),
-            })?;
-            generated.push(token);
-            context_ids.push(token);
-            if !options.ignore_eos && self.eos_ids.contains(&token) {
-                break FinishReason::Eos;
+        let finish_reason = loop {
+            let step = decoding.accept(&logits)?;
+            text.push_str(&step.text);
+            let go_on = step.text.is_empty() || on_text(&step.text);
+            if let Some(finish) = step.finish {
+                break finish;
             }
-            if let Some(chunk) = stream.step(token)? {
-                let (released, stopped) = stops.push(&chunk);
-                let go_on = emit(&released, &mut text);
-                if stopped {
-                    break FinishReason::Stop;
+            if !go_on {
+                let (tail, finish) = decoding.cancel()?;
+                text.push_str(&tail);
+                if !tail.is_empty() {
+                    on_text(&tail);
                 }
-                if !go_on {
-                    break FinishReason::Cancelled;
-                }
+                break finish;
             }
-            if generated.len() == options.max_new_tokens {
-                break FinishReason::Length;
-            }
-            if context_ids.len() == context {
-                break FinishReason::Context;
-            }
-            let step = Instant::now();
-            logits = read_f32(self.model.forward_last(&[token], &mut cache)?)?;
-            timings.decode_s += step.elapsed().as_secs_f64();
+            let started = Instant::now();
+            logits = read_f32(self.model.forward_last(&[step.token], &mut cache)?)?;
+            timings.decode_s += started.elapsed().as_secs_f64();
             timings.decode_tokens += 1;
         };
-        if finish_reason != FinishReason::Stop {
-            let tail = stream.finish()?.unwrap_or_default();
-            let (released, stopped) = stops.push(&tail);
-            emit(&released, &mut text);
-            if stopped {
-                finish_reason = FinishReason::Stop;
-            } else {
-                emit(&stops.finish(), &mut text);
-            }
-        }
         Ok(Generation {
             prompt_ids: prompt_ids.to_vec(),
-            generated_ids: generated,
+            generated_ids: decoding.generated().to_vec(),
             text,
             finish_reason,
             timings,
