@@ -220,6 +220,12 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
+    /// Positions in the KV cache's unit of growth and sharing, as its ops lay the cache
+    /// out ([`DecoderOps::kv_block_positions`]): the block a prefix cache shares.
+    pub fn kv_block_positions(&self) -> usize {
+        self.ops.kv_block_positions()
+    }
+
     /// The KV cache memory alive in this model's caches (see [`KvMemory`]).
     pub fn kv_memory(&self) -> &KvMemory {
         &self.kv_memory

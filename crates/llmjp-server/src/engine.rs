@@ -5,14 +5,13 @@
 //! 1. drops requests whose client went away or whose time ran out;
 //! 2. admits waiting requests while the batch has room and the KV budget allows, each
 //!    starting from the longest prefix the [`PrefixCache`] holds;
-//! 3. plans one pass: one token for every decoding sequence, then prompt chunks of
-//!    prefilling ones up to the step's token budget (a long prompt is prefilled over several
-//!    steps, so running streams wait at most one chunk);
+//! 3. plans one pass ([`schedule`](crate::schedule::schedule), a pure function): one
+//!    token for every decoding sequence, then prompt chunks of prefilling ones up to the
+//!    step's token budget;
 //! 4. runs it, samples a token for every sequence whose prompt is done, streams the text,
 //!    and retires finished sequences (their keys and values go to the prefix cache).
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -27,7 +26,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::api::Usage;
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
-use crate::prefix::{PrefixCache, BLOCK};
+use crate::prefix::PrefixCache;
+use crate::schedule::{schedule, SeqState, StepLimits};
 
 /// How the engine schedules.
 #[derive(Debug, Clone)]
@@ -238,8 +238,8 @@ struct Active<'p, B: Backend> {
 impl<B: Backend> Active<'_, B> {
     /// Bytes its cache may still grow by, up to its capacity (prompt plus `max_tokens`, at
     /// most the context): whole pages, and a page copied on write.
-    fn growth(&self, bytes_per_position: usize) -> usize {
-        let positions = self.cache.capacity().next_multiple_of(BLOCK) + BLOCK;
+    fn growth(&self, bytes_per_position: usize, block: usize) -> usize {
+        let positions = self.cache.capacity().next_multiple_of(block) + block;
         positions.saturating_sub(self.cache.allocated()) * bytes_per_position
     }
 
@@ -261,7 +261,12 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
     let config = &shared.config;
     let metrics = &shared.metrics;
     let vocab = model.config().vocab_size;
-    let mut prefix = PrefixCache::<B>::new(config.prefix_cache_blocks);
+    let block = model.kv_block_positions();
+    let mut prefix = PrefixCache::<B>::new(block, config.prefix_cache_blocks);
+    let limits = StepLimits {
+        max_step_tokens: config.max_step_tokens,
+        prefill_chunk: config.prefill_chunk,
+    };
     let mut active: Vec<Active<'_, B>> = Vec::new();
     loop {
         // Admission, or waiting for work.
@@ -313,36 +318,18 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
             continue;
         }
 
-        // Decoding sequences first, one token each; then prompt chunks.
-        let mut plan: Vec<Option<Range<usize>>> = vec![None; active.len()];
-        let mut budget = config.max_step_tokens;
-        for (slot, a) in plan.iter_mut().zip(&active) {
-            let fed = a.cache.len();
-            if fed >= a.prompt_len {
-                *slot = Some(fed..a.decoding.ids().len());
-                budget = budget.saturating_sub(1);
-            }
-        }
-        let planned_any = plan.iter().any(Option::is_some);
-        for (slot, a) in plan.iter_mut().zip(&active) {
-            let fed = a.cache.len();
-            if fed < a.prompt_len && (budget > 0 || !planned_any) {
-                let n = (a.prompt_len - fed)
-                    .min(config.prefill_chunk)
-                    .min(budget.max(1));
-                *slot = Some(fed..fed + n);
-                budget = budget.saturating_sub(n);
-            }
-        }
-        let prompt_tokens: usize = plan
+        let states: Vec<SeqState> = active
             .iter()
-            .zip(&active)
-            .filter_map(|(range, a)| range.as_ref().filter(|r| r.start < a.prompt_len))
-            .map(|r| r.len())
-            .sum();
+            .map(|a| SeqState {
+                cached: a.cache.len(),
+                prompt_len: a.prompt_len,
+                len: a.decoding.ids().len(),
+            })
+            .collect();
+        let plan = schedule(&states, limits);
         let mut order = Vec::new();
         let mut batch = Vec::new();
-        for (i, (a, slot)) in active.iter_mut().zip(&plan).enumerate() {
+        for (i, (a, slot)) in active.iter_mut().zip(&plan.feeds).enumerate() {
             if let Some(range) = slot {
                 order.push(i);
                 batch.push(Sequence {
@@ -366,7 +353,7 @@ fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
         };
         metrics
             .prefill_tokens
-            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+            .fetch_add(plan.prompt_tokens as u64, Ordering::Relaxed);
 
         for (row, &i) in logits.chunks_exact(vocab).zip(&order) {
             let a = &mut active[i];
@@ -409,6 +396,7 @@ fn admit<'p, B: Backend>(
     let metrics = &shared.metrics;
     let context = model.config().max_position_embeddings;
     let per_position = model.kv_bytes_per_position();
+    let block = model.kv_block_positions();
     while active.len() < config.max_batch {
         let Some(request) = queue.front() else { return };
         if request.events.is_closed() {
@@ -426,10 +414,10 @@ fn admit<'p, B: Backend>(
         // At least the last prompt token runs, for its logits.
         let hit = prefix.lookup(&request.ids, prompt_len - 1, positions);
         let matched = hit.as_ref().map_or(0, |h| h.tokens);
-        let shared_positions = matched / BLOCK * BLOCK;
-        let need = (positions.next_multiple_of(BLOCK) + BLOCK - shared_positions) * per_position;
+        let shared_positions = matched / block * block;
+        let need = (positions.next_multiple_of(block) + block - shared_positions) * per_position;
         let fits = loop {
-            let growth: usize = active.iter().map(|a| a.growth(per_position)).sum();
+            let growth: usize = active.iter().map(|a| a.growth(per_position, block)).sum();
             if model.kv_memory().bytes() + growth + need <= config.kv_budget_bytes {
                 break true;
             }

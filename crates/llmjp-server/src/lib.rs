@@ -53,6 +53,7 @@ mod error;
 mod http;
 pub mod metrics;
 pub mod prefix;
+pub mod schedule;
 mod signals;
 
 use std::future::Future;

@@ -3,7 +3,8 @@
 //! system sentence; a conversation's next turn starts with the previous ones) continues
 //! from there instead of being prefilled again.
 //!
-//! Each node stands for one block of [`BLOCK`] tokens after its parent's (a leaf may hold
+//! Each node stands for one block of tokens after its parent's — the model's KV block
+//! ([`CausalLm::kv_block_positions`](llmjp::CausalLm::kv_block_positions)) — (a leaf may hold
 //! fewer: the tail of a prompt) and holds a [`KvCache::fork`] up to its end — on the CPU
 //! kernels' paged layout these share their pages with the sequence that made them and with
 //! each other, so a node costs the pages of its own block only. A lookup may end inside a
@@ -13,13 +14,10 @@
 use llmjp::backend::Backend;
 use llmjp::crates::model::KvCache;
 
-/// Tokens per block: the CPU kernels' page.
-pub const BLOCK: usize = llmjp::crates::model::kernels::PAGE;
-
 #[derive(Debug)]
 struct Node<B: Backend> {
     parent: usize,
-    /// The block's tokens (fewer than [`BLOCK`] only in a leaf).
+    /// The block's tokens (fewer than a whole block only in a leaf).
     tokens: Vec<u32>,
     children: Vec<usize>,
     /// Keys and values of every token up to the end of this block.
@@ -33,6 +31,8 @@ pub struct PrefixCache<B: Backend> {
     /// Node 0 is the root (no tokens); removed nodes are `None`.
     nodes: Vec<Option<Node<B>>>,
     free: Vec<usize>,
+    /// Tokens per block.
+    block: usize,
     clock: u64,
     max_blocks: usize,
     blocks: usize,
@@ -48,8 +48,9 @@ pub struct Hit<B: Backend> {
 }
 
 impl<B: Backend> PrefixCache<B> {
-    /// An empty cache of at most `max_blocks` blocks (0 turns it off).
-    pub fn new(max_blocks: usize) -> Self {
+    /// An empty cache of at most `max_blocks` blocks of `block` tokens (0 blocks turns it
+    /// off).
+    pub fn new(block: usize, max_blocks: usize) -> Self {
         let root = Node {
             parent: 0,
             tokens: Vec::new(),
@@ -60,6 +61,7 @@ impl<B: Backend> PrefixCache<B> {
         Self {
             nodes: vec![Some(root)],
             free: Vec::new(),
+            block: block.max(1),
             clock: 0,
             max_blocks,
             blocks: 0,
@@ -92,7 +94,7 @@ impl<B: Backend> PrefixCache<B> {
             for &child in &self.node(at).children {
                 let key = &self.node(child).tokens;
                 let common = common_prefix(key, rest);
-                if common == BLOCK {
+                if common == self.block {
                     whole = Some(child);
                     break;
                 }
@@ -101,7 +103,7 @@ impl<B: Backend> PrefixCache<B> {
                 }
             }
             if let Some(child) = whole {
-                pos += BLOCK;
+                pos += self.block;
                 at = child;
                 self.node_mut(child).last_used = self.clock;
                 best = Some((pos, child));
@@ -135,12 +137,12 @@ impl<B: Backend> PrefixCache<B> {
         self.clock += 1;
         let (mut at, mut pos) = (0, 0);
         while pos < tokens.len() {
-            let block = &tokens[pos..(pos + BLOCK).min(tokens.len())];
+            let block = &tokens[pos..(pos + self.block).min(tokens.len())];
             let end = pos + block.len();
             let children = self.node(at).children.clone();
             let found = children.iter().copied().find(|&c| {
                 let key = &self.node(c).tokens;
-                if block.len() == BLOCK {
+                if block.len() == self.block {
                     key.as_slice() == block
                 } else {
                     key.starts_with(block)
@@ -251,7 +253,7 @@ mod tests {
     #[test]
     fn finds_the_longest_prefix_whole_blocks_and_inside_a_block() {
         let model = model();
-        let mut prefix = PrefixCache::new(16);
+        let mut prefix = PrefixCache::new(model.kv_block_positions(), 16);
         let a: Vec<u32> = (0..70).map(|i| i % 90 + 3).collect();
         prefix.insert(&a, &filled(&model, &a));
         assert_eq!(prefix.blocks(), 3); // 32 + 32 + a tail of 6
@@ -275,7 +277,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_leaves_and_frees_their_pages() {
         let model = model();
-        let mut prefix = PrefixCache::new(2);
+        let mut prefix = PrefixCache::new(model.kv_block_positions(), 2);
         let a: Vec<u32> = (0..32).map(|i| i + 3).collect();
         let b: Vec<u32> = (0..32).map(|i| i + 50).collect();
         let c: Vec<u32> = (0..32).map(|i| i + 90).collect();

@@ -52,6 +52,11 @@ impl DecoderOps<Cpu> for CpuKernels {
         ComputeDtype::F32
     }
 
+    /// The host KV cache's page.
+    fn kv_block_positions(&self) -> usize {
+        kernels::PAGE
+    }
+
     fn load_linear(
         &self,
         loader: &Loader<'_, Cpu>,

@@ -78,6 +78,9 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// [`DecoderOps::kv_block_positions`] of ops that do not say otherwise.
+pub const DEFAULT_KV_BLOCK_POSITIONS: usize = 32;
+
 /// The operations a decoder runs, implemented per backend (see the module docs). Tensors
 /// are packed rows, `[rows, features]`.
 pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
@@ -86,6 +89,13 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
 
     /// The dtype activations and the KV cache are kept in when weights are in `weights`.
     fn activation_dtype(&self, weights: ComputeDtype) -> ComputeDtype;
+
+    /// Positions in the KV cache's unit of growth and sharing (a page): what a prefix
+    /// cache should share in whole blocks of, and budget in. 32 unless the ops' cache
+    /// layout says otherwise.
+    fn kv_block_positions(&self) -> usize {
+        DEFAULT_KV_BLOCK_POSITIONS
+    }
 
     /// Loads a linear layer's `[out, in]` weight (also the embedding table) in the format
     /// these ops run.
