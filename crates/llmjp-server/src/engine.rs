@@ -5,7 +5,7 @@
 //! 1. drops requests whose client went away or whose time ran out;
 //! 2. admits waiting requests while the batch has room and the KV budget allows, each
 //!    starting from the longest prefix the [`PrefixCache`] holds;
-//! 3. plans one pass ([`schedule`](crate::schedule::schedule), a pure function): one
+//! 3. plans one pass ([`schedule`], a pure function): one
 //!    token for every decoding sequence, then prompt chunks of prefilling ones up to the
 //!    step's token budget;
 //! 4. runs it, samples a token for every sequence whose prompt is done, streams the text,
