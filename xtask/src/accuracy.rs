@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use llmjp_model::backend::Cpu;
-use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
+use llmjp_model::cpu::CpuKernels;
+use llmjp_model::ops::{DecoderOps, Reference};
 use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, WeightDtype};
 use llmjp_testdata::{LogitAgreement, CLEAR_MARGIN};
 use llmjp_weights::quant::BlockFormat;

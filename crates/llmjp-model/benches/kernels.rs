@@ -7,7 +7,8 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use half::bf16;
 use llmjp_model::backend::Cpu;
-use llmjp_model::kernels::{Bf16Matrix, Isa, QuantMatrix};
+use llmjp_model::cpu::Isa;
+use llmjp_model::matrix::{Bf16Matrix, QuantMatrix};
 use llmjp_weights::quant::BlockFormat;
 
 /// The fastest of 10 runs after a warm-up, in seconds.

@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use half::bf16;
-use llmjp_model::kernels::{Bf16Matrix, Isa, QuantMatrix};
+use llmjp_model::cpu::Isa;
+use llmjp_model::matrix::{Bf16Matrix, QuantMatrix};
 use llmjp_weights::quant::BlockFormat;
 
 /// Layers of matrices streamed per pass (about 0.7 GB in bf16).

@@ -1,15 +1,15 @@
-//! The backends the models run on, and which [`DecoderOps`] each runs by default.
+//! The backends the models run on, and which [`DecoderOps`] each runs by default. Each
+//! backend's ops live in its own module: [`crate::cpu`], `crate::cube`.
 
 use std::sync::Arc;
 
 /// burn's backend trait, which every model type is generic over.
 pub use burn::tensor::backend::Backend;
 
-use crate::ops::{CpuKernels, DecoderOps, Reference};
+pub use crate::cpu::Cpu;
+use crate::cpu::CpuKernels;
+use crate::ops::{DecoderOps, Reference};
 use crate::{ComputeDtype, Result};
-
-/// The CPU backend (burn-flex: pure Rust, SIMD, multi-threaded).
-pub type Cpu = burn_flex::Flex;
 
 /// The CUDA backend (burn-cuda's `CubeBackend` on the CUDA runtime, without burn's fusion),
 /// with the `cuda` feature.

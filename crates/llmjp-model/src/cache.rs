@@ -1,66 +1,17 @@
-//! The KV cache of one sequence: every layer's keys and values, written in place, and the
-//! count of the memory all of a model's caches hold.
+//! The KV cache of one sequence: every layer's keys and values, written in place, in the
+//! layout of the ops that made it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::kernels::HostKv;
-
-/// The bytes of KV cache memory alive for one model, across all its caches: what a server
-/// budgets. Memory shared between caches (pages or tensors of a [`KvCache::fork`]) counts
-/// once.
-#[derive(Debug, Clone, Default)]
-pub struct KvMemory(Arc<AtomicUsize>);
-
-impl KvMemory {
-    /// Bytes alive now.
-    pub fn bytes(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Counts `bytes` until the returned charge is dropped.
-    pub(crate) fn charge(&self, bytes: usize) -> Charge {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
-        Charge {
-            memory: self.clone(),
-            bytes,
-        }
-    }
-}
-
-/// Bytes counted in a [`KvMemory`] while it lives (a clone counts them again).
-#[derive(Debug)]
-pub(crate) struct Charge {
-    memory: KvMemory,
-    bytes: usize,
-}
-
-impl Charge {
-    /// Counts `bytes` instead of what it counted.
-    fn set(&mut self, bytes: usize) {
-        self.memory.0.fetch_add(bytes, Ordering::Relaxed);
-        self.memory.0.fetch_sub(self.bytes, Ordering::Relaxed);
-        self.bytes = bytes;
-    }
-}
-
-impl Clone for Charge {
-    fn clone(&self) -> Self {
-        self.memory.charge(self.bytes)
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.memory.0.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
-}
+use crate::kv_memory::{Charge, KvMemory};
 
 /// One layer's keys and values for one sequence, in the layout of the ops that made it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum LayerCache<B: Backend> {
     /// `[1, kv_heads, capacity, head_dim]` tensors in the activation dtype (the reference
     /// ops). `None` only while being written.
@@ -73,9 +24,49 @@ pub enum LayerCache<B: Backend> {
         #[doc(hidden)]
         charge: TensorCharge,
     },
-    /// f32 on the host in shareable pages, keys transposed in blocks of positions (the CPU
-    /// kernels).
-    Host(HostKv),
+    /// A layout of the ops' own (the CPU kernels' pages of f32 on the host).
+    Ops(Box<dyn OpsLayerCache>),
+}
+
+impl<B: Backend> Clone for LayerCache<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Tensors {
+                keys,
+                values,
+                charge,
+            } => Self::Tensors {
+                keys: keys.clone(),
+                values: values.clone(),
+                charge: charge.clone(),
+            },
+            Self::Ops(cache) => Self::Ops(cache.clone_box()),
+        }
+    }
+}
+
+/// One layer's keys and values in a layout of the ops' own (the CPU kernels' pages): what
+/// the model asks of every such cache. The ops that made one reach their layout with
+/// [`LayerCache::ops_cache_mut`].
+pub trait OpsLayerCache: fmt::Debug + Send + Sync + Any {
+    /// Positions it has memory for.
+    fn allocated(&self) -> usize;
+
+    /// Makes room for `capacity` positions, keeping what is written.
+    fn grow(&mut self, capacity: usize);
+
+    /// A cache holding this one's first `positions` positions, sharing memory (copied when
+    /// either side first writes to it).
+    fn fork(&self, positions: usize) -> Box<dyn OpsLayerCache>;
+
+    /// A copy sharing all its memory.
+    fn clone_box(&self) -> Box<dyn OpsLayerCache>;
+
+    /// Units of memory (pages) it shares with another cache.
+    fn shared_pages(&self) -> usize;
+
+    /// Itself, for [`LayerCache::ops_cache_mut`].
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 /// The keys and values of every layer for one sequence, for up to `capacity` positions, and
@@ -105,8 +96,7 @@ impl TensorCharge {
     /// and the copy is counted.
     pub(crate) fn unshare(&mut self) {
         if Arc::strong_count(&self.0) > 1 {
-            let copy = self.0.memory.charge(self.0.bytes);
-            self.0 = Arc::new(copy);
+            self.0 = Arc::new(Charge::clone(&self.0));
         }
     }
 
@@ -136,10 +126,18 @@ impl<B: Backend> LayerCache<B> {
         }
     }
 
+    /// The ops' own cache of type `T`, if this is one.
+    pub fn ops_cache_mut<T: OpsLayerCache>(&mut self) -> Option<&mut T> {
+        match self {
+            Self::Ops(cache) => cache.as_any_mut().downcast_mut(),
+            Self::Tensors { .. } => None,
+        }
+    }
+
     /// The first `positions` positions, sharing memory (copied on the first write).
     fn fork(&self, positions: usize) -> Self {
         match self {
-            Self::Host(kv) => Self::Host(kv.fork(positions)),
+            Self::Ops(cache) => Self::Ops(cache.fork(positions)),
             tensors => tensors.clone(),
         }
     }
@@ -147,7 +145,7 @@ impl<B: Backend> LayerCache<B> {
     /// Makes room for `capacity` positions, keeping what is written.
     fn grow(&mut self, capacity: usize) {
         match self {
-            Self::Host(kv) => kv.grow(capacity),
+            Self::Ops(cache) => cache.grow(capacity),
             Self::Tensors {
                 keys,
                 values,
@@ -242,7 +240,7 @@ impl<B: Backend> KvCache<B> {
         let len = positions.min(self.len).min(capacity);
         let layers: Vec<_> = self.layers.iter().map(|l| l.fork(len)).collect();
         let allocated = match layers.first() {
-            Some(LayerCache::Host(kv)) => kv.capacity(),
+            Some(LayerCache::Ops(cache)) => cache.allocated(),
             _ => self.allocated,
         };
         Self {
@@ -259,7 +257,7 @@ impl<B: Backend> KvCache<B> {
     /// layer (0 for tensor caches).
     pub fn shared_pages(&self) -> usize {
         match self.layers.first() {
-            Some(LayerCache::Host(kv)) => kv.shared_pages(),
+            Some(LayerCache::Ops(cache)) => cache.shared_pages(),
             _ => 0,
         }
     }

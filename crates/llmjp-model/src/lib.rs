@@ -4,17 +4,20 @@
 //! - [`CausalLm`] loads a Hugging Face checkpoint folder (see `llmjp-weights`) and runs
 //!   prefill and decode steps for one or more sequences, each against its own preallocated
 //!   [`KvCache`], returning f32 logits that match transformers'.
-//! - [`ops`]: the operations the decoder calls ([`ops::DecoderOps`]): the
-//!   [`Reference`](ops::Reference) on burn tensor ops for every backend, and
-//!   [`CpuKernels`](ops::CpuKernels) on burn-flex. [`backend::DecoderBackend`] says which a
-//!   backend runs by default: on the CPU, [`ComputeDtype::BF16`] runs the CPU kernels
-//!   (bf16 weights in place from the mapped files, f32 activations, AMX / AVX-512 / AVX2),
-//!   f32 and f16 the reference.
+//! - [`ops`]: the operations the decoder calls ([`ops::DecoderOps`]), each defaulting to
+//!   the [`Reference`](ops::Reference) on burn tensor ops for every backend.
+//!   [`backend::DecoderBackend`] says which ops a backend runs by default: on the CPU,
+//!   [`ComputeDtype::BF16`] runs the CPU kernels (bf16 weights in place from the mapped
+//!   files, f32 activations, AMX / AVX-512 / AVX2), f32 and f16 the reference.
+//! - One module per backend: [`cpu`] ([`CpuKernels`](cpu::CpuKernels), its weights, KV
+//!   cache and kernels, the instruction set chosen once, `LLMJP_CPU_ISA`) and `cube` (the
+//!   cubecl kernels of CUDA and Vulkan).
 //! - [`linear`]: weights behind one interface ([`linear::Weight`]): dense tensors, bf16 in
-//!   place, Q8_0 / Q4_0 blocks (quantized on load with [`WeightDtype`], or stored so).
-//! - [`kernels`]: the CPU kernels, per instruction set, chosen once (`LLMJP_CPU_ISA`).
+//!   place, Q8_0 / Q4_0 blocks (quantized on load with [`WeightDtype`], or stored so), read
+//!   from host [`matrix`] storage.
+//! - [`params`]: the parameters the ops take (RMSNorm, RoPE tables, MLP weights).
 //! - [`quantize`]: writes a quantized checkpoint that loads in place.
-//! - `models/`: one file per architecture.
+//! - `models/`: one file per architecture, over the shared decoder layer.
 //!
 //! ```
 //! use llmjp_model::{backend::Cpu, CausalLm, ComputeDtype, Sequence};
@@ -59,17 +62,21 @@
 
 pub mod backend;
 pub mod cache;
+pub mod cpu;
 #[cfg(feature = "cube")]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "cuda", feature = "vulkan"))))]
 pub mod cube;
 mod dtype;
 mod error;
-pub mod kernels;
-pub mod layers;
+mod kv_memory;
+mod layers;
 pub mod linear;
+pub mod matrix;
 mod model;
 mod models;
+mod numerics;
 pub mod ops;
+pub mod params;
 pub mod quantize;
 #[cfg(test)]
 mod testing;
@@ -77,9 +84,10 @@ mod testing;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-pub use cache::{KvCache, KvMemory};
+pub use cache::KvCache;
 pub use dtype::{ComputeDtype, WeightDtype};
 pub use error::{ModelError, Result};
+pub use kv_memory::KvMemory;
 pub use llmjp_weights::{Architecture, ModelConfig};
 pub use model::{CausalLm, Sequence};
 

@@ -2,11 +2,12 @@
 //! format and how to multiply on its backend (after mistral.rs's `QuantMethod`).
 //!
 //! - [`DenseWeight`]: a burn tensor in a float dtype, on any backend.
-//! - [`Bf16Weight`]: bf16 on the host, used in place from the memory-mapped checkpoint, run
-//!   by the CPU kernels on f32 activations (burn-flex only: on another backend it cannot be
-//!   built).
-//! - [`QuantWeight`]: Q8_0 / Q4_0 blocks on the host (in place from a quantized checkpoint,
-//!   or quantized on load), run by the CPU kernels' integer dot products.
+//! - [`Bf16Weight`](crate::cpu::Bf16Weight): bf16 on the host, used in place from the
+//!   memory-mapped checkpoint, run by the CPU kernels on f32 activations (the CPU backend
+//!   only).
+//! - [`QuantWeight`](crate::cpu::QuantWeight): Q8_0 / Q4_0 blocks on the host (in place from
+//!   a quantized checkpoint, or quantized on load), run by the CPU kernels' integer dot
+//!   products.
 //! - [`DeviceQuantWeight`]: the same blocks on any backend's device as 8-bit integers and
 //!   scales, dequantized as each product runs (burn's generic path). The cubecl kernels
 //!   (CUDA, Vulkan) keep the blocks as stored instead: `cube::CubeQuantWeight`.
@@ -24,10 +25,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use llmjp_weights::quant::{BlockFormat, BLOCK, SCALE_SUFFIX};
 use llmjp_weights::{bf16, f16, Checkpoint, Dtype, Layout, TensorView};
 
-use crate::backend::Cpu;
 use crate::dtype::float_dtype;
-use crate::kernels::{Bf16Matrix, Isa, QuantMatrix};
-use crate::ops::cpu::{host_tensor, HostRows};
+use crate::matrix::{Bf16Matrix, QuantMatrix};
 use crate::{ComputeDtype, ModelError, Result};
 
 /// A `[out, in]` matrix in some format, and how to multiply by it on backend `B`.
@@ -133,105 +132,6 @@ impl<B: Backend> Weight<B> for DenseWeight<B> {
     }
 }
 
-/// A `[rows, cols]` matrix on the host that the CPU kernels multiply: bf16
-/// ([`Bf16Matrix`]) or block-quantized ([`QuantMatrix`]).
-pub trait HostMatrix: fmt::Debug + Send + Sync {
-    /// Rows (output features).
-    fn rows(&self) -> usize;
-    /// Columns (input features).
-    fn cols(&self) -> usize;
-    /// `x @ self.T` for `rows` f32 activation rows, with the kernels of `isa`.
-    fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32>;
-    /// Row `r` in f32 (an embedding lookup).
-    fn row_f32(&self, r: usize, out: &mut [f32]);
-}
-
-macro_rules! host_matrix {
-    ($matrix:ty) => {
-        impl HostMatrix for $matrix {
-            fn rows(&self) -> usize {
-                <$matrix>::rows(self)
-            }
-            fn cols(&self) -> usize {
-                <$matrix>::cols(self)
-            }
-            fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
-                <$matrix>::matmul(self, isa, x, rows)
-            }
-            fn row_f32(&self, r: usize, out: &mut [f32]) {
-                <$matrix>::row_f32(self, r, out)
-            }
-        }
-    };
-}
-host_matrix!(Bf16Matrix);
-host_matrix!(QuantMatrix);
-
-/// A host matrix multiplied by the CPU kernels of one instruction set on f32 activations.
-#[derive(Debug)]
-pub struct HostWeight<M> {
-    matrix: Arc<M>,
-    isa: Isa,
-}
-
-impl<M> Clone for HostWeight<M> {
-    fn clone(&self) -> Self {
-        Self {
-            matrix: self.matrix.clone(),
-            isa: self.isa,
-        }
-    }
-}
-
-/// bf16 `[out, in]` on the host (in place in the mapped checkpoint where it stores bf16).
-pub type Bf16Weight = HostWeight<Bf16Matrix>;
-
-/// Block-quantized `[out, in]` on the host (in place from a quantized checkpoint, or
-/// quantized on load); the activations are quantized to 8 bits per block as they go.
-pub type QuantWeight = HostWeight<QuantMatrix>;
-
-impl<M: HostMatrix> HostWeight<M> {
-    /// A weight multiplied by the kernels of `isa`.
-    pub fn new(matrix: M, isa: Isa) -> Self {
-        Self {
-            matrix: Arc::new(matrix),
-            isa,
-        }
-    }
-
-    /// The matrix.
-    pub fn matrix(&self) -> &M {
-        &self.matrix
-    }
-}
-
-impl<M: HostMatrix> Weight<Cpu> for HostWeight<M> {
-    fn shape(&self) -> [usize; 2] {
-        [self.matrix.rows(), self.matrix.cols()]
-    }
-
-    fn forward(&self, x: Tensor<Cpu, 2>) -> Result<Tensor<Cpu, 2>> {
-        let [rows, _] = x.dims();
-        let x = HostRows::new(x);
-        let out = self.matrix.matmul(self.isa, x.values(), rows);
-        Ok(host_tensor(out, [rows, self.matrix.rows()]))
-    }
-
-    fn rows(
-        &self,
-        ids: &[u32],
-        _dtype: ComputeDtype,
-        _device: &burn_flex::FlexDevice,
-    ) -> Result<Tensor<Cpu, 2>> {
-        let cols = self.matrix.cols();
-        let mut values = vec![0f32; ids.len() * cols];
-        for (dst, &id) in values.chunks_mut(cols).zip(ids) {
-            self.matrix.row_f32(id as usize, dst);
-        }
-        Ok(host_tensor(values, [ids.len(), cols]))
-    }
-}
-
 /// Block-quantized `[out, in]` on any backend's device: the values as 8-bit integers and one
 /// f32 scale per block, dequantized to the activations' dtype for each product (burn's
 /// generic path; the memory at rest is a quarter of f32's, plus one dense matrix while a
@@ -302,8 +202,8 @@ impl<B: Backend> Weight<B> for DeviceQuantWeight<B> {
     }
 }
 
-/// Reads checkpoint tensors for a model on `device`: dense tensors in a float dtype, or bf16
-/// matrices for the CPU kernels.
+/// Reads checkpoint tensors for a model on `device`: dense tensors in a float dtype, or host
+/// matrices ([`Bf16Matrix`], [`QuantMatrix`]) for ops that keep weights so.
 pub struct Loader<'a, B: Backend> {
     /// Where the weights are read from.
     pub checkpoint: &'a Checkpoint,

@@ -9,10 +9,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use llmjp_weights::{Checkpoint, ModelConfig};
 
 use crate::backend::DecoderBackend;
-use crate::cache::{CacheKind, KvCache, KvMemory};
-use crate::layers::{heads, DecoderLayer, RmsNorm, Rope};
+use crate::cache::{CacheKind, KvCache};
+use crate::kv_memory::KvMemory;
+use crate::layers::{heads, DecoderLayer};
 use crate::linear::{Linear, Loader};
 use crate::ops::{DecoderOps, LayerSeq, SeqSpan};
+use crate::params::{RmsNorm, Rope};
 use crate::{models, ComputeDtype, ModelError, Result, WeightDtype};
 
 /// One sequence of a batch: the ids to run after what its cache holds.
@@ -329,7 +331,7 @@ impl<B: Backend> CausalLm<B> {
         if rows == Rows::Last {
             x = last_rows(x, &spans, &self.device);
         }
-        ops.lm_head(self.norm.forward(ops, x)?, &self.lm_head)
+        ops.lm_head(ops.rms_norm(x, &self.norm)?, &self.lm_head)
     }
 
     /// Every check a sequence must pass before anything runs.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use llmjp_model::backend::Cpu;
-use llmjp_model::kernels::Isa;
-use llmjp_model::ops::CpuKernels;
+use llmjp_model::cpu::CpuKernels;
+use llmjp_model::cpu::Isa;
 use llmjp_model::{CausalLm, ComputeDtype, ModelConfig};
 use llmjp_testdata::{argmax, max_abs_diff, model_reference};
 use llmjp_weights::Checkpoint;

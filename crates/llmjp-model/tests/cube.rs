@@ -16,10 +16,10 @@ use llmjp_model::backend::{Cpu, DecoderBackend};
 use llmjp_model::cache::LayerCache;
 use llmjp_model::cube::kernel_cache::{self, KernelCache};
 use llmjp_model::cube::{kernels, CubeKernels, CubeQuantWeight, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
-use llmjp_model::kernels::QuantMatrix;
-use llmjp_model::layers::Mlp;
 use llmjp_model::linear::{DenseWeight, Linear};
-use llmjp_model::ops::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
+use llmjp_model::matrix::QuantMatrix;
+use llmjp_model::ops::{sparse_moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
+use llmjp_model::params::Mlp;
 use llmjp_model::{
     read_f32, CausalLm, ComputeDtype, KvMemory, ModelConfig, ModelError, WeightDtype,
 };
@@ -324,7 +324,7 @@ where
         .collect();
     for (rows, top_k) in [(1, 2), (5, 2), (GEMV_MAX_ROWS, 1)] {
         let x = random::<B>(rows, hidden, &device);
-        let expected = moe::dispatch(&Reference, x.clone(), &router, &mlps, top_k).unwrap();
+        let expected = sparse_moe(&Reference, x.clone(), &router, &mlps, top_k).unwrap();
         let got = CubeKernels.moe(x, &router, &mlps, top_k).unwrap();
         let err = max_abs_diff(&read_f32(got).unwrap(), &read_f32(expected).unwrap());
         eprintln!("moe rows {rows} top-{top_k}: max abs error {err:.2e}");

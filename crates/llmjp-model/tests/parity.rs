@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use llmjp_model::backend::Cpu;
-use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
+use llmjp_model::cpu::CpuKernels;
+use llmjp_model::ops::{DecoderOps, Reference};
 use llmjp_model::{read_f32, CausalLm, ComputeDtype, ModelConfig, Sequence};
 use llmjp_testdata::{
     argmax, max_abs_diff, model_reference, ModelReference, MODEL_FIXTURES as FIXTURES,

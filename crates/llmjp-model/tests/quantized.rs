@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use llmjp_model::ops::{CpuKernels, DecoderOps, Reference};
+use llmjp_model::cpu::CpuKernels;
+use llmjp_model::ops::{DecoderOps, Reference};
 use llmjp_model::{backend::Cpu, read_f32, CausalLm, ComputeDtype, ModelConfig, WeightDtype};
 use llmjp_testdata::{LogitAgreement, MODEL_FIXTURES};
 use llmjp_weights::quant::BlockFormat;

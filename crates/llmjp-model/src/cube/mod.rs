@@ -4,9 +4,11 @@
 
 pub mod kernel_cache;
 pub mod kernels;
+mod launch;
 mod ops;
 mod quant;
 pub mod quant_kernels;
 
-pub use ops::{CubeKernels, ATTENTION_MAX_LEN, GEMV_MAX_ROWS};
+pub use launch::GEMV_MAX_ROWS;
+pub use ops::{CubeKernels, ATTENTION_MAX_LEN};
 pub use quant::CubeQuantWeight;

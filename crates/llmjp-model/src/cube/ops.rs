@@ -1,28 +1,26 @@
 //! [`CubeKernels`]: the op layer on burn's cubecl backends, run by the kernels of
 //! [`super::kernels`].
 
-use burn::tensor::{DType, FloatDType, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 use super::kernels;
+use super::launch::{
+    elementwise_count, empty_f32, f32_cube, feature_grid, gemm, tensor, upload_u32, Cube,
+    ELEMENTWISE_UNITS, GEMV_MAX_ROWS, UNITS,
+};
 use super::quant::CubeQuantWeight;
-use crate::cache::{KvMemory, LayerCache};
-use crate::layers::{Mlp, RmsNorm, Rope};
+use crate::cache::LayerCache;
+use crate::kv_memory::KvMemory;
 use crate::linear::{DenseWeight, Linear, Loader, Weight};
-use crate::ops::{moe, DecoderOps, Heads, LayerSeq, SeqSpan};
+use crate::ops::{sparse_moe, DecoderOps, Heads, LayerSeq, SeqSpan};
+use crate::params::{Mlp, RmsNorm, Rope};
 use crate::{ComputeDtype, ModelError, Result};
 
-/// Units per cube of the reducing kernels (a power of two).
-pub(super) const UNITS: usize = 128;
-/// Units per cube of the element-wise kernels.
-pub(super) const ELEMENTWISE_UNITS: u32 = 256;
-/// Activation rows up to which a linear layer runs the GEMV kernel (each weight read once
-/// per row); more rows (a prefill) run the tiled GEMM kernel.
-pub const GEMV_MAX_ROWS: usize = 8;
 /// Positions the one-cube-per-row attention kernel holds scores for (the models' context);
 /// a longer cache runs the split-K kernels.
 pub const ATTENTION_MAX_LEN: usize = 4096;
@@ -31,9 +29,6 @@ const DEVICE_MOE_MAX_EXPERTS: usize = 32;
 /// Elements per vector of the GEMV's loads: 16 bytes of bf16 weights per load. Widths not
 /// a multiple run the GEMM.
 const VECTOR: usize = 8;
-/// Cubes along one grid axis (Vulkan guarantees 65,535).
-const GRID_AXIS: usize = 32_768;
-
 /// The decoding kernels on burn's cubecl backends (`CubeBackend<R, ..>`: CUDA, Vulkan, …),
 /// written once in cubecl: GEMV for decode (weights in their float dtype read once, f32
 /// accumulation), a tiled GEMM for prefill (more than [`GEMV_MAX_ROWS`] rows; f32 products,
@@ -46,8 +41,6 @@ const GRID_AXIS: usize = 32_768;
 /// and quantized experts' routing run burn's ops ([`Reference`](crate::ops::Reference)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CubeKernels;
-
-type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
 impl<R, F, I, BT> DecoderOps<Cube<R, F, I, BT>> for CubeKernels
 where
@@ -272,7 +265,7 @@ where
     ) -> Result<Tensor<Cube<R, F, I, BT>, 2>> {
         match DeviceExperts::of(&x, experts, top_k) {
             Some(device) => device.forward(self.linear(x.clone(), router)?, x),
-            None => moe::dispatch(self, x, router, experts, top_k),
+            None => sparse_moe(self, x, router, experts, top_k),
         }
     }
 
@@ -376,47 +369,6 @@ fn gemv<R: CubeRuntime>(
         );
     }
     y
-}
-
-/// `x @ w.T` by the tiled GEMM kernel: `x` `[rows, k]` f32, `w` `[out, k]` contiguous.
-pub(super) fn gemm<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    w: CubeTensor<R>,
-    rows: usize,
-    out: usize,
-    k: usize,
-) -> CubeTensor<R> {
-    let y = empty_f32(&x, [rows, out]);
-    let dtype = w.dtype;
-    let count = CubeCount::Static(
-        out.div_ceil(kernels::GEMM_FEATURES) as u32,
-        rows.div_ceil(kernels::GEMM_ROWS) as u32,
-        1,
-    );
-    // SAFETY: the tiles cover [rows, out]; the kernel bounds every read of `x` ([rows, k])
-    // and `w` ([out, k]) and every write of `y` ([rows, out]).
-    unsafe {
-        kernels::gemm::launch_unchecked(
-            &x.client,
-            count,
-            CubeDim::new_2d(16, 16),
-            x.clone().into_array_arg(),
-            w.into_array_arg(),
-            y.clone().into_array_arg(),
-            rows,
-            k,
-            out,
-            dtype.into(),
-        );
-    }
-    y
-}
-
-/// Cubes for one output feature each of `rows` rows: `(gx, gy, rows)`, `gx * gy >= out`
-/// within the grid's axis limits (the kernels drop features past `out`).
-pub(super) fn feature_grid(out: usize, rows: usize) -> CubeCount {
-    let gx = out.clamp(1, GRID_AXIS);
-    CubeCount::Static(gx as u32, out.div_ceil(gx) as u32, rows as u32)
 }
 
 /// One sequence's attention launch: its rows in the packed batch, its first position, the
@@ -678,55 +630,7 @@ impl<R: CubeRuntime> DeviceExperts<R> {
     }
 }
 
-/// A float tensor as a contiguous f32 cube tensor.
-pub(super) fn f32_cube<R, F, I, BT, const D: usize>(
-    t: Tensor<Cube<R, F, I, BT>, D>,
-) -> CubeTensor<R>
-where
-    R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
-    into_contiguous(t.cast(FloatDType::F32).into_primitive().tensor())
-}
-
-/// A cube tensor back as a burn tensor.
-pub(super) fn tensor<R, F, I, BT, const D: usize>(t: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, D>
-where
-    R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-/// An uninitialised f32 tensor of `shape` on `like`'s device.
-pub(super) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 2]) -> CubeTensor<R> {
-    empty_device_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        shape.into(),
-        DType::F32,
-    )
-}
-
 /// An uninitialised tensor of `t`'s shape and dtype on its device.
 fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
     empty_device_dtype(t.client.clone(), t.device.clone(), t.shape(), t.dtype)
-}
-
-/// `values` on the device, as a kernel's array argument.
-pub(super) fn upload_u32<R: CubeRuntime>(client: &ComputeClient<R>, values: &[u32]) -> ArrayArg<R> {
-    let handle = client.create_from_slice(u32::as_bytes(values));
-    // SAFETY: the handle holds exactly `values.len()` u32s.
-    unsafe { ArrayArg::from_raw_parts(handle, values.len()) }
-}
-
-/// Cubes of [`ELEMENTWISE_UNITS`] covering `elements`, within the grid's axis limits.
-pub(super) fn elementwise_count(elements: usize) -> CubeCount {
-    let cubes = elements.div_ceil(ELEMENTWISE_UNITS as usize).max(1);
-    let gx = cubes.min(GRID_AXIS);
-    CubeCount::Static(gx as u32, cubes.div_ceil(gx) as u32, 1)
 }

@@ -6,21 +6,19 @@ use std::marker::PhantomData;
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 use llmjp_weights::quant::{BlockFormat, BLOCK};
 
-use super::ops::{
-    elementwise_count, empty_f32, f32_cube, feature_grid, gemm, tensor, upload_u32,
+use super::launch::{
+    elementwise_count, empty_f32, f32_cube, feature_grid, gemm, tensor, upload_u32, Cube,
     ELEMENTWISE_UNITS, GEMV_MAX_ROWS, UNITS,
 };
 use super::quant_kernels;
 use crate::dtype::float_dtype;
-use crate::kernels::QuantMatrix;
 use crate::linear::Weight;
+use crate::matrix::QuantMatrix;
 use crate::{ComputeDtype, ModelError, Result};
-
-type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
 /// Words per vector of the quantized GEMV's loads: 16 bytes.
 const WORDS: usize = 4;

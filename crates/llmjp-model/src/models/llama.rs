@@ -4,9 +4,10 @@
 use burn::tensor::backend::Backend;
 use llmjp_weights::ModelConfig;
 
-use crate::layers::{FeedForward, Mlp};
+use crate::layers::FeedForward;
 use crate::linear::Loader;
 use crate::ops::DecoderOps;
+use crate::params::Mlp;
 use crate::Result;
 
 /// Layer `layer`'s MLP.

@@ -6,9 +6,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use llmjp_weights::ModelConfig;
 
-use crate::layers::{FeedForward, Mlp};
+use crate::layers::FeedForward;
 use crate::linear::{Linear, Loader};
 use crate::ops::DecoderOps;
+use crate::params::Mlp;
 use crate::Result;
 
 /// Router plus experts: each row runs only its `top_k` experts ([`DecoderOps::moe`]).

@@ -5,90 +5,47 @@
 //! rows alike; those two get the batch's [`SeqSpan`]s: which rows belong to which sequence
 //! and at which position its first row stands.
 //!
-//! - [`Reference`]: burn tensor ops, on every backend; as transformers computes (the f32
-//!   parity tests run it).
-//! - [`CpuKernels`]: burn-flex; the kernels of [`crate::kernels`] on the tensors' host
-//!   storage (no copies): bf16 weights in place, f32 activations, an f32 host KV cache.
+//! Every method of [`DecoderOps`] but its name has a default: the reference, burn tensor
+//! ops on every backend, as transformers computes (the f32 parity tests run it). A backend's
+//! ops override what they have kernels for, as candle's `CustomOp` does:
 //!
-//! An implementation overrides what it has kernels for and calls [`Reference`] for the rest
-//! (passing itself where an op runs others, as [`moe::dispatch`] does).
+//! - [`Reference`]: the defaults only;
+//! - [`CpuKernels`](crate::cpu::CpuKernels): burn-flex, the CPU kernels on the tensors'
+//!   host storage;
+//! - `CubeKernels` (with the `cuda` or `vulkan` feature): cubecl kernels.
 
-pub(crate) mod cpu;
+mod batch;
 pub mod moe;
 pub(crate) mod reference;
 
 use std::fmt;
-use std::ops::Range;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-pub use cpu::CpuKernels;
-pub use reference::Reference;
+pub use batch::{Heads, LayerSeq, SeqSpan};
 
-use crate::cache::{KvMemory, LayerCache};
-use crate::layers::{Mlp, RmsNorm, Rope};
+use crate::cache::LayerCache;
+use crate::kv_memory::KvMemory;
 use crate::linear::{Linear, Loader};
-use crate::{ComputeDtype, Result};
-
-/// The rows of one sequence in a packed batch, and the position of its first row (the
-/// number of positions already in its cache).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeqSpan {
-    /// The sequence's rows in the packed batch.
-    pub rows: Range<usize>,
-    /// Position of its first row (the cached length).
-    pub start: usize,
-}
-
-impl SeqSpan {
-    /// Rows of the sequence in this pass.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Whether the sequence has no rows in this pass.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The position of every row.
-    pub fn positions(&self) -> Range<usize> {
-        self.start..self.start + self.len()
-    }
-}
-
-/// One sequence of a batch at one layer: its rows and that layer's cache.
-#[derive(Debug)]
-pub struct LayerSeq<'a, B: Backend> {
-    /// The sequence's rows and first position.
-    pub span: SeqSpan,
-    /// This layer's keys and values of the sequence.
-    pub cache: &'a mut LayerCache<B>,
-}
-
-/// The head layout of attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heads {
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (fewer with grouped-query attention).
-    pub kv_heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-}
+use crate::params::{Mlp, RmsNorm, Rope};
+use crate::{read_f32, ComputeDtype, Result};
 
 /// [`DecoderOps::kv_block_positions`] of ops that do not say otherwise.
 pub const DEFAULT_KV_BLOCK_POSITIONS: usize = 32;
 
 /// The operations a decoder runs, implemented per backend (see the module docs). Tensors
-/// are packed rows, `[rows, features]`.
+/// are packed rows, `[rows, features]`. Every method but [`name`](Self::name) defaults to
+/// the reference; an implementation overrides what it has kernels for.
 pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
     /// A short name, shown in messages and used to match caches to models.
     fn name(&self) -> &'static str;
 
-    /// The dtype activations and the KV cache are kept in when weights are in `weights`.
-    fn activation_dtype(&self, weights: ComputeDtype) -> ComputeDtype;
+    /// The dtype activations and the KV cache are kept in when weights are in `weights`
+    /// (by default the weights' own).
+    fn activation_dtype(&self, weights: ComputeDtype) -> ComputeDtype {
+        weights
+    }
 
     /// Positions in the KV cache's unit of growth and sharing (a page): what a prefix
     /// cache should share in whole blocks of, and budget in. 32 unless the ops' cache
@@ -105,7 +62,9 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         name: &str,
         out: usize,
         inputs: usize,
-    ) -> Result<Linear<B>>;
+    ) -> Result<Linear<B>> {
+        reference::load_weight(loader, name, out, inputs)
+    }
 
     /// Loads the `[vocab, hidden]` embedding table (which a tied head shares).
     fn load_embedding(
@@ -114,7 +73,9 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         name: &str,
         vocab: usize,
         hidden: usize,
-    ) -> Result<Linear<B>>;
+    ) -> Result<Linear<B>> {
+        reference::load_weight(loader, name, vocab, hidden)
+    }
 
     /// An empty cache of one layer for one sequence, its memory counted in `memory`.
     fn new_layer_cache(
@@ -124,7 +85,10 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         dtype: ComputeDtype,
         device: &B::Device,
         memory: &KvMemory,
-    ) -> LayerCache<B>;
+    ) -> LayerCache<B> {
+        let shape = [1, heads.kv_heads, capacity, heads.head_dim];
+        LayerCache::zeros(shape, dtype, device, memory)
+    }
 
     /// The embedding rows of `ids`, in `dtype`.
     fn embed(
@@ -133,13 +97,19 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         ids: &[u32],
         dtype: ComputeDtype,
         device: &B::Device,
-    ) -> Result<Tensor<B, 2>>;
+    ) -> Result<Tensor<B, 2>> {
+        table.rows(ids, dtype, device)
+    }
 
     /// RMSNorm of every row: normalised in f32, cast back, then scaled (as transformers).
-    fn rms_norm(&self, x: Tensor<B, 2>, norm: &RmsNorm<B>) -> Result<Tensor<B, 2>>;
+    fn rms_norm(&self, x: Tensor<B, 2>, norm: &RmsNorm<B>) -> Result<Tensor<B, 2>> {
+        Ok(reference::rms_norm(x, norm))
+    }
 
     /// `x @ w.T`, whatever the weight's format.
-    fn linear(&self, x: Tensor<B, 2>, weight: &Linear<B>) -> Result<Tensor<B, 2>>;
+    fn linear(&self, x: Tensor<B, 2>, weight: &Linear<B>) -> Result<Tensor<B, 2>> {
+        weight.forward(x)
+    }
 
     /// Rotates `x` (`[rows, heads * head_dim]`) by each row's position (rotate-half).
     fn rope(
@@ -148,7 +118,9 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         heads: usize,
         rope: &Rope<B>,
         batch: &[SeqSpan],
-    ) -> Result<Tensor<B, 2>>;
+    ) -> Result<Tensor<B, 2>> {
+        Ok(reference::rope(x, heads, rope, batch))
+    }
 
     /// Writes each sequence's new keys and values (`k`, `v`: `[rows, kv_heads * head_dim]`,
     /// already rotated) into its cache, then returns causal attention of `q` over each
@@ -160,10 +132,22 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         v: Tensor<B, 2>,
         heads: Heads,
         batch: &mut [LayerSeq<'_, B>],
-    ) -> Result<Tensor<B, 2>>;
+    ) -> Result<Tensor<B, 2>> {
+        reference::attention(q, k, v, heads, batch)
+    }
 
     /// SwiGLU's activation: `silu(gate) * up`.
-    fn swiglu(&self, gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Result<Tensor<B, 2>>;
+    fn swiglu(&self, gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        Ok(reference::swiglu(gate, up))
+    }
+
+    /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`, by [`linear`](Self::linear) and
+    /// [`swiglu`](Self::swiglu).
+    fn mlp(&self, x: Tensor<B, 2>, mlp: &Mlp<B>) -> Result<Tensor<B, 2>> {
+        let gate = self.linear(x.clone(), &mlp.gate)?;
+        let up = self.linear(x, &mlp.up)?;
+        self.linear(self.swiglu(gate, up)?, &mlp.down)
+    }
 
     /// A sparse mixture of experts: routing (f32 softmax → top-k → renormalise) and each
     /// row through its chosen experts, their outputs weighted in f32 and summed.
@@ -173,8 +157,41 @@ pub trait DecoderOps<B: Backend>: fmt::Debug + Send + Sync {
         router: &Linear<B>,
         experts: &[Mlp<B>],
         top_k: usize,
-    ) -> Result<Tensor<B, 2>>;
+    ) -> Result<Tensor<B, 2>> {
+        sparse_moe(self, x, router, experts, top_k)
+    }
 
     /// The LM head: f32 logits `[rows, vocab]`.
-    fn lm_head(&self, x: Tensor<B, 2>, head: &Linear<B>) -> Result<Tensor<B, 2>>;
+    fn lm_head(&self, x: Tensor<B, 2>, head: &Linear<B>) -> Result<Tensor<B, 2>> {
+        reference::lm_head(x, head)
+    }
+}
+
+/// The op layer written with burn's tensor ops: [`DecoderOps`]' defaults, on every backend,
+/// weights and activations in the compute dtype, norms and softmaxes in f32 as transformers
+/// computes them. The f32 parity tests run it; other ops are measured against it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reference;
+
+impl<B: Backend> DecoderOps<B> for Reference {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+}
+
+/// A sparse mixture of experts on any ops (the default [`DecoderOps::moe`]): router logits
+/// read back (`[rows, experts]`, small), [`moe::route`]d on the host, then each expert runs
+/// only its rows through `ops`' [`mlp`](DecoderOps::mlp), its outputs weighted in f32 and
+/// added into theirs in expert order.
+pub fn sparse_moe<B: Backend, O: DecoderOps<B> + ?Sized>(
+    ops: &O,
+    x: Tensor<B, 2>,
+    router: &Linear<B>,
+    experts: &[Mlp<B>],
+    top_k: usize,
+) -> Result<Tensor<B, 2>> {
+    let logits = read_f32(ops.linear(x.clone(), router)?)?;
+    moe::dispatch(x, &logits, experts, top_k, |expert, rows| {
+        ops.mlp(rows, expert)
+    })
 }

@@ -1,13 +1,13 @@
-//! Mixture-of-experts routing and expert dispatch, written once for every [`DecoderOps`].
+//! Mixture-of-experts routing and expert dispatch, written once for every backend's ops
+//! (see [`sparse_moe`](super::sparse_moe)).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::DecoderOps;
 use crate::dtype::float_dtype;
-use crate::layers::Mlp;
-use crate::linear::Linear;
-use crate::{kernels, read_f32, Result};
+use crate::numerics::softmax;
+use crate::params::Mlp;
+use crate::Result;
 
 /// The rows one expert serves, in row order, and the expert's weight for each.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,7 +27,7 @@ pub fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Route> {
     let mut order: Vec<usize> = Vec::with_capacity(experts);
     for (row, logits) in logits.chunks_exact(experts).enumerate() {
         probs.copy_from_slice(logits);
-        kernels::softmax(&mut probs);
+        softmax(&mut probs);
         order.clear();
         order.extend(0..experts);
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
@@ -41,29 +41,28 @@ pub fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Route> {
     routes
 }
 
-/// The sparse MoE block on any ops: router logits read back (`[rows, experts]`, small),
-/// [`route`]d on the host, then each expert runs only its rows, through `ops`, and its
+/// The sparse MoE block given the router's `logits` (`[rows, experts]`, f32): rows
+/// [`route`]d on the host, then each expert runs only its rows through `run`, and its
 /// outputs, scaled in f32, are added into theirs in expert order.
 pub fn dispatch<B: Backend>(
-    ops: &dyn DecoderOps<B>,
     x: Tensor<B, 2>,
-    router: &Linear<B>,
+    logits: &[f32],
     experts: &[Mlp<B>],
     top_k: usize,
+    mut run: impl FnMut(&Mlp<B>, Tensor<B, 2>) -> Result<Tensor<B, 2>>,
 ) -> Result<Tensor<B, 2>> {
     let [rows, hidden] = x.dims();
     let dtype = x.dtype();
     let device = x.device();
-    let logits = read_f32(ops.linear(x.clone(), router)?)?;
     let mut out = Tensor::<B, 2>::zeros([rows, hidden], (&device, dtype));
-    for (expert, route) in experts.iter().zip(route(&logits, experts.len(), top_k)) {
+    for (expert, route) in experts.iter().zip(route(logits, experts.len(), top_k)) {
         if route.rows.is_empty() {
             continue;
         }
         let n = route.rows.len();
         let index: Vec<i64> = route.rows.iter().map(|&r| r as i64).collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
-        let y = expert.forward(ops, x.clone().select(0, index.clone()))?;
+        let y = run(expert, x.clone().select(0, index.clone()))?;
         let scales = Tensor::<B, 2>::from_data(
             TensorData::new(route.weights, [n, 1]),
             (&device, DType::F32),

@@ -1,6 +1,6 @@
 //! Intel AMX (the bf16 tile unit of Sapphire Rapids and later) for prefills, written with
 //! `asm!`, which stable Rust assembles. The process asks Linux for the tile state once;
-//! where the CPU or the kernel refuses, [`available`] is false.
+//! where the CPU or the kernel refuses, `Isa::Amx` is not supported.
 //!
 //! Each task takes up to 4 panels of 32 weight rows (one contiguous range of the file,
 //! about 1 MB): it **packs** them into `tdpbf16ps` A-tile layout while prefetching the next
@@ -16,35 +16,17 @@ pub(super) fn fits(k: usize, n: usize) -> bool {
     k.is_multiple_of(x86::K_STEP) && n.is_multiple_of(x86::PANEL_ROWS)
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(super) use x86::{available, matmul};
+pub(super) use x86::matmul;
 
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) fn available() -> bool {
-    false
-}
-
-/// Elsewhere: the AVX-512 path's portable equivalent (never chosen: [`available`] is false).
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) fn matmul(w: &super::Bf16Matrix, x: &[f32], rows: usize) -> Vec<f32> {
-    w.matmul(super::Isa::Portable, x, rows)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
-    pub const K_STEP: usize = 32;
-    pub const PANEL_ROWS: usize = 32;
-}
-
-#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     use rayon::prelude::*;
 
-    use super::super::{Bf16Matrix, SendPtr};
+    use crate::cpu::kernels::isa::Isa;
+    use crate::cpu::kernels::tasks::SendPtr;
+    use crate::matrix::Bf16Matrix;
 
     /// k values per tile step: 32 bf16, 64 bytes per tile row.
     pub const K_STEP: usize = 32;
@@ -54,35 +36,6 @@ mod x86 {
     pub const PANEL_ROWS: usize = 2 * TILE;
     /// Bytes of one A tile row step: 32 weight rows of 32 bf16.
     const STEP_BYTES: usize = PANEL_ROWS * K_STEP * 2;
-
-    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile registers.
-    pub fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-            let edx = __cpuid_count(7, 0).edx;
-            edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && request_tile_permission()
-        })
-    }
-
-    #[cfg(target_os = "linux")]
-    fn request_tile_permission() -> bool {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: arch_prctl with integer arguments only.
-        unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            ) == 0
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn request_tile_permission() -> bool {
-        false
-    }
 
     #[repr(C, align(64))]
     struct TileConfig {
@@ -120,10 +73,13 @@ mod x86 {
     }
 
     /// `x @ w.T` for at least [`super::MIN_ROWS`] rows and shapes that [`super::fits`].
-    /// The caller has checked [`available`].
+    /// The caller has checked that `Isa::Amx` is supported.
     pub fn matmul(w: &Bf16Matrix, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (w.rows(), w.cols());
-        assert!(super::fits(k, n) && available(), "{n}x{k} on AMX");
+        assert!(
+            super::fits(k, n) && Isa::Amx.is_supported(),
+            "{n}x{k} on AMX"
+        );
         let activations = pack_activations(x, rows, k);
         let mut out = vec![0f32; rows * n];
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -428,7 +384,7 @@ mod x86 {
 
         #[test]
         fn tiles_transpose() {
-            if !crate::kernels::Isa::Avx512.is_supported() {
+            if !crate::cpu::Isa::Avx512.is_supported() {
                 eprintln!("tile transpose: skipping avx512: this CPU cannot run it");
                 return;
             }

@@ -1,18 +1,17 @@
-//! Causal attention on the host over an f32 KV cache laid out for it, in shareable pages.
+//! [`HostKv`]: one layer's keys and values on the host in f32, in shareable pages laid out
+//! for the CPU attention kernel, and causal attention over them.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{avx2, avx512, portable, Isa};
-use crate::cache::{Charge, KvMemory};
-
-/// Queries per attention task: each key and value is read once for a block of queries.
-pub const QUERY_BLOCK: usize = 16;
-/// Positions per transposed key block (one AVX-512 vector of f32).
-pub const POSITION_BLOCK: usize = 16;
-/// Positions per page of a [`HostKv`]: the unit its memory is allocated and shared in.
-pub const PAGE: usize = 32;
+use super::kernels::attention::{
+    attend_block, HeadBlock, HeadPage, PAGE, POSITION_BLOCK, QUERY_BLOCK,
+};
+use super::kernels::Isa;
+use crate::cache::OpsLayerCache;
+use crate::kv_memory::{Charge, KvMemory};
 
 /// `PAGE` positions of one layer's keys and values, every key/value head: keys
 /// `[kv_heads, PAGE / 16, head_dim, 16]` (each block of 16 positions transposed, so that one
@@ -187,102 +186,36 @@ impl HostKv {
     }
 }
 
-/// One key/value head's keys and values in one page.
-pub(super) type HeadPage<'a> = (&'a [f32], &'a [f32]);
-
-/// Up to [`QUERY_BLOCK`] consecutive queries of one head against its cached keys and values,
-/// page by page (keys `[PAGE / 16, head_dim, 16]`, values `[PAGE, head_dim]` in each);
-/// query `i` sees the first `visible + i` positions.
-#[derive(Clone, Copy)]
-pub(super) struct HeadBlock<'a> {
-    pub queries: &'a [&'a [f32]],
-    pub pages: &'a [HeadPage<'a>],
-    pub head_dim: usize,
-    pub visible: usize,
-}
-
-impl<'a> HeadBlock<'a> {
-    /// Positions query `i` sees.
-    pub fn seen(&self, i: usize) -> usize {
-        self.visible + i
+impl OpsLayerCache for HostKv {
+    fn allocated(&self) -> usize {
+        self.capacity()
     }
 
-    /// Scores are kept for this many positions per query (whole key blocks).
-    pub fn width(&self) -> usize {
-        self.seen(self.queries.len() - 1).div_ceil(POSITION_BLOCK) * POSITION_BLOCK
+    fn grow(&mut self, capacity: usize) {
+        HostKv::grow(self, capacity)
     }
 
-    /// The key blocks of the first [`width`](Self::width) positions, up to `blocks` at a
-    /// time (never across a page): `(first position, keys)`.
-    pub fn key_chunks(&self, blocks: usize) -> impl Iterator<Item = (usize, &'a [f32])> {
-        let chunk = blocks * POSITION_BLOCK;
-        self.chunks(self.width(), chunk, |(keys, _)| keys)
+    fn fork(&self, positions: usize) -> Box<dyn OpsLayerCache> {
+        Box::new(HostKv::fork(self, positions))
     }
 
-    /// The value rows of the positions the last query sees, up to `rows` at a time (never
-    /// across a page): `(first position, values)`.
-    pub fn value_chunks(&self, rows: usize) -> impl Iterator<Item = (usize, &'a [f32])> {
-        self.chunks(self.seen(self.queries.len() - 1), rows, |(_, values)| {
-            values
-        })
+    fn clone_box(&self) -> Box<dyn OpsLayerCache> {
+        Box::new(self.clone())
     }
 
-    /// The keys of block `b` (positions `16 b..16 b + 16`), `[head_dim, 16]`.
-    pub fn key_block(&self, b: usize) -> &'a [f32] {
-        let per_page = PAGE / POSITION_BLOCK;
-        let len = self.head_dim * POSITION_BLOCK;
-        &self.pages[b / per_page].0[(b % per_page) * len..][..len]
+    fn shared_pages(&self) -> usize {
+        HostKv::shared_pages(self)
     }
 
-    /// The value row of position `p`.
-    pub fn value_row(&self, p: usize) -> &'a [f32] {
-        &self.pages[p / PAGE].1[(p % PAGE) * self.head_dim..][..self.head_dim]
-    }
-
-    fn chunks(
-        &self,
-        positions: usize,
-        chunk: usize,
-        part: fn(&HeadPage<'a>) -> &'a [f32],
-    ) -> impl Iterator<Item = (usize, &'a [f32])> {
-        let d = self.head_dim;
-        let pages: &'a [HeadPage<'a>] = self.pages;
-        pages
-            .iter()
-            .enumerate()
-            .take(positions.div_ceil(PAGE))
-            .flat_map(move |(i, page)| {
-                let first = i * PAGE;
-                let used = (positions - first).min(PAGE);
-                part(page)[..used * d]
-                    .chunks(chunk * d)
-                    .enumerate()
-                    .map(move |(c, slice)| (first + c * chunk, slice))
-            })
-    }
-}
-
-/// The block's outputs, `[queries, head_dim]`, on `isa` (the vector kernels need whole
-/// vectors of the head dimension).
-fn attend_block(isa: Isa, block: &HeadBlock) -> Vec<f32> {
-    let d = block.head_dim;
-    match isa.usable() {
-        Isa::Avx512 | Isa::Amx if d.is_multiple_of(16) => {
-            // SAFETY: `usable` returned an ISA with AVX-512F; rows are whole vectors.
-            unsafe { avx512::attend_block(block) }
-        }
-        Isa::Avx2 | Isa::Avx512 | Isa::Amx if d.is_multiple_of(8) => {
-            // SAFETY: `usable` returned an ISA with AVX2 and FMA; rows are whole vectors.
-            unsafe { avx2::attend_block(block) }
-        }
-        _ => portable::attend_block(block),
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::supported;
+    use crate::cpu::kernels::isa::supported;
 
     /// Causal attention in f64 for a query seeing the first `seen` positions.
     fn reference(q: &[f32], keys: &[f32], values: &[f32], d: usize, seen: usize) -> Vec<f64> {

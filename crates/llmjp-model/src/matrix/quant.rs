@@ -1,19 +1,11 @@
 //! [`QuantMatrix`]: a block-quantized `[rows, cols]` matrix on the host (llama.cpp's Q8_0 or
-//! Q4_0 blocks of 32, their f16 scales kept apart) and `x @ w.T` on it.
-//!
-//! As llama.cpp computes it: activations are quantized to 8-bit blocks of 32 with an f32
-//! scale per block (one pass per call), each block's integer dot product is exact in i32,
-//! and the products of the two scales weight them into an f32 sum. A row's outputs do not
-//! depend on the other rows of the call, so decode and prefill agree.
-
-mod avx2;
-mod portable;
+//! Q4_0 blocks of 32, their f16 scales kept apart). The CPU kernels multiply by it
+//! ([`QuantMatrix::matmul`]); the GPU backends upload its blocks as they are.
 
 use llmjp_weights::quant::{quantize_split, BlockFormat, BLOCK};
 use llmjp_weights::{f16, TensorView};
 use rayon::prelude::*;
 
-use super::{in_column_tasks, Isa, SendPtr};
 use crate::{ModelError, Result};
 
 /// A block-quantized `[rows, cols]` matrix on the host, row-major (`cols` a multiple of
@@ -21,7 +13,8 @@ use crate::{ModelError, Result};
 /// are used in place in a memory-mapped checkpoint, or owned.
 ///
 /// ```
-/// use llmjp_model::kernels::{Isa, QuantMatrix};
+/// use llmjp_model::cpu::Isa;
+/// use llmjp_model::matrix::QuantMatrix;
 /// use llmjp_weights::quant::BlockFormat;
 ///
 /// // 2 outputs, 32 inputs: w[0] = 1, w[1] = i / 32.
@@ -179,7 +172,7 @@ impl QuantMatrix {
         self.data.bytes().len() + self.scales.bytes().len()
     }
 
-    /// Reads a mapped matrix into memory now (see [`super::Bf16Matrix::populate`]).
+    /// Reads a mapped matrix into memory now (see [`Bf16Matrix::populate`](super::Bf16Matrix::populate)).
     pub fn populate(&self) {
         for part in [&self.data, &self.scales] {
             if let HostBytes::Mapped(view) = part {
@@ -209,19 +202,19 @@ impl QuantMatrix {
     }
 
     /// Blocks per row.
-    fn blocks(&self) -> usize {
+    pub(crate) fn blocks(&self) -> usize {
         self.cols / BLOCK
     }
 
     /// The scale of block `b` of row `r`.
-    fn scale(&self, r: usize, b: usize) -> f32 {
+    pub(crate) fn scale(&self, r: usize, b: usize) -> f32 {
         let i = 2 * (r * self.blocks() + b);
         let bytes = self.scales.bytes();
         f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32()
     }
 
     /// The integer values of block `b` of row `r`.
-    fn block_values(&self, r: usize, b: usize) -> [i8; BLOCK] {
+    pub(crate) fn block_values(&self, r: usize, b: usize) -> [i8; BLOCK] {
         let size = self.format.data_bytes();
         let start = (r * self.blocks() + b) * size;
         let bytes = &self.data.bytes()[start..start + size];
@@ -265,148 +258,11 @@ impl QuantMatrix {
         }
         out
     }
-
-    /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`,
-    /// the activations quantized to 8-bit blocks on the way (see the module docs).
-    pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
-        let (n, k) = (self.rows, self.cols);
-        assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
-        let x = QuantizedRows::new(x, rows, k);
-        let isa = isa.usable();
-        in_column_tasks(rows, n, |first, count, out| {
-            // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
-            // buffer; `isa` is one the CPU has.
-            unsafe { self.columns(isa, &x, first, count, out) }
-        })
-    }
-
-    /// Output columns `first..first + count` for every activation row.
-    ///
-    /// # Safety
-    /// `out` points to a `[x.rows, self.rows]` buffer nobody else writes in these columns,
-    /// and the CPU runs `isa`.
-    unsafe fn columns(
-        &self,
-        isa: Isa,
-        x: &QuantizedRows,
-        first: usize,
-        count: usize,
-        out: SendPtr,
-    ) {
-        match isa {
-            // SAFETY: forwarded; AVX-512 CPUs have AVX2 (no int8 kernel of their own yet).
-            Isa::Avx2 | Isa::Avx512 | Isa::Amx => unsafe {
-                avx2::columns(self, x, first, count, out.0)
-            },
-            // SAFETY: forwarded.
-            Isa::Portable => unsafe { portable::columns(self, x, first, count, out.0) },
-        }
-    }
-}
-
-/// Activation rows quantized to 8-bit blocks of 32, each with an f32 scale (GGML's Q8_0
-/// rounding, the scale kept in f32).
-#[derive(Debug)]
-pub(super) struct QuantizedRows {
-    rows: usize,
-    cols: usize,
-    values: Vec<i8>,
-    scales: Vec<f32>,
-}
-
-impl QuantizedRows {
-    fn new(x: &[f32], rows: usize, cols: usize) -> Self {
-        let mut values = Vec::with_capacity(x.len());
-        let mut scales = Vec::with_capacity(x.len() / BLOCK);
-        for block in x.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            scales.push(d);
-            values.extend(block.iter().map(|&v| (v * id).round() as i8));
-        }
-        Self {
-            rows,
-            cols,
-            values,
-            scales,
-        }
-    }
-
-    /// Block `b` of row `r`.
-    fn block(&self, r: usize, b: usize) -> &[i8] {
-        let start = r * self.cols + b * BLOCK;
-        &self.values[start..start + BLOCK]
-    }
-
-    /// The scale of block `b` of row `r`.
-    fn scale(&self, r: usize, b: usize) -> f32 {
-        self.scales[r * (self.cols / BLOCK) + b]
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::supported;
-
-    /// `x @ w.T` in f64 over the dequantized weights and activations.
-    fn reference(w: &QuantMatrix, x: &[f32], rows: usize) -> Vec<f32> {
-        let (n, k) = (w.rows(), w.cols());
-        let weights = w.dequantize();
-        let xq = QuantizedRows::new(x, rows, k);
-        let mut out = vec![0f32; rows * n];
-        for r in 0..rows {
-            for c in 0..n {
-                let mut acc = 0f64;
-                for i in 0..k {
-                    let xv =
-                        xq.block(r, i / BLOCK)[i % BLOCK] as f64 * xq.scale(r, i / BLOCK) as f64;
-                    acc += xv * weights[c * k + i] as f64;
-                }
-                out[r * n + c] = acc as f32;
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn matches_a_plain_matmul_on_every_shape_format_and_isa() {
-        let mut next = crate::testing::uniform(3);
-        let shapes = [
-            (1, 16, 32),
-            (1, 100, 64),
-            (3, 33, 96),
-            (5, 70, 128),
-            (17, 5, 32),
-            (1, 300, 512),
-            (40, 64, 96),
-            (33, 288, 2048),
-        ];
-        for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
-            for (rows, n, k) in shapes {
-                let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
-                let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
-                let matrix = QuantMatrix::quantize(format, &w, n, k).unwrap();
-                let expected = reference(&matrix, &x, rows);
-                for isa in supported("quantized matmul") {
-                    let ours = matrix.matmul(isa, &x, rows);
-                    let tolerance = 1e-5 * (k as f32).sqrt();
-                    for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
-                        assert!(
-                            (a - b).abs() <= tolerance,
-                            "{format} {isa} {rows}x{n}x{k} [{i}]: {a} vs {b}"
-                        );
-                    }
-                    // One row at a time (decode) gives the numbers of all rows at once.
-                    for r in 0..rows {
-                        let single = matrix.matmul(isa, &x[r * k..(r + 1) * k], 1);
-                        assert_eq!(single, ours[r * n..(r + 1) * n], "{format} {isa} row {r}");
-                    }
-                }
-            }
-        }
-    }
 
     #[test]
     fn rows_dequantize_as_the_codec_does() {

@@ -1,7 +1,10 @@
 //! The quantized matmul in plain Rust, for any CPU: the reference the vector kernel is
 //! tested against.
 
-use super::{QuantMatrix, QuantizedRows, BLOCK};
+use llmjp_weights::quant::BLOCK;
+
+use super::rows::QuantizedRows;
+use crate::matrix::QuantMatrix;
 
 /// Output columns `first..first + count` of `x @ w.T` for every activation row: per block
 /// an exact integer dot product, weighted by the two scales into an f32 sum in block order.

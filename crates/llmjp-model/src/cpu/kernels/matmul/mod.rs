@@ -1,100 +1,19 @@
-//! [`Bf16Matrix`]: a bf16 `[rows, cols]` matrix on the host and `x @ w.T` on it.
+//! The bf16 matmul: `x @ w.T` for f32 activation rows `x` and a [`Bf16Matrix`] `w`, in
+//! tasks of weight rows on every core ([`Bf16Matrix::matmul`]).
 
-use super::{amx, avx2, avx512, in_column_tasks, portable, Isa, SendPtr};
-use half::bf16;
-use llmjp_weights::TensorView;
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
 
-/// A `[rows, cols]` bf16 matrix on the host, row-major: a linear layer's `[out, in]` weight
-/// or an embedding table. Used in place in a memory-mapped checkpoint, or owned.
-#[derive(Debug)]
-pub struct Bf16Matrix {
-    rows: usize,
-    cols: usize,
-    storage: Storage,
-}
-
-#[derive(Debug)]
-enum Storage {
-    /// In the memory-mapped checkpoint (little-endian, not necessarily 2-byte aligned).
-    Mapped(TensorView),
-    /// Converted from an f16 or f32 checkpoint, as little-endian bit patterns.
-    Owned(Vec<u16>),
-}
+use super::isa::Isa;
+use super::tasks::{in_column_tasks, SendPtr};
+use crate::matrix::Bf16Matrix;
 
 impl Bf16Matrix {
-    /// Uses a bf16 tensor in place in its memory-mapped file.
-    pub fn mapped(weight: TensorView, rows: usize, cols: usize) -> Self {
-        assert_eq!(weight.bytes().len(), rows * cols * 2, "{rows}x{cols} bf16");
-        Self {
-            rows,
-            cols,
-            storage: Storage::Mapped(weight),
-        }
-    }
-
-    /// Owns a row-major `[rows, cols]` matrix.
-    pub fn from_vec(values: Vec<bf16>, rows: usize, cols: usize) -> Self {
-        assert_eq!(values.len(), rows * cols, "{rows}x{cols} bf16");
-        let bits = values.into_iter().map(|v| v.to_bits().to_le()).collect();
-        Self {
-            rows,
-            cols,
-            storage: Storage::Owned(bits),
-        }
-    }
-
-    /// Rows (output features).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns (input features).
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Whether the matrix is used in place in a memory-mapped file.
-    pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped(_))
-    }
-
-    /// Reads a mapped matrix into memory now (one read of its part of the file), so that
-    /// the first forward pass does not wait on page faults.
-    pub fn populate(&self) {
-        if let Storage::Mapped(mapped) = &self.storage {
-            mapped.populate();
-        }
-    }
-
-    pub(super) fn bytes(&self) -> &[u8] {
-        match &self.storage {
-            Storage::Mapped(mapped) => mapped.bytes(),
-            // SAFETY: any u16 is two initialised bytes; the length is the same memory.
-            Storage::Owned(bits) => unsafe {
-                std::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), bits.len() * 2)
-            },
-        }
-    }
-
-    fn value(bytes: &[u8], i: usize) -> f32 {
-        f32::from_bits((u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]) as u32) << 16)
-    }
-
-    /// Row `r` widened to f32 into `out` (`cols` values).
-    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let row = &self.bytes()[r * self.cols * 2..(r + 1) * self.cols * 2];
-        for (i, dst) in out.iter_mut().enumerate() {
-            *dst = Self::value(row, i);
-        }
-    }
-
-    /// `sum(x[i] * w[c][i])` over `i >= from`, in order, with fused multiply-adds.
-    pub(super) fn dot(&self, x: &[f32], c: usize, from: usize) -> f32 {
-        let k = self.cols;
-        let row = &self.bytes()[c * k * 2..(c + 1) * k * 2];
-        (from..k).fold(0f32, |acc, i| x[i].mul_add(Self::value(row, i), acc))
-    }
-
     /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`.
     ///
     /// With [`Isa::Amx`], 32 rows or more (prefills) run on the tile unit with activations
@@ -102,9 +21,10 @@ impl Bf16Matrix {
     /// instruction sets, keep f32 activations and give the same numbers one row at a time
     /// as many rows at once.
     pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
-        let (n, k) = (self.rows, self.cols);
+        let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
         let isa = isa.usable();
+        #[cfg(target_arch = "x86_64")]
         if isa == Isa::Amx && rows >= amx::MIN_ROWS && amx::fits(k, n) {
             return amx::matmul(self, x, rows);
         }
@@ -131,13 +51,15 @@ impl Bf16Matrix {
     ) {
         match isa {
             // SAFETY: forwarded.
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Amx => unsafe {
                 avx512::columns(self, x, rows, first, count, out.0)
             },
             // SAFETY: forwarded.
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::columns(self, x, rows, first, count, out.0) },
             // SAFETY: forwarded.
-            Isa::Portable => unsafe { portable::columns(self, x, rows, first, count, out.0) },
+            _ => unsafe { portable::columns(self, x, rows, first, count, out.0) },
         }
     }
 }
@@ -145,7 +67,8 @@ impl Bf16Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::supported;
+    use crate::cpu::kernels::isa::supported;
+    use half::bf16;
 
     fn reference(w: &[bf16], x: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
         let mut out = vec![0f32; rows * n];
@@ -206,15 +129,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn rows_widen_to_f32() {
-        let w: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32 - 2.5)).collect();
-        let matrix = Bf16Matrix::from_vec(w, 2, 3);
-        let mut row = [0f32; 3];
-        matrix.row_f32(1, &mut row);
-        assert_eq!(row, [0.5, 1.5, 2.5]);
-        assert!(!matrix.is_mapped());
     }
 }

@@ -1,15 +1,19 @@
-//! [`CpuKernels`]: the op layer on burn-flex, run by the kernels of [`crate::kernels`] on
+//! [`CpuKernels`]: the op layer on burn-flex, run by the kernels of [`super::kernels`] on
 //! the tensors' host storage.
 
-use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
-use burn_flex::FlexTensor;
+use burn::tensor::Tensor;
 
-use super::{moe, DecoderOps, Heads, LayerSeq, Reference, SeqSpan};
-use crate::backend::Cpu;
-use crate::cache::{KvMemory, LayerCache};
-use crate::kernels::{self, HostKv, Isa};
-use crate::layers::{Mlp, RmsNorm, Rope};
-use crate::linear::{Bf16Weight, Linear, Loader, QuantWeight};
+use super::host::{host_tensor, rows_of, Cpu, HostRows};
+use super::kernels::attention::PAGE;
+use super::kernels::simd::silu_mul;
+use super::kernels::Isa;
+use super::kv::HostKv;
+use super::weight::{Bf16Weight, QuantWeight};
+use crate::cache::LayerCache;
+use crate::kv_memory::KvMemory;
+use crate::linear::{Linear, Loader};
+use crate::ops::{DecoderOps, Heads, LayerSeq, SeqSpan};
+use crate::params::{RmsNorm, Rope};
 use crate::{ComputeDtype, ModelError, Result};
 
 type Device = burn_flex::FlexDevice;
@@ -54,7 +58,7 @@ impl DecoderOps<Cpu> for CpuKernels {
 
     /// The host KV cache's page.
     fn kv_block_positions(&self) -> usize {
-        kernels::PAGE
+        PAGE
     }
 
     fn load_linear(
@@ -105,22 +109,12 @@ impl DecoderOps<Cpu> for CpuKernels {
         _device: &Device,
         memory: &KvMemory,
     ) -> LayerCache<Cpu> {
-        LayerCache::Host(HostKv::new(
+        LayerCache::Ops(Box::new(HostKv::new(
             heads.kv_heads,
             heads.head_dim,
             capacity,
             memory,
-        ))
-    }
-
-    fn embed(
-        &self,
-        table: &Linear<Cpu>,
-        ids: &[u32],
-        dtype: ComputeDtype,
-        device: &Device,
-    ) -> Result<Tensor<Cpu, 2>> {
-        table.rows(ids, dtype, device)
+        )))
     }
 
     fn rms_norm(&self, x: Tensor<Cpu, 2>, norm: &RmsNorm<Cpu>) -> Result<Tensor<Cpu, 2>> {
@@ -139,10 +133,6 @@ impl DecoderOps<Cpu> for CpuKernels {
             }
         }
         Ok(host_tensor(out, [rows, size]))
-    }
-
-    fn linear(&self, x: Tensor<Cpu, 2>, weight: &Linear<Cpu>) -> Result<Tensor<Cpu, 2>> {
-        weight.forward(x)
     }
 
     fn rope(
@@ -177,9 +167,9 @@ impl DecoderOps<Cpu> for CpuKernels {
         );
         let mut out = Vec::with_capacity(rows * q_width);
         for seq in batch.iter_mut() {
-            let LayerCache::Host(cache) = &mut *seq.cache else {
+            let Some(cache) = seq.cache.ops_cache_mut::<HostKv>() else {
                 return Err(ModelError::CacheMismatch(
-                    "a tensor cache given to the CPU kernels".into(),
+                    "a cache of other ops given to the CPU kernels".into(),
                 ));
             };
             let rows = &seq.span.rows;
@@ -197,70 +187,7 @@ impl DecoderOps<Cpu> for CpuKernels {
     fn swiglu(&self, gate: Tensor<Cpu, 2>, up: Tensor<Cpu, 2>) -> Result<Tensor<Cpu, 2>> {
         let shape = gate.dims();
         let mut gate = HostRows::new(gate).into_vec();
-        kernels::silu_mul(self.isa, &mut gate, HostRows::new(up).values());
+        silu_mul(self.isa, &mut gate, HostRows::new(up).values());
         Ok(host_tensor(gate, shape))
     }
-
-    fn moe(
-        &self,
-        x: Tensor<Cpu, 2>,
-        router: &Linear<Cpu>,
-        experts: &[Mlp<Cpu>],
-        top_k: usize,
-    ) -> Result<Tensor<Cpu, 2>> {
-        moe::dispatch(self, x, router, experts, top_k)
-    }
-
-    fn lm_head(&self, x: Tensor<Cpu, 2>, head: &Linear<Cpu>) -> Result<Tensor<Cpu, 2>> {
-        Reference.lm_head(x, head)
-    }
-}
-
-/// Rows `rows` of `values` (rows of `width`).
-fn rows_of<'a>(values: &'a [f32], rows: &std::ops::Range<usize>, width: usize) -> &'a [f32] {
-    &values[rows.start * width..rows.end * width]
-}
-
-/// The rows of a burn-flex tensor as f32 on the host: its own storage when it is
-/// contiguous f32 (no copy), else a converted contiguous copy.
-pub(crate) struct HostRows(FlexTensor);
-
-impl HostRows {
-    pub fn new(x: Tensor<Cpu, 2>) -> Self {
-        let x = if x.dtype() == DType::F32 {
-            x
-        } else {
-            x.cast(FloatDType::F32)
-        };
-        let tensor = x.into_primitive().tensor();
-        Self(if tensor.as_slice::<f32>().is_some() {
-            tensor
-        } else {
-            tensor.to_contiguous()
-        })
-    }
-
-    pub fn values(&self) -> &[f32] {
-        self.0
-            .as_slice::<f32>()
-            .expect("contiguous f32 by construction")
-    }
-
-    /// The values, owned: the storage itself when nothing else shares it.
-    pub fn into_vec(self) -> Vec<f32> {
-        if self.0.is_unique() {
-            self.0
-                .into_data()
-                .into_vec::<f32>()
-                .expect("f32 by construction")
-        } else {
-            self.values().to_vec()
-        }
-    }
-}
-
-/// Host values as a burn-flex tensor of `shape`, without copying them.
-pub(crate) fn host_tensor(values: Vec<f32>, shape: [usize; 2]) -> Tensor<Cpu, 2> {
-    let data = TensorData::new(values, shape);
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(data)))
 }
