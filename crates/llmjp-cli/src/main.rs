@@ -103,6 +103,9 @@ impl ModelArg {
 }
 
 fn main() -> ExitCode {
+    // A model file truncated while mapped ends the process with a message naming it, not a
+    // bare SIGBUS (an application's choice, so the libraries leave it to us).
+    llmjp::crates::weights::sigbus::install_handler();
     let cli = Cli::parse();
     let mut out = io::stdout().lock();
     let result = match cli.command {

@@ -2,12 +2,10 @@
 //! format and how to multiply on its backend (after mistral.rs's `QuantMethod`).
 //!
 //! - [`DenseWeight`]: a burn tensor in a float dtype, on any backend.
-//! - [`Bf16Weight`](crate::cpu::Bf16Weight): bf16 on the host, used in place from the
-//!   memory-mapped checkpoint, run by the CPU kernels on f32 activations (the CPU backend
-//!   only).
-//! - [`QuantWeight`](crate::cpu::QuantWeight): Q8_0 / Q4_0 blocks on the host (in place from
-//!   a quantized checkpoint, or quantized on load), run by the CPU kernels' integer dot
-//!   products.
+//! - the CPU backend's host weights (`cpu/weight.rs`): a [`Bf16Matrix`] used in place from
+//!   the memory-mapped checkpoint, or a [`QuantMatrix`] of Q8_0 / Q4_0 blocks (in place from
+//!   a quantized checkpoint, or quantized on load), run by the CPU kernels on f32
+//!   activations.
 //! - [`DeviceQuantWeight`]: the same blocks on any backend's device as 8-bit integers and
 //!   scales, dequantized as each product runs (burn's generic path). The cubecl kernels
 //!   (CUDA, Vulkan) keep the blocks as stored instead: `cube::CubeQuantWeight`.
@@ -249,7 +247,10 @@ impl<B: Backend> Loader<'_, B> {
         )?)))
     }
 
-    /// The format linear weight `name` (`[rows, cols]`) runs in: see [`quantization`].
+    /// The format linear weight `name` (`[rows, cols]`) runs in (the weight-format policy):
+    /// the stored one when the checkpoint holds it quantized, else [`quantize`](Self::quantize),
+    /// except for MoE routers (float), the embedding table and the LM head (Q8_0 when the rest
+    /// is 4-bit) and matrices whose rows are not whole blocks of 32 (float).
     pub fn quantization(
         &self,
         name: &str,
@@ -259,7 +260,9 @@ impl<B: Backend> Loader<'_, B> {
         quantization(self.checkpoint, self.quantize, name, rows, cols)
     }
 
-    /// A `[rows, cols]` matrix in `format`: see [`quant_matrix`].
+    /// A `[rows, cols]` matrix in `format`: in place in the mapped file when the checkpoint
+    /// stores it so, else quantized from its float values (rows in parallel, the source's
+    /// pages released as it goes).
     pub fn quant_matrix(
         &self,
         name: &str,
@@ -322,7 +325,7 @@ fn float_row_reader<'a>(
 /// - the embedding table and the LM head, kept at Q8_0 when the rest is 4-bit (as
 ///   llama.cpp keeps its output matrix at higher precision);
 /// - matrices whose rows are not whole blocks of 32, which stay in float.
-pub fn quantization(
+pub(crate) fn quantization(
     checkpoint: &Checkpoint,
     quantize: Option<BlockFormat>,
     name: &str,
@@ -345,7 +348,7 @@ pub fn quantization(
 /// The format `name` is stored in when `checkpoint` holds it quantized (values beside
 /// `{name}_scale`): Q8_0 as `I8 [rows, cols]`, Q4_0 as `U8 [rows, cols / 2]`, scales
 /// `F16 [rows, cols / 32]`; anything else is an error naming the tensor.
-pub fn stored_format(
+pub(crate) fn stored_format(
     checkpoint: &Checkpoint,
     name: &str,
     rows: usize,
@@ -392,7 +395,7 @@ pub fn stored_format(
 /// A `[rows, cols]` matrix of `checkpoint` in `format`: in place in the mapped file when
 /// the checkpoint stores it so, else quantized from its float values (in parallel, row by
 /// row, the source's pages released afterwards).
-pub fn quant_matrix(
+pub(crate) fn quant_matrix(
     checkpoint: &Checkpoint,
     name: &str,
     rows: usize,

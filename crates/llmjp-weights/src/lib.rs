@@ -57,7 +57,7 @@ mod error;
 pub mod gguf;
 mod hub;
 pub mod quant;
-mod sigbus;
+pub mod sigbus;
 pub mod writer;
 
 use std::path::Path;

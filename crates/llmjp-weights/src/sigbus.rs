@@ -5,9 +5,18 @@
 //! pages raises SIGBUS, which would kill the process without a word. Each mapping is
 //! registered here with a preformatted message; the handler, on a fault inside a registered
 //! range, writes that message to standard error and exits with status 135 (128 + SIGBUS).
-//! A fault elsewhere gets the default action. The handler is installed once, by the first
-//! mapping, and chains to nothing: a process that installs its own SIGBUS handler later
-//! replaces it.
+//! A fault elsewhere gets the default action.
+//!
+//! A library does not take a process's signals: the handler is installed only when the
+//! application asks for it, once, with [`install_handler`] (the `llmjp` binary does). It
+//! chains to nothing: a SIGBUS handler installed later replaces it. Without it, mappings
+//! are still registered (a few atomic stores) and a truncated file kills the process with
+//! the default SIGBUS.
+//!
+//! ```
+//! // In an application's main, before loading a model:
+//! llmjp_weights::sigbus::install_handler();
+//! ```
 
 use std::path::Path;
 
@@ -41,9 +50,13 @@ mod imp {
     static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
     static INSTALL: Once = Once::new();
 
+    /// Installs the handler (once per process).
+    pub fn install_handler() {
+        INSTALL.call_once(install);
+    }
+
     /// Registers a mapping; `message` must stay valid until [`unregister`].
     pub fn register(start: usize, len: usize, message: &[u8]) -> Option<usize> {
-        INSTALL.call_once(install);
         for (i, slot) in TABLE.iter().enumerate() {
             if slot
                 .len
@@ -104,11 +117,20 @@ mod imp {
 
 #[cfg(not(unix))]
 mod imp {
+    pub fn install_handler() {}
+
     pub fn register(_: usize, _: usize, _: &[u8]) -> Option<usize> {
         None
     }
 
     pub fn unregister(_: usize) {}
+}
+
+/// Installs, once per process, the SIGBUS handler that explains a fault in a registered
+/// mapping (see the module docs). For applications: call it early in `main`. A no-op where
+/// there are no signals (Windows).
+pub fn install_handler() {
+    imp::install_handler();
 }
 
 /// The SIGBUS message of a mapped file while the mapping lives; dropping it forgets it.

@@ -300,6 +300,7 @@ fn sigbus_child() {
         return;
     };
     let dir = PathBuf::from(dir);
+    llmjp_weights::sigbus::install_handler();
     let values = vec![1.0f32; 1 << 20];
     let path = dir.join("model.safetensors");
     fs::write(
@@ -316,6 +317,34 @@ fn sigbus_child() {
         .unwrap();
     let w: Vec<f32> = checkpoint.read("w", &[1 << 20], Layout::AsStored).unwrap();
     println!("read {} values without a fault", w.len());
+}
+
+/// The SIGBUS disposition of this process now.
+#[cfg(target_os = "linux")]
+fn sigbus_disposition() -> usize {
+    // SAFETY: sigaction only reads the current action into a zeroed struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    }
+}
+
+/// A library takes no signal: opening a checkpoint leaves the process's SIGBUS handler as
+/// it was (the application opts in with `sigbus::install_handler`).
+#[cfg(target_os = "linux")]
+#[test]
+fn opening_a_checkpoint_installs_no_signal_handler() {
+    let dir = TempDir::new("no-sigbus-handler");
+    let before = sigbus_disposition();
+    fs::write(
+        dir.0.join("model.safetensors"),
+        safetensors_bytes(&[("w", Dtype::F32, vec![4], f32_bytes(&[1.0; 4]))]),
+    )
+    .unwrap();
+    let checkpoint = Checkpoint::open(&dir.0).unwrap();
+    let _: Vec<f32> = checkpoint.read("w", &[4], Layout::AsStored).unwrap();
+    assert_eq!(sigbus_disposition(), before);
 }
 
 #[cfg(target_os = "linux")]

@@ -77,11 +77,6 @@ impl<M: HostMatrix> HostWeight<M> {
             isa,
         }
     }
-
-    /// The matrix.
-    pub fn matrix(&self) -> &M {
-        &self.matrix
-    }
 }
 
 impl<M: HostMatrix> Weight<Cpu> for HostWeight<M> {

@@ -182,18 +182,18 @@ impl QuantMatrix {
     }
 
     /// The values of every row's blocks, `format.data_bytes()` per block.
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         self.data.bytes()
     }
 
     /// Every row's block scales, little-endian f16.
-    pub fn scale_bytes(&self) -> &[u8] {
+    pub(crate) fn scale_bytes(&self) -> &[u8] {
         self.scales.bytes()
     }
 
     /// The values and the scales (see [`data`](Self::data), [`scale_bytes`](Self::scale_bytes)),
     /// moved out when owned, copied from the file when mapped.
-    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
         let owned = |bytes: HostBytes| match bytes {
             HostBytes::Owned(bytes) => bytes,
             HostBytes::Mapped(view) => view.bytes().to_vec(),
@@ -233,7 +233,7 @@ impl QuantMatrix {
     }
 
     /// Row `r`'s integer values (`cols`) and block scales (`cols / 32`).
-    pub fn row_values(&self, r: usize, values: &mut [i8], scales: &mut [f32]) {
+    pub(crate) fn row_values(&self, r: usize, values: &mut [i8], scales: &mut [f32]) {
         for (b, (dst, scale)) in values.chunks_exact_mut(BLOCK).zip(scales).enumerate() {
             dst.copy_from_slice(&self.block_values(r, b));
             *scale = self.scale(r, b);

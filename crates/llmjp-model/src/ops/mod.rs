@@ -15,7 +15,7 @@
 //! - `CubeKernels` (with the `cuda` or `vulkan` feature): cubecl kernels.
 
 mod batch;
-pub mod moe;
+mod moe;
 pub(crate) mod reference;
 
 use std::fmt;
@@ -180,7 +180,7 @@ impl<B: Backend> DecoderOps<B> for Reference {
 }
 
 /// A sparse mixture of experts on any ops (the default [`DecoderOps::moe`]): router logits
-/// read back (`[rows, experts]`, small), [`moe::route`]d on the host, then each expert runs
+/// read back (`[rows, experts]`, small), routed on the host (softmax, top-k, renormalised), then each expert runs
 /// only its rows through `ops`' [`mlp`](DecoderOps::mlp), its outputs weighted in f32 and
 /// added into theirs in expert order.
 pub fn sparse_moe<B: Backend, O: DecoderOps<B> + ?Sized>(

@@ -1,7 +1,9 @@
-//! The CPU kernels on host memory, laid out by operation: [`matmul`] (bf16 weights × f32
-//! activations), [`quant`] (Q8_0 / Q4_0 weights), [`attention`] (causal attention over the
-//! paged f32 KV cache), [`simd`] (SwiGLU's activation and the vector helpers the others
-//! share). [`CpuKernels`](crate::cpu::CpuKernels) runs the decoder on them.
+//! The CPU kernels on host memory, laid out by operation: `matmul` (bf16 weights × f32
+//! activations, [`Bf16Matrix::matmul`](crate::matrix::Bf16Matrix::matmul)), `quant` (Q8_0 /
+//! Q4_0 weights, [`QuantMatrix::matmul`](crate::matrix::QuantMatrix::matmul)), `attention`
+//! (causal attention over the paged f32 KV cache), `simd` (SwiGLU's activation and the
+//! vector helpers the others share). [`CpuKernels`](crate::cpu::CpuKernels) runs the
+//! decoder on them.
 //!
 //! Each operation has one module per instruction set: [`Isa::Portable`] (any CPU, the
 //! reference the others are tested against), [`Isa::Avx2`], [`Isa::Avx512`] and
@@ -11,9 +13,6 @@
 //! never unsound. [`Isa::selected`] picks the best the CPU has once per process, unless the
 //! environment variable [`ISA_ENV`] (`LLMJP_CPU_ISA=portable|avx2|avx512|amx`) asks for
 //! another.
-//!
-//! Unstable: public for the benchmarks and for other users of the same layouts; its items
-//! may change in any release.
 //!
 //! ```
 //! use half::bf16;
@@ -28,11 +27,11 @@
 //! }
 //! ```
 
-pub mod attention;
+pub(crate) mod attention;
 pub(crate) mod isa;
-pub mod matmul;
-pub mod quant;
-pub mod simd;
+mod matmul;
+mod quant;
+pub(crate) mod simd;
 mod tasks;
 
 pub use isa::{Isa, ISA_ENV};

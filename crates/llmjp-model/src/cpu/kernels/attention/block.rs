@@ -53,18 +53,6 @@ impl<'a> HeadBlock<'a> {
         })
     }
 
-    /// The keys of block `b` (positions `16 b..16 b + 16`), `[head_dim, 16]`.
-    pub fn key_block(&self, b: usize) -> &'a [f32] {
-        let per_page = PAGE / POSITION_BLOCK;
-        let len = self.head_dim * POSITION_BLOCK;
-        &self.pages[b / per_page].0[(b % per_page) * len..][..len]
-    }
-
-    /// The value row of position `p`.
-    pub fn value_row(&self, p: usize) -> &'a [f32] {
-        &self.pages[p / PAGE].1[(p % PAGE) * self.head_dim..][..self.head_dim]
-    }
-
     fn chunks(
         &self,
         positions: usize,

@@ -144,8 +144,9 @@ unsafe fn tile_of<const MR: usize, const NR: usize, const Q4: bool>(
     let data = w.data().as_ptr();
     let scales = w.scale_bytes().as_ptr();
     let (xq, xs) = (x.values.as_ptr(), x.scales.as_ptr());
-    // SAFETY (all pointer arithmetic below): rows cols[c] of w and row + r of x are in
-    // bounds, and every block index stays below `blocks`.
+    // Rows cols[c] of w and row + r of x are in bounds (the caller's contract), and every
+    // block index below stays below `blocks`: each pointer below is inside its buffer.
+    // SAFETY: row cols[c] starts inside w's values.
     let w_rows: [*const u8; NR] = std::array::from_fn(|c| unsafe { data.add(cols[c] * row_bytes) });
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
@@ -156,14 +157,17 @@ unsafe fn tile_of<const MR: usize, const NR: usize, const Q4: bool>(
         let group = SCALE_GROUP.min(blocks - b);
         if group == SCALE_GROUP {
             for c in 0..NR {
+                // SAFETY: 8 scales of row cols[c] from block b (a whole group) are in bounds.
                 let ws = unsafe {
                     _mm256_cvtph_ps(_mm_loadu_si128(
                         scales.add(2 * (cols[c] * blocks + b)) as *const __m128i
                     ))
                 };
                 for r in 0..MR {
+                    // SAFETY: 8 scales of activation row row + r from block b are in bounds.
                     let xv = unsafe { _mm256_loadu_ps(xs.add((row + r) * blocks + b)) };
                     let product = _mm256_mul_ps(ws, xv);
+                    // SAFETY: `combined[r][c]` holds SCALE_GROUP = 8 floats.
                     unsafe { _mm256_storeu_ps(combined[r][c].as_mut_ptr(), product) };
                 }
             }
@@ -179,14 +183,17 @@ unsafe fn tile_of<const MR: usize, const NR: usize, const Q4: bool>(
         }
         for j in 0..group {
             for c in 0..NR {
+                // SAFETY: block b + j of row cols[c] is in bounds; the CPU has AVX2.
                 let values = unsafe { weight_block::<Q4>(w_rows[c], b + j, MR == 1) };
                 let magnitudes = _mm256_sign_epi8(values, values);
                 for r in 0..MR {
+                    // SAFETY: block b + j of activation row row + r holds 32 bytes.
                     let xv = unsafe {
                         _mm256_loadu_si256(xq.add((row + r) * k + (b + j) * BLOCK) as *const __m256i)
                     };
                     let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(xv, values));
                     let dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    // SAFETY: j < group <= SCALE_GROUP, inside `combined[r][c]`.
                     let scale = unsafe { _mm256_broadcast_ss(&*combined[r][c].as_ptr().add(j)) };
                     acc[r][c] = _mm256_fmadd_ps(dots, scale, acc[r][c]);
                 }
