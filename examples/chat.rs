@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, Write};
 
-use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message};
+use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message, ModelSource};
 
 fn main() {
     if let Err(e) = run() {
@@ -18,7 +18,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "llm-jp/llm-jp-3.1-1.8b-instruct4".into());
     let llm = Llm::load(
-        &model,
+        &model.parse::<ModelSource>()?,
         Device::auto(),
         &LoadOptions::default(),
         &mut |_, _| {},

@@ -16,7 +16,7 @@
 //! Run: `cargo run --release --example generate [-- MODEL]` (MODEL: a folder or Hub id;
 //! default llm-jp/llm-jp-3.1-1.8b-instruct4).
 
-use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message};
+use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message, ModelSource};
 
 fn main() {
     if let Err(e) = run() {
@@ -31,7 +31,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "llm-jp/llm-jp-3.1-1.8b-instruct4".into());
     // torch_dtype=torch.bfloat16 (the default; on the CPU: bf16 weights, f32 arithmetic).
     let llm = Llm::load(
-        &model,
+        &model.parse::<ModelSource>()?,
         Device::auto(),
         &LoadOptions::default(),
         &mut |_, _| {},

@@ -7,7 +7,8 @@
 
 use llmjp::backend::Cpu;
 use llmjp::{
-    CausalLm, ComputeDtype, Device, GenerateOptions, Llm, LoadOptions, Message, SamplingParams,
+    CausalLm, ComputeDtype, Device, GenerateOptions, Llm, LoadOptions, Message, ModelSource,
+    SamplingParams,
 };
 
 fn main() {
@@ -26,7 +27,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return greedy_on_ids(folder);
     }
     let llm = Llm::load(
-        &model,
+        &model.parse::<ModelSource>()?,
         Device::auto(),
         &LoadOptions::default(),
         &mut |done, total| {

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message};
+use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message, ModelSource};
 
 fn main() {
     if let Err(e) = run() {
@@ -24,7 +24,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "日本の四季について教えてください。".into());
     let llm = Llm::load(
-        &model,
+        &model.parse::<ModelSource>()?,
         Device::auto(),
         &LoadOptions::default(),
         &mut |_, _| {},

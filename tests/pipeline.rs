@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use llmjp::backend::Cpu;
 use llmjp::{
     ComputeDtype, FinishReason, GenerateOptions, Generation, LlmError, LoadOptions, Message,
-    Pipeline, SamplingParams,
+    ModelSource, Pipeline, SamplingParams,
 };
 use serde_json::Value;
 
@@ -25,7 +25,7 @@ fn load_from(dir: &std::path::Path) -> Option<Pipeline<Cpu>> {
     };
     Some(
         Pipeline::load(
-            dir.to_str().unwrap(),
+            &ModelSource::Dir(dir.to_path_buf()),
             &options,
             &Default::default(),
             &mut |_, _| {},

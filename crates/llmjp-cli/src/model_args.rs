@@ -3,7 +3,9 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use llmjp::{ComputeDtype, Device, HubOptions, Llm, LoadOptions, SamplingParams, WeightDtype};
+use llmjp::{
+    ComputeDtype, Device, HubOptions, Llm, LoadOptions, ModelSource, SamplingParams, WeightDtype,
+};
 
 use crate::Result;
 
@@ -25,10 +27,10 @@ pub struct ModelArgs {
     /// [default: bf16]. On the CPU, bf16 keeps the weights in bf16 and computes in f32
     /// (AVX-512 / AMX / AVX2 kernels); a quantized checkpoint runs in its own format.
     #[arg(long)]
-    dtype: Option<String>,
+    dtype: Option<WeightDtype>,
     /// cpu, cuda or cuda:N [default: CUDA when built with it and a GPU is present].
     #[arg(long)]
-    device: Option<String>,
+    device: Option<Device>,
     /// On a GPU: the folder compiled kernels and autotune results are kept in [default:
     /// $LLMJP_KERNEL_CACHE, else ~/.cache/llmjp/cubecl; LLMJP_KERNEL_CACHE=off turns it off].
     #[arg(long, value_name = "DIR")]
@@ -43,14 +45,9 @@ impl ModelArgs {
 
     /// Loads the model, telling on stderr which device and dtype it chose.
     pub fn load(&self) -> Result<Llm> {
-        let device = match &self.device {
-            Some(d) => d.parse::<Device>()?,
-            None => Device::auto(),
-        };
-        let dtype = match &self.dtype {
-            Some(d) => d.parse::<WeightDtype>()?,
-            None => ComputeDtype::BF16.into(),
-        };
+        let device = self.device.unwrap_or_else(Device::auto);
+        let dtype = self.dtype.unwrap_or(ComputeDtype::BF16.into());
+        let source: ModelSource = self.model.parse()?;
         // Status lines never fail the command (stderr may be closed or full).
         let _ = writeln!(
             std::io::stderr(),
@@ -72,7 +69,7 @@ impl ModelArgs {
             "loading weights"
         };
         let mut progress = ProgressBar::new(label);
-        let llm = Llm::load(&self.model, device, &options, &mut |done, total| {
+        let llm = Llm::load(&source, device, &options, &mut |done, total| {
             progress.update(done, total)
         });
         progress.finish();

@@ -20,15 +20,14 @@ pub struct Args {
     model: String,
     /// q8_0 (8-bit, within noise of bf16) or q4_0 (4-bit; embeddings and head stay q8_0).
     #[arg(long, default_value = "q8_0")]
-    format: String,
+    format: BlockFormat,
     /// The folder to write (created if needed).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
 
 pub fn run(args: Args, out: &mut impl Write) -> Result {
-    let format = BlockFormat::from_name(&args.format)
-        .ok_or_else(|| format!("unknown format {:?}: expected q8_0 or q4_0", args.format))?;
+    let format = args.format;
     let mut hub = HubOptions::from_env();
     hub.progress = std::io::stderr().is_terminal();
     let src = resolve_model(&args.model, &hub)?;

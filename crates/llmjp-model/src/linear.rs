@@ -338,11 +338,39 @@ pub(crate) fn quantization(
     let Some(format) = quantize else {
         return Ok(None);
     };
-    if name.ends_with("block_sparse_moe.gate.weight") || !cols.is_multiple_of(BLOCK) {
+    if !cols.is_multiple_of(BLOCK) {
         return Ok(None);
     }
-    let outer = name == "lm_head.weight" || name == "model.embed_tokens.weight";
-    Ok(Some(if outer { BlockFormat::Q8_0 } else { format }))
+    Ok(match WeightRole::of_tensor(name) {
+        WeightRole::Router => None,
+        WeightRole::Embedding | WeightRole::LmHead => Some(BlockFormat::Q8_0),
+        WeightRole::Projection => Some(format),
+    })
+}
+
+/// What a linear weight does in the decoder, which decides the format it runs in; read
+/// once from the tensor's name (the names transformers' Llama and Mixtral use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightRole {
+    /// `model.embed_tokens.weight`.
+    Embedding,
+    /// `lm_head.weight`.
+    LmHead,
+    /// A MoE router, `…block_sparse_moe.gate.weight`.
+    Router,
+    /// Every other matrix: attention and MLP / expert projections.
+    Projection,
+}
+
+impl WeightRole {
+    pub(crate) fn of_tensor(name: &str) -> Self {
+        match name {
+            "model.embed_tokens.weight" => Self::Embedding,
+            "lm_head.weight" => Self::LmHead,
+            _ if name.ends_with("block_sparse_moe.gate.weight") => Self::Router,
+            _ => Self::Projection,
+        }
+    }
 }
 
 /// The format `name` is stored in when `checkpoint` holds it quantized (values beside
@@ -361,12 +389,12 @@ pub(crate) fn stored_format(
     let invalid = |what: String| ModelError::InvalidQuantized(format!("{name}: {what}"));
     let values = checkpoint.meta(name)?;
     let scales = checkpoint.meta(&scale_name)?;
-    let format = match values.dtype.as_str() {
-        "I8" => BlockFormat::Q8_0,
-        "U8" => BlockFormat::Q4_0,
+    let format = match values.dtype {
+        Dtype::I8 => BlockFormat::Q8_0,
+        Dtype::U8 => BlockFormat::Q4_0,
         other => {
             return Err(invalid(format!(
-                "quantized values stored as {other}, expected I8 (q8_0) or U8 (q4_0)"
+                "quantized values stored as {other:?}, expected I8 (q8_0) or U8 (q4_0)"
             )))
         }
     };
@@ -383,9 +411,9 @@ pub(crate) fn stored_format(
         )));
     }
     let expected = [rows, cols / BLOCK];
-    if scales.dtype != "F16" || scales.shape != expected {
+    if scales.dtype != Dtype::F16 || scales.shape != expected {
         return Err(invalid(format!(
-            "scales {} {:?}, expected F16 {expected:?}",
+            "scales {:?} {:?}, expected F16 {expected:?}",
             scales.dtype, scales.shape
         )));
     }
@@ -422,4 +450,35 @@ pub(crate) fn quant_matrix(
         view.release_bytes(done.start * row_bytes..done.end * row_bytes)
     };
     QuantMatrix::quantize_with(format, rows, cols, read, release)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WeightRole;
+
+    #[test]
+    fn weight_roles_are_read_from_transformers_names() {
+        for (name, role) in [
+            ("model.embed_tokens.weight", WeightRole::Embedding),
+            ("lm_head.weight", WeightRole::LmHead),
+            (
+                "model.layers.3.block_sparse_moe.gate.weight",
+                WeightRole::Router,
+            ),
+            (
+                "model.layers.3.block_sparse_moe.experts.1.w1.weight",
+                WeightRole::Projection,
+            ),
+            (
+                "model.layers.0.mlp.gate_proj.weight",
+                WeightRole::Projection,
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                WeightRole::Projection,
+            ),
+        ] {
+            assert_eq!(WeightRole::of_tensor(name), role, "{name}");
+        }
+    }
 }

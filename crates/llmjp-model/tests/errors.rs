@@ -209,7 +209,7 @@ fn weights_in_a_dtype_we_cannot_run_are_refused() {
     for compute in [ComputeDtype::F32, ComputeDtype::BF16] {
         let err = CausalLm::<Cpu>::from_dir(&dir, compute, &Default::default()).unwrap_err();
         assert!(
-            matches!(&err, ModelError::Weights(WeightsError::UnsupportedDtype { name: n, dtype, .. }) if n == name && dtype == "I16"),
+            matches!(&err, ModelError::Weights(WeightsError::UnsupportedDtype { name: n, dtype, .. }) if n == name && *dtype == llmjp_weights::Dtype::I16),
             "{compute}: {err}"
         );
     }

@@ -22,14 +22,14 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use llmjp::{backend::Cpu, Llm, LoadOptions, Pipeline};
+//! use llmjp::{backend::Cpu, Llm, LoadOptions, ModelSource, Pipeline};
 //! use llmjp_server::{Server, ServerConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let Some(tokenizer_dir) = llmjp_testdata::tokenizer_dir() else { return Ok(()) };
 //! let model = llmjp_testdata::fixture_dir("tiny-llmjp");
 //! let options = LoadOptions { tokenizer_dir: Some(tokenizer_dir), ..LoadOptions::default() };
-//! let pipeline = Pipeline::<Cpu>::load(model.to_str().unwrap(), &options, &Default::default(), &mut |_, _| {})?;
+//! let pipeline = Pipeline::<Cpu>::load(&ModelSource::Dir(model), &options, &Default::default(), &mut |_, _| {})?;
 //! let config = ServerConfig { port: 0, ..ServerConfig::new("tiny") };
 //!
 //! let runtime = tokio::runtime::Runtime::new()?;

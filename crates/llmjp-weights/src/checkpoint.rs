@@ -198,8 +198,8 @@ impl std::fmt::Debug for Checkpoint {
 /// A tensor's stored dtype and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorMeta {
-    /// The stored dtype (`BF16`, `F32`, …).
-    pub dtype: String,
+    /// The stored dtype.
+    pub dtype: Dtype,
     /// The stored shape.
     pub shape: Vec<usize>,
 }
@@ -270,7 +270,7 @@ impl Checkpoint {
     pub fn meta(&self, name: &str) -> Result<TensorMeta> {
         let (_, info) = self.locate(name)?;
         Ok(TensorMeta {
-            dtype: format!("{:?}", info.dtype),
+            dtype: info.dtype,
             shape: info.shape.clone(),
         })
     }
@@ -321,7 +321,7 @@ impl Checkpoint {
             return Err(WeightsError::UnsupportedDtype {
                 path: shard.path.clone(),
                 name: name.to_string(),
-                dtype: format!("{:?}", info.dtype),
+                dtype: info.dtype,
             });
         }
         Ok((shard, info))

@@ -124,14 +124,14 @@ pub enum WeightsError {
         found: Vec<usize>,
     },
     /// A tensor is stored in a dtype we cannot convert to floats.
-    #[error("{}: tensor {name:?} is stored as {dtype}, expected F32, F16 or BF16", path.display())]
+    #[error("{}: tensor {name:?} is stored as {dtype:?}, expected F32, F16 or BF16", path.display())]
     UnsupportedDtype {
         /// The file concerned.
         path: PathBuf,
         /// The tensor's name.
         name: String,
         /// The stored dtype.
-        dtype: String,
+        dtype: crate::Dtype,
     },
     /// `--model` is neither a folder nor a Hub id `org/name[@revision]`.
     #[error("{spec:?} is neither a model folder nor a Hub id of the form org/name[@revision]")]

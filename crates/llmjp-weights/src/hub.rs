@@ -133,6 +133,17 @@ fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathB
     let id = HubId::parse(spec).ok_or_else(|| WeightsError::InvalidModelSpec {
         spec: spec.to_string(),
     })?;
+    fetch(&id, options, with_weights)
+}
+
+/// Fetches a Hub model's config, tokenizer and weights into the HF cache (offline: finds them
+/// there); returns the snapshot folder holding them. `options.revision` overrides the id's;
+/// neither given, `main`.
+pub fn fetch_model(id: &HubId, options: &HubOptions) -> Result<PathBuf> {
+    fetch(id, options, true)
+}
+
+fn fetch(id: &HubId, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
     let revision = options
         .revision
         .clone()

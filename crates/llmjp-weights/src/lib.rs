@@ -66,7 +66,7 @@ pub use checkpoint::{Checkpoint, Dtype, Element, Layout, TensorMeta, TensorView}
 pub use config::{Architecture, GenerationConfig, ModelConfig, MAX_POSITIONS, QUANT_METHOD};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
-pub use hub::{resolve_model, resolve_tokenizer, HubId, HubOptions};
+pub use hub::{fetch_model, resolve_model, resolve_tokenizer, HubId, HubOptions};
 
 /// Largest JSON file read from a model folder (`config.json`, `generation_config.json`,
 /// `model.safetensors.index.json`; real ones are a few kilobytes to a few megabytes).

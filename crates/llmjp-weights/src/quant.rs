@@ -76,6 +76,24 @@ impl BlockFormat {
     }
 }
 
+/// A block-format name that is neither `q8_0` nor `q4_0`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {0:?}: expected q8_0 or q4_0")]
+pub struct UnknownBlockFormat(pub String);
+
+impl std::str::FromStr for BlockFormat {
+    type Err = UnknownBlockFormat;
+
+    /// ```
+    /// use llmjp_weights::quant::BlockFormat;
+    /// assert_eq!("Q4_0".parse::<BlockFormat>(), Ok(BlockFormat::Q4_0));
+    /// assert!("q5_k".parse::<BlockFormat>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_name(s).ok_or_else(|| UnknownBlockFormat(s.to_owned()))
+    }
+}
+
 impl std::fmt::Display for BlockFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -89,7 +89,7 @@ fn reads_every_float_dtype_into_every_element_type() {
     }
     let v: Vec<f32> = ckpt.read("a.f16", &[6], Layout::AsStored).unwrap();
     assert_eq!(v, VALUES);
-    assert_eq!(ckpt.meta("a.bf16").unwrap().dtype, "BF16");
+    assert_eq!(ckpt.meta("a.bf16").unwrap().dtype, Dtype::BF16);
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn tensor_level_errors_name_the_tensor() {
         .read::<f32>("ints", &[2], Layout::AsStored)
         .unwrap_err();
     assert!(
-        matches!(&err, WeightsError::UnsupportedDtype { dtype, .. } if dtype == "I32"),
+        matches!(&err, WeightsError::UnsupportedDtype { dtype, .. } if *dtype == Dtype::I32),
         "{err}"
     );
 }

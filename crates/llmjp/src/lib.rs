@@ -3,10 +3,11 @@
 //! repetition_penalty=1.05)`, decode — in one call.
 //!
 //! ```no_run
-//! use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message};
+//! use llmjp::{Device, GenerateOptions, Llm, LoadOptions, Message, ModelSource};
 //!
 //! # fn main() -> Result<(), llmjp::LlmError> {
-//! let llm = Llm::load("llm-jp/llm-jp-3.1-1.8b-instruct4", Device::auto(), &LoadOptions::default(), &mut |_, _| {})?;
+//! let source: ModelSource = "llm-jp/llm-jp-3.1-1.8b-instruct4".parse()?;
+//! let llm = Llm::load(&source, Device::auto(), &LoadOptions::default(), &mut |_, _| {})?;
 //! let messages = [
 //!     Message::system("以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"),
 //!     Message::user("自然言語処理とは何か"),
@@ -24,14 +25,14 @@
 //! The same, runnable here on a tiny test model with the real tokenizer:
 //!
 //! ```
-//! use llmjp::{GenerateOptions, LoadOptions, Message, Pipeline, SamplingParams};
+//! use llmjp::{GenerateOptions, LoadOptions, Message, ModelSource, Pipeline, SamplingParams};
 //! use llmjp::backend::Cpu;
 //!
 //! # fn main() -> Result<(), llmjp::LlmError> {
 //! # let Some(tokenizer_dir) = llmjp_testdata::tokenizer_dir() else { return Ok(()) };
 //! let options = LoadOptions { tokenizer_dir: Some(tokenizer_dir), ..LoadOptions::default() };
 //! let model = llmjp_testdata::fixture_dir("tiny-llmjp");
-//! let pipeline = Pipeline::<Cpu>::load(model.to_str().unwrap(), &options, &Default::default(), &mut |_, _| {})?;
+//! let pipeline = Pipeline::<Cpu>::load(&ModelSource::Dir(model), &options, &Default::default(), &mut |_, _| {})?;
 //! let generate = GenerateOptions { max_new_tokens: 8, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
 //! let out = pipeline.chat(&[Message::user("こんにちは")], &generate, &mut |_| true)?;
 //! assert_eq!(out.generated_ids.len(), 8);
@@ -53,6 +54,7 @@ mod device;
 mod error;
 mod llm;
 mod pipeline;
+mod source;
 mod stop;
 
 pub use decoding::{Decoding, FinishReason, Step, TokenBudget};
@@ -62,6 +64,7 @@ pub use llm::Llm;
 pub use pipeline::{
     check_prompt_text, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
 };
+pub use source::ModelSource;
 pub use stop::StopMatcher;
 
 pub use llmjp_chat::{ChatTemplate, Message};

@@ -5,6 +5,7 @@ use llmjp_model::backend::Cpu;
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::ModelConfig;
 
+use crate::source::ModelSource;
 use crate::{Device, GenerateOptions, Generation, LlmError, LoadOptions, Pipeline, Result};
 
 /// A loaded model on the CPU or, with the `cuda` feature, a GPU.
@@ -29,16 +30,17 @@ macro_rules! dispatch {
 }
 
 impl Llm {
-    /// Loads `model` (a folder or `org/name[@revision]`) on `device`.
+    /// Loads the model `source` names (a folder, a Hub repository or a GGUF file) on
+    /// `device`.
     pub fn load(
-        model: &str,
+        source: &ModelSource,
         device: Device,
         options: &LoadOptions,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         match device {
             Device::Cpu => Ok(Self::Cpu(Pipeline::load(
-                model,
+                source,
                 options,
                 &Default::default(),
                 on_progress,
@@ -54,7 +56,7 @@ impl Llm {
                 llmjp_model::cube::kernel_cache::configure(options.kernel_cache_dir.as_deref());
                 let device = burn_cuda_device(index);
                 Ok(Self::Cuda(Pipeline::load(
-                    model,
+                    source,
                     options,
                     &device,
                     on_progress,

@@ -14,6 +14,7 @@ use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
 
 use crate::decoding::{Decoding, FinishReason, TokenBudget};
+use crate::source::ModelSource;
 use crate::{LlmError, Result};
 
 /// How to load a model.
@@ -151,23 +152,18 @@ pub struct Pipeline<B: Backend> {
 }
 
 impl<B: DecoderBackend> Pipeline<B> {
-    /// Loads a model folder, Hub id or llama.cpp GGUF file (imported once into the cache,
-    /// see [`llmjp_weights::gguf::import::cached`]): tokenizer, chat template, config and
-    /// weights. `on_progress(done, total)` is called as weights are loaded.
+    /// Loads a model folder, Hub repository or llama.cpp GGUF file (imported once into the
+    /// cache, see [`ModelSource::resolve`]): tokenizer, chat template, config and weights.
+    /// `on_progress(done, total)` is called as weights are loaded.
     pub fn load(
-        model: &str,
+        source: &ModelSource,
         options: &LoadOptions,
         device: &B::Device,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let start = Instant::now();
-        let gguf = Path::new(model);
-        let dir = if model.ends_with(".gguf") && gguf.is_file() {
-            let tokenizer = options.tokenizer_dir.as_deref();
-            llmjp_weights::gguf::import::cached(gguf, tokenizer, on_progress)?
-        } else {
-            llmjp_weights::resolve_model(model, &options.hub)?
-        };
+        let tokenizer = options.tokenizer_dir.as_deref();
+        let dir = source.resolve(&options.hub, tokenizer, on_progress)?;
         let tokenizer_dir = options.tokenizer_dir.as_deref().unwrap_or(&dir);
         let tokenizer = Tokenizer::from_dir(tokenizer_dir)?;
         let template = ChatTemplate::from_tokenizer(&tokenizer)?;

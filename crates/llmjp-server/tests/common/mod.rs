@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use llmjp::backend::Cpu;
-use llmjp::{Llm, LoadOptions, Pipeline};
+use llmjp::{Llm, LoadOptions, ModelSource, Pipeline};
 use llmjp_server::{Server, ServerConfig};
 #[allow(unused_imports)]
 pub use llmjp_testdata::http::{read_chunk, read_head, request, send, Response};
@@ -33,7 +33,7 @@ pub fn pipeline(dtype: llmjp::ComputeDtype) -> Pipeline<Cpu> {
     };
     let model = llmjp_testdata::fixture_dir("tiny-llmjp");
     Pipeline::<Cpu>::load(
-        model.to_str().unwrap(),
+        &ModelSource::Dir(model),
         &options,
         &Default::default(),
         &mut |_, _| {},
@@ -142,7 +142,7 @@ pub fn long_context_pipeline() -> (Pipeline<Cpu>, TempFolder) {
         ..LoadOptions::default()
     };
     let pipeline = Pipeline::<Cpu>::load(
-        folder.0.to_str().unwrap(),
+        &ModelSource::Dir(folder.0.clone()),
         &options,
         &Default::default(),
         &mut |_, _| {},
