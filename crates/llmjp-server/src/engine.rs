@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use llmjp::backend::Backend;
 use llmjp::crates::model::{read_f32, KvCache, Sequence};
 use llmjp::crates::sampler::processors::LogitsProcessor;
-use llmjp::{Decoding, FinishReason, GenerateOptions, Llm, Pipeline, SamplingParams};
+use llmjp::{Decoding, FinishReason, GenerateOptions, Llm, Pipeline, PipelineTask, SamplingParams};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::Usage;
@@ -145,11 +145,7 @@ impl Engine {
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("llmjp-engine".into())
-            .spawn(move || match llm {
-                Llm::Cpu(pipeline) => run(&pipeline, &for_thread),
-                #[cfg(feature = "cuda")]
-                Llm::Cuda(pipeline) => run(&pipeline, &for_thread),
-            })
+            .spawn(move || llm.run(EngineLoop(&for_thread)))
             .map_err(|source| ServerError::Io {
                 context: "starting the engine thread".into(),
                 source,
@@ -256,6 +252,17 @@ impl<B: Backend> Active<'_, B> {
 }
 
 /// The engine loop on one backend; returns when stopped, or drained and idle.
+/// The engine thread's loop, as a task [`Llm::run`] runs on the model's backend.
+struct EngineLoop<'s>(&'s Shared);
+
+impl PipelineTask for EngineLoop<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, pipeline: &Pipeline<B>) {
+        run(pipeline, self.0)
+    }
+}
+
 fn run<B: Backend>(pipeline: &Pipeline<B>, shared: &Shared) {
     let model = pipeline.model();
     let config = &shared.config;

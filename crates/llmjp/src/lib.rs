@@ -60,7 +60,7 @@ mod stop;
 pub use decoding::{Decoding, FinishReason, Step, TokenBudget};
 pub use device::Device;
 pub use error::{LlmError, Result};
-pub use llm::Llm;
+pub use llm::{Llm, PipelineTask};
 pub use pipeline::{
     check_prompt_text, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
 };

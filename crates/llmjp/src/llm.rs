@@ -1,7 +1,7 @@
 //! [`Llm`]: a [`Pipeline`] on the backend chosen at run time.
 
 use llmjp_chat::{ChatTemplate, Message};
-use llmjp_model::backend::Cpu;
+use llmjp_model::backend::{Backend, Cpu};
 use llmjp_tokenizer::Tokenizer;
 use llmjp_weights::ModelConfig;
 
@@ -29,7 +29,37 @@ macro_rules! dispatch {
     };
 }
 
+/// Work generic over the backend, run on whichever [`Pipeline`] an [`Llm`] holds
+/// ([`Llm::run`]), so a caller writes no backend dispatch of its own.
+///
+/// ```
+/// use llmjp::backend::Backend;
+/// use llmjp::{Llm, Pipeline, PipelineTask};
+///
+/// struct EosIds;
+/// impl PipelineTask for EosIds {
+///     type Output = Vec<u32>;
+///     fn run<B: Backend>(self, pipeline: &Pipeline<B>) -> Vec<u32> {
+///         pipeline.eos_ids().to_vec()
+///     }
+/// }
+/// fn eos_ids(llm: &Llm) -> Vec<u32> {
+///     llm.run(EosIds)
+/// }
+/// ```
+pub trait PipelineTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on `pipeline`.
+    fn run<B: Backend>(self, pipeline: &Pipeline<B>) -> Self::Output;
+}
+
 impl Llm {
+    /// Runs `task` on the pipeline, whatever its backend.
+    pub fn run<T: PipelineTask>(&self, task: T) -> T::Output {
+        dispatch!(self, p => task.run(p))
+    }
+
     /// Loads the model `source` names (a folder, a Hub repository or a GGUF file) on
     /// `device`.
     pub fn load(
