@@ -45,8 +45,8 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// A case that must fail cleanly: exit 1, or 2 for a flag value clap rejects (not a signal), exactly one `error:` line
-/// containing `needle`, no panic.
+/// A case that must fail cleanly: exit 1, or 2 for a flag value clap rejects (not a
+/// signal), exactly one `error:` line containing `needle`, no panic.
 fn assert_refused(name: &str, output: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -1,5 +1,5 @@
-//! Resolving `--model`: a local folder, or a Hugging Face Hub id downloaded into the
-//! standard HF cache (the layout Python's `huggingface_hub` uses).
+//! Hugging Face Hub ids, fetched into the standard HF cache (the layout Python's
+//! `huggingface_hub` uses).
 
 use std::path::{Path, PathBuf};
 
@@ -94,48 +94,6 @@ impl HubId {
 /// no such file.
 type Fetcher = dyn Fn(&str) -> Result<Option<PathBuf>>;
 
-/// Resolves `--model`: an existing folder is used as it is (no network); otherwise `spec`
-/// must be a Hub id, whose config, tokenizer and weights are downloaded (or, offline, found)
-/// in the HF cache. Returns the folder holding them.
-pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
-    resolve(spec, options, true)
-}
-
-/// Like [`resolve_model`], for the tokenizer files only (no weights are downloaded).
-pub fn resolve_tokenizer(spec: &str, options: &HubOptions) -> Result<PathBuf> {
-    resolve(spec, options, false)
-}
-
-fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
-    let path = Path::new(spec);
-    // Something named `*.gguf` is meant as a GGUF file (a regular one is imported before
-    // this is called): a FIFO or device is not a file, a broken link a missing file, never
-    // a Hub id.
-    if spec.ends_with(".gguf") && std::fs::symlink_metadata(path).is_ok() {
-        match std::fs::metadata(path) {
-            Err(source) => return Err(WeightsError::io(path, source)),
-            Ok(meta) if !meta.is_file() && !meta.is_dir() => {
-                return Err(WeightsError::NotAFile {
-                    path: path.to_path_buf(),
-                })
-            }
-            Ok(_) => {}
-        }
-    }
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    if std::fs::metadata(path).is_ok() {
-        return Err(WeightsError::NotAFolder {
-            path: path.to_path_buf(),
-        });
-    }
-    let id = HubId::parse(spec).ok_or_else(|| WeightsError::InvalidModelSpec {
-        spec: spec.to_string(),
-    })?;
-    fetch(&id, options, with_weights)
-}
-
 /// Fetches a Hub model's config, tokenizer and weights into the HF cache (offline: finds them
 /// there); returns the snapshot folder holding them. `options.revision` overrides the id's;
 /// neither given, `main`.
@@ -143,7 +101,7 @@ pub fn fetch_model(id: &HubId, options: &HubOptions) -> Result<PathBuf> {
     fetch(id, options, true)
 }
 
-fn fetch(id: &HubId, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
+pub(crate) fn fetch(id: &HubId, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
     let revision = options
         .revision
         .clone()

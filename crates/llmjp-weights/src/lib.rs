@@ -58,6 +58,7 @@ pub mod gguf;
 mod hub;
 pub mod quant;
 pub mod sigbus;
+mod source;
 pub mod writer;
 
 use std::path::Path;
@@ -66,7 +67,8 @@ pub use checkpoint::{Checkpoint, Dtype, Element, Layout, TensorMeta, TensorView}
 pub use config::{Architecture, GenerationConfig, ModelConfig, MAX_POSITIONS, QUANT_METHOD};
 pub use error::{Result, WeightsError};
 pub use half::{bf16, f16};
-pub use hub::{fetch_model, resolve_model, resolve_tokenizer, HubId, HubOptions};
+pub use hub::{fetch_model, HubId, HubOptions};
+pub use source::{resolve_model, resolve_tokenizer, ModelSource};
 
 /// Largest JSON file read from a model folder (`config.json`, `generation_config.json`,
 /// `model.safetensors.index.json`; real ones are a few kilobytes to a few megabytes).

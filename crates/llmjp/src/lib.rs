@@ -54,7 +54,6 @@ mod device;
 mod error;
 mod llm;
 mod pipeline;
-mod source;
 mod stop;
 
 pub use decoding::{Decoding, FinishReason, Step, TokenBudget};
@@ -64,7 +63,6 @@ pub use llm::{Llm, PipelineTask};
 pub use pipeline::{
     check_prompt_text, GenerateOptions, Generation, LoadOptions, Pipeline, Timings,
 };
-pub use source::ModelSource;
 pub use stop::StopMatcher;
 
 pub use llmjp_chat::{ChatTemplate, Message};
@@ -72,7 +70,7 @@ pub use llmjp_model::{backend, CausalLm, ComputeDtype, WeightDtype};
 pub use llmjp_sampler::processors::LogitsProcessor;
 pub use llmjp_sampler::{Sampler, SamplingParams};
 pub use llmjp_tokenizer::Tokenizer;
-pub use llmjp_weights::HubOptions;
+pub use llmjp_weights::{HubOptions, ModelSource};
 
 /// The crates the facade is made of, for what it does not re-export.
 pub mod crates {

@@ -3,9 +3,8 @@
 use llmjp_chat::{ChatTemplate, Message};
 use llmjp_model::backend::{Backend, Cpu};
 use llmjp_tokenizer::Tokenizer;
-use llmjp_weights::ModelConfig;
+use llmjp_weights::{ModelConfig, ModelSource};
 
-use crate::source::ModelSource;
 use crate::{Device, GenerateOptions, Generation, LlmError, LoadOptions, Pipeline, Result};
 
 /// A loaded model on the CPU or, with the `cuda` feature, a GPU.

@@ -11,10 +11,9 @@ use llmjp_model::{read_f32, CausalLm, ComputeDtype, WeightDtype};
 use llmjp_sampler::processors::LogitsProcessor;
 use llmjp_sampler::{Sampler, SamplingParams};
 use llmjp_tokenizer::Tokenizer;
-use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig};
+use llmjp_weights::{Checkpoint, GenerationConfig, HubOptions, ModelConfig, ModelSource};
 
 use crate::decoding::{Decoding, FinishReason, TokenBudget};
-use crate::source::ModelSource;
 use crate::{LlmError, Result};
 
 /// How to load a model.
@@ -162,9 +161,9 @@ impl<B: DecoderBackend> Pipeline<B> {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let start = Instant::now();
-        let tokenizer = options.tokenizer_dir.as_deref();
-        let dir = source.resolve(&options.hub, tokenizer, on_progress)?;
-        let tokenizer_dir = options.tokenizer_dir.as_deref().unwrap_or(&dir);
+        let tokenizer_dir = options.tokenizer_dir.as_deref();
+        let dir = source.resolve(&options.hub, tokenizer_dir, on_progress)?;
+        let tokenizer_dir = tokenizer_dir.unwrap_or(&dir);
         let tokenizer = Tokenizer::from_dir(tokenizer_dir)?;
         let template = ChatTemplate::from_tokenizer(&tokenizer)?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;

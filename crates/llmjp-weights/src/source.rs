@@ -4,21 +4,19 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use llmjp_weights::{HubId, HubOptions, WeightsError};
-
-use crate::{LlmError, Result};
+use crate::hub::{fetch, HubId, HubOptions};
+use crate::{Result, WeightsError};
 
 /// Where a model is loaded from.
 ///
 /// ```
-/// use llmjp::ModelSource;
-/// use llmjp::crates::weights::HubId;
+/// use llmjp_weights::{HubId, ModelSource};
 ///
 /// let hub: ModelSource = "llm-jp/llm-jp-3.1-1.8b-instruct4@main".parse()?;
 /// let id = HubId { repo: "llm-jp/llm-jp-3.1-1.8b-instruct4".into(), revision: Some("main".into()) };
 /// assert_eq!(hub, ModelSource::Hub(id));
 /// assert!("no/such folder".parse::<ModelSource>().is_err());
-/// # Ok::<(), llmjp::LlmError>(())
+/// # Ok::<(), llmjp_weights::WeightsError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -28,22 +26,11 @@ pub enum ModelSource {
     /// HF cache (offline: found there).
     Hub(HubId),
     /// A llama.cpp GGUF file, imported once into a folder of the cache (see
-    /// [`llmjp_weights::gguf::import::cached`]).
+    /// [`crate::gguf::import::cached`]).
     Gguf(PathBuf),
 }
 
 impl ModelSource {
-    /// A path: a GGUF file when it ends in `.gguf` and is not a folder, else a folder.
-    pub fn path(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let gguf = path.extension().is_some_and(|e| e == "gguf") && !path.is_dir();
-        if gguf {
-            Self::Gguf(path)
-        } else {
-            Self::Dir(path)
-        }
-    }
-
     /// The folder the model loads from: the folder itself (checked to be one), the Hub
     /// snapshot (fetched with `hub`), or the GGUF file's import (made once; the tokenizer
     /// taken from `tokenizer_dir` when given, `on_progress(done, total)` called as it goes).
@@ -59,10 +46,8 @@ impl ModelSource {
                 Ok(_) => Err(WeightsError::NotAFolder { path: path.clone() })?,
                 Err(source) => Err(WeightsError::io(path, source))?,
             },
-            Self::Hub(id) => llmjp_weights::fetch_model(id, hub)?,
-            Self::Gguf(path) => {
-                llmjp_weights::gguf::import::cached(path, tokenizer_dir, on_progress)?
-            }
+            Self::Hub(id) => fetch(id, hub, true)?,
+            Self::Gguf(path) => crate::gguf::import::cached(path, tokenizer_dir, on_progress)?,
         })
     }
 }
@@ -72,7 +57,7 @@ impl ModelSource {
 /// a path that exists but is neither (a plain file, or a FIFO or device named `*.gguf`), or
 /// a name that is no Hub id.
 impl FromStr for ModelSource {
-    type Err = LlmError;
+    type Err = WeightsError;
 
     fn from_str(spec: &str) -> Result<Self> {
         let path = Path::new(spec);
@@ -99,12 +84,6 @@ impl FromStr for ModelSource {
     }
 }
 
-impl From<HubId> for ModelSource {
-    fn from(id: HubId) -> Self {
-        Self::Hub(id)
-    }
-}
-
 impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -114,6 +93,26 @@ impl fmt::Display for ModelSource {
                 None => f.write_str(repo),
             },
         }
+    }
+}
+
+/// Resolves `--model` to a folder: an existing folder as it is (no network); otherwise `spec`
+/// must be a Hub id, whose config, tokenizer and weights are downloaded (or, offline, found)
+/// in the HF cache. A GGUF file is refused here ([`ModelSource::resolve`] imports it).
+pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
+    resolve(spec, options, true)
+}
+
+/// Like [`resolve_model`], for the tokenizer files only (no weights are downloaded).
+pub fn resolve_tokenizer(spec: &str, options: &HubOptions) -> Result<PathBuf> {
+    resolve(spec, options, false)
+}
+
+fn resolve(spec: &str, options: &HubOptions, with_weights: bool) -> Result<PathBuf> {
+    match spec.parse::<ModelSource>()? {
+        ModelSource::Dir(path) => Ok(path),
+        ModelSource::Hub(id) => fetch(&id, options, with_weights),
+        ModelSource::Gguf(path) => Err(WeightsError::NotAFolder { path }),
     }
 }
 
@@ -135,8 +134,6 @@ mod tests {
         let err = file.to_str().unwrap().parse::<ModelSource>().unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");
         assert!("../up/../and/away".parse::<ModelSource>().is_err());
-        assert!(matches!(ModelSource::path("m.gguf"), ModelSource::Gguf(_)));
-        assert!(matches!(ModelSource::path(&dir), ModelSource::Dir(_)));
         let mut progress = |_, _| {};
         let missing = ModelSource::Dir(dir.join("missing"));
         let options = HubOptions::default();
