@@ -3,10 +3,13 @@
 //! (the tests say which they skip).
 //!
 //! Tolerance held:
-//! - checkpoints stored in bf16 (as the llm-jp models are): the weights are exact, only
-//!   prefills of 32 tokens or more round activations to bf16 (AMX, as transformers' bf16
-//!   models do). Logits stay within 0.02 of transformers' f32 logits and the 32-token greedy
-//!   continuation is unchanged.
+//! - checkpoints stored in bf16 (as the llm-jp models are): the weights are exact. Logits
+//!   stay within 0.02 of transformers' f32 logits. Instruction sets that keep f32
+//!   activations (up to AVX-512 VNNI; AMX below 32 rows) leave the 32-token greedy
+//!   continuation unchanged. Those that round activations to bf16 as transformers' bf16
+//!   models do (AVX-512 BF16, AMX prefills) are fed the reference's continuation, and at
+//!   every step its token must be the best or within 0.02 of the best: a random-weight
+//!   model has near-ties that 8 significant bits of activation may swap.
 //! - checkpoints stored in f16 or f32: bf16 also rounds the weights, which changes the model
 //!   itself. Logits stay within 0.1 and the first greedy token is unchanged; later tokens may
 //!   differ where two candidates (or, in a top-1 MoE, two experts) are closer than bf16 can
@@ -73,14 +76,27 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
             );
             let tolerance = if stored_bf16 { 0.02 } else { 0.1 };
             assert!(err <= tolerance, "{name}, {} tokens: {err}", p.ids.len());
+            let rounds_activations = isa >= Isa::Avx512Bf16;
             let mut agree = 0;
             for &expected in &p.greedy {
                 let next = argmax(&logits);
                 if next != expected {
-                    break;
+                    let best = logits[next as usize];
+                    let near_tie = best - logits[expected as usize] <= 0.02;
+                    if !(rounds_activations && stored_bf16 && near_tie) {
+                        eprintln!(
+                            "  step {agree}: best {best} vs {}",
+                            logits[expected as usize]
+                        );
+                        break;
+                    }
+                    eprintln!(
+                        "  near-tie at step {agree}: {best} vs {}",
+                        logits[expected as usize]
+                    );
                 }
                 agree += 1;
-                logits = values(model.forward_last(&[next], &mut cache).unwrap());
+                logits = values(model.forward_last(&[expected], &mut cache).unwrap());
             }
             eprintln!("  greedy agreement {agree}");
             let needed = if stored_bf16 { p.greedy.len() } else { 1 };
@@ -114,12 +130,12 @@ fn prefill_agrees_with_single_steps(isa: Isa) {
     for &id in &ids {
         stepped = values(model.forward_last(&[id], &mut cache).unwrap());
     }
-    // A 40-token prefill may use AMX (bf16 activations); steps use f32 activations.
+    // A 40-token prefill may use AMX (bf16 activations); its steps use f32 activations.
     let err = max_abs_diff(&prefill, &stepped);
     assert!(err <= 0.05, "{isa}: {err}");
     // Chunks after a cached prefix (queries offset against the cache) give exactly the
-    // steps' numbers: below 32 tokens activations stay f32, and every query's arithmetic
-    // is the same whatever chunk it is in.
+    // steps' numbers: below 32 tokens no ISA changes how activations are rounded, and every
+    // query's arithmetic is the same whatever chunk it is in.
     let mut cache = model.new_cache(ids.len());
     let mut chunked = Vec::new();
     for chunk in ids.chunks(7) {

@@ -11,7 +11,7 @@ use super::kv::HostKv;
 use super::weight::{Bf16Weight, QuantWeight};
 use crate::cache::LayerCache;
 use crate::kv_memory::KvMemory;
-use crate::linear::{Linear, Loader};
+use crate::linear::{Linear, Loader, WeightRole};
 use crate::ops::{DecoderOps, Heads, LayerSeq, SeqSpan};
 use crate::params::{RmsNorm, Rope};
 use crate::{ComputeDtype, ModelError, Result};
@@ -78,7 +78,13 @@ impl DecoderOps<Cpu> for CpuKernels {
         }
         let matrix = loader.bf16_matrix(name, out, inputs)?;
         matrix.populate();
-        Ok(Linear::new(Bf16Weight::new(matrix, self.isa)))
+        // Routing is a discrete choice between experts whose scores may be close: routers
+        // (a few outputs, cheap) multiply f32 activations on every instruction set.
+        let isa = match WeightRole::of_tensor(name) {
+            WeightRole::Router => self.isa.with_f32_activations(),
+            _ => self.isa,
+        };
+        Ok(Linear::new(Bf16Weight::new(matrix, isa)))
     }
 
     fn load_embedding(

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use crate::ModelError;
 
 /// The environment variable that overrides the instruction set: `portable`, `avx2`,
-/// `avx512` or `amx`.
+/// `avx512`, `avx512vnni`, `avx512bf16` or `amx`.
 pub const ISA_ENV: &str = "LLMJP_CPU_ISA";
 
 /// An instruction set the kernels are written for, from the most portable to the fastest.
@@ -20,13 +20,28 @@ pub enum Isa {
     Avx2,
     /// AVX-512F vectors (x86-64).
     Avx512,
-    /// AVX-512 plus the AMX-BF16 tile unit for prefills of 32 rows or more (x86-64, Linux).
+    /// AVX-512 with VNNI's 8-bit dot products (`vpdpbusd`) for the quantized matmuls
+    /// (x86-64: Cascade Lake, Ice Lake and later Xeons, AMD Zen 4 and later).
+    Avx512Vnni,
+    /// AVX-512 VNNI plus BF16's dot products (`vdpbf16ps`) for the bf16 matmuls, activations
+    /// rounded to bf16 (x86-64: Cooper Lake, Sapphire Rapids and later Xeons, AMD Zen 4 and
+    /// later).
+    Avx512Bf16,
+    /// AVX-512 BF16 plus the AMX-BF16 tile unit for prefills of 32 rows or more (x86-64,
+    /// Linux).
     Amx,
 }
 
 impl Isa {
     /// Every instruction set, portable first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
+    pub const ALL: [Isa; 6] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Avx512Bf16,
+        Isa::Amx,
+    ];
 
     /// Whether this CPU (and, for AMX, the operating system) can run it.
     pub fn is_supported(self) -> bool {
@@ -34,7 +49,9 @@ impl Isa {
             Self::Portable => true,
             Self::Avx2 => has_avx2(),
             Self::Avx512 => has_avx2() && has_avx512(),
-            Self::Amx => has_avx512() && has_amx(),
+            Self::Avx512Vnni => Self::Avx512.is_supported() && has_avx512_vnni(),
+            Self::Avx512Bf16 => Self::Avx512Vnni.is_supported() && has_avx512_bf16(),
+            Self::Amx => Self::Avx512Bf16.is_supported() && has_amx(),
         }
     }
 
@@ -76,12 +93,20 @@ impl Isa {
         self.min(Self::best())
     }
 
+    /// `self`, or the best below it whose bf16 matmuls keep activations in f32
+    /// ([`Isa::Avx512Vnni`]).
+    pub fn with_f32_activations(self) -> Isa {
+        self.min(Self::Avx512Vnni)
+    }
+
     /// The name `LLMJP_CPU_ISA` takes.
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
             Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
+            Self::Avx512Vnni => "avx512vnni",
+            Self::Avx512Bf16 => "avx512bf16",
             Self::Amx => "amx",
         }
     }
@@ -102,7 +127,8 @@ impl FromStr for Isa {
             .find(|isa| isa.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 ModelError::InvalidIsa(format!(
-                    "{ISA_ENV}={s}: unknown instruction set, expected portable, avx2, avx512 or amx"
+                    "{ISA_ENV}={s}: unknown instruction set, expected portable, avx2, avx512, \
+                     avx512vnni, avx512bf16 or amx"
                 ))
             })
     }
@@ -122,11 +148,37 @@ fn has_avx2() -> bool {
     }
 }
 
-/// Whether the CPU has AVX-512F.
+/// Whether the CPU has AVX-512F, BW and VL.
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AVX-512 VNNI.
+fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AVX-512 BF16.
+fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

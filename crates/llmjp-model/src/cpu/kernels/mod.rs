@@ -6,13 +6,14 @@
 //! decoder on them.
 //!
 //! Each operation has one module per instruction set: [`Isa::Portable`] (any CPU, the
-//! reference the others are tested against), [`Isa::Avx2`], [`Isa::Avx512`] and
-//! [`Isa::Amx`] (x86-64); an instruction set without a kernel of its own for some
-//! operation runs the next one below it. Every entry point takes the [`Isa`] to run; one
+//! reference the others are tested against), [`Isa::Avx2`], [`Isa::Avx512`],
+//! [`Isa::Avx512Vnni`] (8-bit dot products for the quantized matmul), [`Isa::Avx512Bf16`]
+//! (bf16 dot products for the bf16 matmul) and [`Isa::Amx`] (x86-64); an instruction set
+//! without a kernel of its own for some operation runs the next one below it. Every entry point takes the [`Isa`] to run; one
 //! asked for that the CPU lacks runs on the best one it has, so a wrong choice is slow,
 //! never unsound. [`Isa::selected`] picks the best the CPU has once per process, unless the
-//! environment variable [`ISA_ENV`] (`LLMJP_CPU_ISA=portable|avx2|avx512|amx`) asks for
-//! another.
+//! environment variable [`ISA_ENV`]
+//! (`LLMJP_CPU_ISA=portable|avx2|avx512|avx512vnni|avx512bf16|amx`) asks for another.
 //!
 //! ```
 //! use half::bf16;

@@ -19,12 +19,12 @@ pub fn attend_block(isa: Isa, block: &HeadBlock) -> Vec<f32> {
     let d = block.head_dim;
     match isa.usable() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Amx if d.is_multiple_of(16) => {
+        isa if isa >= Isa::Avx512 && d.is_multiple_of(16) => {
             // SAFETY: `usable` returned an ISA with AVX-512F; rows are whole vectors.
             unsafe { avx512::attend_block(block) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 | Isa::Amx if d.is_multiple_of(8) => {
+        isa if isa >= Isa::Avx2 && d.is_multiple_of(8) => {
             // SAFETY: `usable` returned an ISA with AVX2 and FMA; rows are whole vectors.
             unsafe { avx2::attend_block(block) }
         }

@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
 mod portable;
 mod rows;
 
@@ -23,6 +25,16 @@ impl QuantMatrix {
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
         let x = QuantizedRows::new(x, rows, k);
         let isa = isa.usable();
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512Vnni {
+            let x = avx512vnni::VnniRows::new(&x, self.format());
+            return in_column_tasks(rows, n, |first, count, out| {
+                // SAFETY: the task owns output columns first..first + count of the
+                // `[rows, n]` buffer; `usable` returned an ISA with AVX-512 VNNI; `x` was
+                // made for this format.
+                unsafe { avx512vnni::columns(self, &x, first, count, out.0) }
+            });
+        }
         in_column_tasks(rows, n, |first, count, out| {
             // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
             // buffer; `isa` is one the CPU has.
@@ -44,11 +56,9 @@ impl QuantMatrix {
         out: SendPtr,
     ) {
         match isa {
-            // SAFETY: forwarded; AVX-512 CPUs have AVX2 (no int8 kernel of their own yet).
+            // SAFETY: forwarded; AVX-512 CPUs have AVX2.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 | Isa::Amx => unsafe {
-                avx2::columns(self, x, first, count, out.0)
-            },
+            isa if isa >= Isa::Avx2 => unsafe { avx2::columns(self, x, first, count, out.0) },
             // SAFETY: forwarded.
             _ => unsafe { portable::columns(self, x, first, count, out.0) },
         }
@@ -93,6 +103,9 @@ mod tests {
             (1, 300, 512),
             (40, 64, 96),
             (33, 288, 2048),
+            (2, 9, 32),
+            (5, 7, 160),
+            (3, 5, 224),
         ];
         for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
             for (rows, n, k) in shapes {

@@ -15,7 +15,7 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     match isa.usable() {
         // SAFETY: `usable` returned an ISA the CPU has.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Amx => unsafe { avx512::silu_mul(gate, up) },
+        isa if isa >= Isa::Avx512 => unsafe { avx512::silu_mul(gate, up) },
         // SAFETY: `usable` returned an ISA the CPU has.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::silu_mul(gate, up) },
