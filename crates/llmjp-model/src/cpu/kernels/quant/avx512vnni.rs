@@ -12,7 +12,9 @@
 use std::arch::x86_64::*;
 
 use llmjp_weights::quant::{BlockFormat, BLOCK};
+use rayon::prelude::*;
 
+#[cfg(test)]
 use super::rows::QuantizedRows;
 use crate::cpu::kernels::tasks::in_four_streams;
 use crate::matrix::QuantMatrix;
@@ -35,8 +37,51 @@ pub(crate) struct VnniRows {
 }
 
 impl VnniRows {
-    /// The activations of `x` for weights of `format`.
-    pub(crate) fn new(x: &QuantizedRows, format: BlockFormat) -> Self {
+    /// `x` (`[rows, k]` row-major f32, `k` whole blocks) quantized as
+    /// [`QuantizedRows`] does (the same integers and scales), laid out for weights of
+    /// `format`; rows in parallel.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VNNI.
+    pub(crate) unsafe fn new(x: &[f32], rows: usize, k: usize, format: BlockFormat) -> Self {
+        let blocks = k / BLOCK;
+        let pairs = blocks.div_ceil(2);
+        let q4 = format == BlockFormat::Q4_0;
+        let mut out = Self {
+            rows,
+            pairs,
+            values: vec![0u8; rows * pairs * PAIR],
+            scales: vec![0f32; rows * pairs * 16],
+            starts: vec![0i32; if q4 { rows * pairs * 16 } else { 0 }],
+        };
+        let parts = RowParts {
+            values: out.values.as_mut_ptr(),
+            scales: out.scales.as_mut_ptr(),
+            starts: out.starts.as_mut_ptr(),
+        };
+        let row = |r: usize| {
+            let parts = &parts;
+            // SAFETY: row r of each buffer is this call's alone; the CPU has AVX-512 VNNI.
+            unsafe {
+                if q4 {
+                    quantize_row::<true>(&x[r * k..(r + 1) * k], r, pairs, parts)
+                } else {
+                    quantize_row::<false>(&x[r * k..(r + 1) * k], r, pairs, parts)
+                }
+            }
+        };
+        if rows * k >= 1 << 16 {
+            (0..rows).into_par_iter().for_each(row);
+        } else {
+            (0..rows).for_each(row);
+        }
+        out
+    }
+
+    /// The layout built value by value from [`QuantizedRows`], the reference for
+    /// [`new`](Self::new).
+    #[cfg(test)]
+    fn from_quantized(x: &QuantizedRows, format: BlockFormat) -> Self {
         let blocks = x.cols / BLOCK;
         let pairs = blocks.div_ceil(2);
         let mut values = vec![0u8; x.rows * pairs * PAIR];
@@ -84,6 +129,90 @@ impl VnniRows {
             values,
             scales,
             starts,
+        }
+    }
+}
+
+/// The buffers of a [`VnniRows`] being filled, a row per task.
+struct RowParts {
+    values: *mut u8,
+    scales: *mut f32,
+    starts: *mut i32,
+}
+// SAFETY: each task writes only its own row of the three buffers.
+unsafe impl Sync for RowParts {}
+
+/// Block `src` (32 values) quantized to 8 bits as [`QuantizedRows`] does: the scale
+/// `max |v| / 127`, each value times its inverse rounded half away from zero (as
+/// `f32::round`). Returns the values as 32 signed bytes and the scale.
+///
+/// # Safety
+/// The CPU has AVX-512F and BW; `src` points to 32 values.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn quantize_block(src: *const f32) -> (__m256i, f32) {
+    // SAFETY: 32 values at src.
+    let (a, b) = unsafe { (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))) };
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let d = amax / 127.0;
+    let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let round = |v: __m512| {
+        let y = _mm512_mul_ps(v, id);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+            _mm512_abs_ps(_mm512_sub_ps(y, t)),
+            _mm512_set1_ps(0.5),
+        );
+        let sign = _mm512_and_ps(y, _mm512_set1_ps(-0.0));
+        let away = _mm512_or_ps(_mm512_set1_ps(1.0), sign);
+        _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away))
+    };
+    let low = _mm512_cvtepi32_epi8(round(a));
+    let high = _mm512_cvtepi32_epi8(round(b));
+    (_mm256_set_m128i(high, low), d)
+}
+
+/// Row `r` of `x` into its part of `parts`, in the layout of [`VnniRows`].
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and VNNI; `src` holds whole blocks, `pairs` of them per two;
+/// row `r` of `parts` is the caller's alone and (Q4_0) `parts.starts` has rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn quantize_row<const Q4: bool>(src: &[f32], r: usize, pairs: usize, parts: &RowParts) {
+    let blocks = src.len() / BLOCK;
+    for p in 0..pairs {
+        let at = r * pairs + p;
+        let mut halves = [_mm256_setzero_si256(); 2];
+        let mut scales = [0f32; 2];
+        for half in 0..2 {
+            let b = 2 * p + half;
+            if b < blocks {
+                // SAFETY: block b of the row is in bounds.
+                (halves[half], scales[half]) =
+                    unsafe { quantize_block(src.as_ptr().add(b * BLOCK)) };
+            }
+        }
+        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(halves[0]), halves[1]);
+        let (s0, s1) = (_mm512_set1_ps(scales[0]), _mm512_set1_ps(scales[1]));
+        // SAFETY: pair p of row r is inside the buffers (the caller's row).
+        unsafe {
+            if Q4 {
+                // 128-bit lanes: block 2p's values 0..16, 2p + 1's 0..16, 2p's 16..32,
+                // 2p + 1's 16..32 (the order the weights' nibbles unpack in).
+                let values = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
+                _mm512_storeu_si512(parts.values.add(at * PAIR) as *mut _, values);
+                let lanes = _mm512_mask_blend_ps(0xf0f0, s0, s1);
+                _mm512_storeu_ps(parts.scales.add(at * 16), lanes);
+                // −8 × the sum of each lane's four activations.
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), values);
+                let starts = _mm512_sub_epi32(_mm512_setzero_si512(), sums);
+                _mm512_storeu_si512(parts.starts.add(at * 16) as *mut _, starts);
+            } else {
+                let values = _mm512_xor_si512(both, _mm512_set1_epi8(0x80u8 as i8));
+                _mm512_storeu_si512(parts.values.add(at * PAIR) as *mut _, values);
+                let lanes = _mm512_mask_blend_ps(0xff00, s0, s1);
+                _mm512_storeu_ps(parts.scales.add(at * 16), lanes);
+            }
         }
     }
 }
@@ -324,6 +453,40 @@ unsafe fn tile_of<const MR: usize, const NR: usize, const Q4: bool>(
         for c in 0..NR {
             // SAFETY: in bounds of the caller's buffer; the column is the caller's.
             unsafe { *out.add((row + r) * n + cols[c]) = _mm512_reduce_add_ps(acc[r][c]) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_quantize_as_the_reference_does() {
+        if !crate::cpu::Isa::Avx512Vnni.is_supported() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut next = crate::testing::uniform(5);
+        for (rows, k) in [(1, 32), (3, 96), (2, 2048), (5, 160)] {
+            let mut x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            // Ties, zeros, a zero block and a value at the largest magnitude.
+            x[0] = 0.0;
+            // A block whose scale is 1: exact ties, rounded away from zero.
+            x[5..10].copy_from_slice(&[127.0, 0.5, -2.5, 1.5, -0.5]);
+            if k >= 64 {
+                x[32..64].fill(0.0);
+            }
+            x[k - 1] = 2.5;
+            x[k - 2] = -1.25;
+            for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+                // SAFETY: checked above that the CPU has AVX-512 VNNI.
+                let ours = unsafe { VnniRows::new(&x, rows, k, format) };
+                let reference = VnniRows::from_quantized(&QuantizedRows::new(&x, rows, k), format);
+                assert_eq!(ours.values, reference.values, "{format} {rows}x{k}");
+                assert_eq!(ours.scales, reference.scales, "{format} {rows}x{k}");
+                assert_eq!(ours.starts, reference.starts, "{format} {rows}x{k}");
+            }
         }
     }
 }

@@ -23,11 +23,11 @@ impl QuantMatrix {
     pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
-        let x = QuantizedRows::new(x, rows, k);
         let isa = isa.usable();
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx512Vnni {
-            let x = avx512vnni::VnniRows::new(&x, self.format());
+            // SAFETY: `usable` returned an ISA with AVX-512 VNNI.
+            let x = unsafe { avx512vnni::VnniRows::new(x, rows, k, self.format()) };
             return in_column_tasks(rows, n, |first, count, out| {
                 // SAFETY: the task owns output columns first..first + count of the
                 // `[rows, n]` buffer; `usable` returned an ISA with AVX-512 VNNI; `x` was
@@ -35,6 +35,7 @@ impl QuantMatrix {
                 unsafe { avx512vnni::columns(self, &x, first, count, out.0) }
             });
         }
+        let x = QuantizedRows::new(x, rows, k);
         in_column_tasks(rows, n, |first, count, out| {
             // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
             // buffer; `isa` is one the CPU has.
