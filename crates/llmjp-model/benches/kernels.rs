@@ -12,7 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use half::bf16;
 use llmjp_model::backend::Cpu;
 use llmjp_model::cpu::Isa;
-use llmjp_model::matrix::{Bf16Matrix, QuantMatrix};
+use llmjp_model::matrix::{Bf16Matrix, InterleavedQuantMatrix, QuantMatrix};
 use llmjp_weights::quant::BlockFormat;
 
 /// The fastest of 10 runs of each function after a warm-up, in seconds, the functions
@@ -71,6 +71,8 @@ fn main() {
             let values: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
             let quantized = [BlockFormat::Q8_0, BlockFormat::Q4_0]
                 .map(|format| QuantMatrix::quantize(format, &values, n, k).unwrap());
+            // What the CPU kernels multiply with 8-bit dot products (AVX-512 VNNI and up).
+            let interleaved = quantized.each_ref().map(InterleavedQuantMatrix::new);
             let device = Default::default();
             let wt: Vec<f32> = (0..k * n)
                 .map(|i| w[(i % n) * k + i / n].to_f32())
@@ -83,9 +85,13 @@ fn main() {
                 runs.push(Box::new(move || {
                     std::hint::black_box(matrix.matmul(isa, x, rows));
                 }));
-                for q in &quantized {
+                for (q, i) in quantized.iter().zip(&interleaved) {
                     runs.push(Box::new(move || {
-                        std::hint::black_box(q.matmul(isa, x, rows));
+                        if isa >= Isa::Avx512Vnni {
+                            std::hint::black_box(i.matmul(isa, x, rows));
+                        } else {
+                            std::hint::black_box(q.matmul(isa, x, rows));
+                        }
                     }));
                 }
             }

@@ -8,10 +8,11 @@ use super::kernels::attention::PAGE;
 use super::kernels::simd::silu_mul;
 use super::kernels::Isa;
 use super::kv::HostKv;
-use super::weight::{Bf16Weight, QuantWeight};
+use super::weight::{Bf16Weight, InterleavedQuantWeight, QuantWeight};
 use crate::cache::LayerCache;
 use crate::kv_memory::KvMemory;
 use crate::linear::{Linear, Loader, WeightRole};
+use crate::matrix::InterleavedQuantMatrix;
 use crate::ops::{DecoderOps, Heads, LayerSeq, SeqSpan};
 use crate::params::{RmsNorm, Rope};
 use crate::{ComputeDtype, ModelError, Result};
@@ -70,6 +71,11 @@ impl DecoderOps<Cpu> for CpuKernels {
     ) -> Result<Linear<Cpu>> {
         if let Some(format) = loader.quantization(name, out, inputs)? {
             let matrix = loader.quant_matrix(name, out, inputs, format)?;
+            if self.isa >= Isa::Avx512Vnni {
+                // The 8-bit dot-product kernels read the blocks repacked (the same size).
+                let repacked = InterleavedQuantMatrix::new(&matrix);
+                return Ok(Linear::new(InterleavedQuantWeight::new(repacked, self.isa)));
+            }
             matrix.populate();
             return Ok(Linear::new(QuantWeight::new(matrix, self.isa)));
         }

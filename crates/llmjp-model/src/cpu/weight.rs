@@ -9,11 +9,11 @@ use burn::tensor::Tensor;
 use super::host::{host_tensor, Cpu, HostRows};
 use super::kernels::Isa;
 use crate::linear::Weight;
-use crate::matrix::{Bf16Matrix, QuantMatrix};
+use crate::matrix::{Bf16Matrix, InterleavedQuantMatrix, QuantMatrix};
 use crate::{ComputeDtype, Result};
 
 /// A `[rows, cols]` matrix on the host that the CPU kernels multiply: bf16
-/// ([`Bf16Matrix`]) or block-quantized ([`QuantMatrix`]).
+/// ([`Bf16Matrix`]) or block-quantized ([`QuantMatrix`], [`InterleavedQuantMatrix`]).
 pub trait HostMatrix: fmt::Debug + Send + Sync {
     /// Rows (output features).
     fn rows(&self) -> usize;
@@ -45,6 +45,7 @@ macro_rules! host_matrix {
 }
 host_matrix!(Bf16Matrix);
 host_matrix!(QuantMatrix);
+host_matrix!(InterleavedQuantMatrix);
 
 /// A host matrix multiplied by the CPU kernels of one instruction set on f32 activations.
 #[derive(Debug)]
@@ -68,6 +69,9 @@ pub type Bf16Weight = HostWeight<Bf16Matrix>;
 /// Block-quantized `[out, in]` on the host (in place from a quantized checkpoint, or
 /// quantized on load); the activations are quantized to 8 bits per block as they go.
 pub type QuantWeight = HostWeight<QuantMatrix>;
+
+/// Block-quantized `[out, in]` repacked for the 8-bit dot-product kernels (AVX-512 VNNI).
+pub type InterleavedQuantWeight = HostWeight<InterleavedQuantMatrix>;
 
 impl<M: HostMatrix> HostWeight<M> {
     /// A weight multiplied by the kernels of `isa`.

@@ -1,9 +1,12 @@
 //! Weight matrices as stored on the host, in place in the memory-mapped checkpoint or owned:
-//! bf16 ([`Bf16Matrix`]) and block-quantized ([`QuantMatrix`]). The CPU kernels multiply by
-//! them; the other backends upload them.
+//! bf16 ([`Bf16Matrix`]) and block-quantized ([`QuantMatrix`]), and the quantized blocks
+//! repacked for the 8-bit dot-product kernels ([`InterleavedQuantMatrix`]). The CPU kernels
+//! multiply by them; the other backends upload them.
 
 mod bf16;
+pub(crate) mod interleaved;
 mod quant;
 
 pub use bf16::Bf16Matrix;
+pub use interleaved::InterleavedQuantMatrix;
 pub use quant::QuantMatrix;

@@ -1,146 +1,83 @@
-//! The quantized matmul on AVX-512 VNNI (x86-64): `vpdpbusd` multiplies 64 unsigned by
-//! 64 signed bytes and adds each four products into one of 16 i32 lanes, exactly, in one
-//! instruction: two blocks of 32 at a time, lanes 0–7 one block's and 8–15 the other's (Q4_0
-//! in another fixed lane order). Each pair's lanes are converted to f32 and weighted by
-//! both scales, pair after pair, into 16 f32 lanes added up at the end.
+//! The quantized matmul on AVX-512 VNNI (x86-64), over an [`InterleavedQuantMatrix`]:
+//! `vpdpbusd` multiplies four unsigned weight bytes of each of 16 output features by four
+//! signed activation bytes broadcast to all of them, adding the products into the
+//! features' 16 i32 lanes, exactly. Eight such steps (Q4_0: four vectors, low and high
+//! nibbles) make a block's integer dot products for 16 features at once; they are converted
+//! to f32 and weighted by both scales into 16 f32 lanes, block after block — the portable
+//! kernel's arithmetic in the same order, so the same numbers bit for bit. No horizontal
+//! sums: the lanes are the outputs.
 //!
-//! The unsigned operand: Q8_0 multiplies the activations plus 128 by the signed weights and
-//! starts each lane from −128 times the sum of its weights; Q4_0 multiplies its unsigned
-//! nibbles by the signed activations and starts each lane from −8 times the sum of its
-//! activations. Both give the integer dot products of the AVX2 and portable kernels.
+//! The weights are stored plus an offset (Q8_0 128, Q4_0 8, see
+//! [`InterleavedQuantMatrix`]): each block's lanes start from −offset times the sum of the
+//! block's activations.
 
 use std::arch::x86_64::*;
 
 use llmjp_weights::quant::{BlockFormat, BLOCK};
 use rayon::prelude::*;
 
-#[cfg(test)]
-use super::rows::QuantizedRows;
 use crate::cpu::kernels::tasks::in_four_streams;
-use crate::matrix::QuantMatrix;
+use crate::matrix::interleaved::{InterleavedQuantMatrix, GROUP};
 
-/// Bytes of a pair of blocks of activations.
-const PAIR: usize = 2 * BLOCK;
-
-/// How far ahead (in pairs of blocks) the decode kernel prefetches a row's values.
-const PREFETCH_PAIRS: usize = 8;
-
-/// Activation rows laid out for the kernel of one format, pairs of blocks at a time: 64
-/// bytes of values, 16 f32 scales matching their lanes, and (Q4_0) 16 i32 lanes to start
-/// the dot products from. A row of an odd number of blocks ends in a zero block.
+/// Activation rows quantized as [`QuantizedRows`](super::rows::QuantizedRows) does (the
+/// same integers and scales), with each block's starting value for weights of one format.
 pub(crate) struct VnniRows {
     rows: usize,
-    pairs: usize,
-    values: Vec<u8>,
+    cols: usize,
+    values: Vec<i8>,
     scales: Vec<f32>,
     starts: Vec<i32>,
 }
 
+/// One row's activations and where its values, scales and starts go.
+type RowParts<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [i32]));
+
 impl VnniRows {
-    /// `x` (`[rows, k]` row-major f32, `k` whole blocks) quantized as
-    /// [`QuantizedRows`] does (the same integers and scales), laid out for weights of
-    /// `format`; rows in parallel.
+    /// `x` (`[rows, k]` row-major f32, `k` whole blocks) for weights of `format`; rows in
+    /// parallel.
     ///
     /// # Safety
     /// The CPU has AVX-512F, BW and VNNI.
     pub(crate) unsafe fn new(x: &[f32], rows: usize, k: usize, format: BlockFormat) -> Self {
         let blocks = k / BLOCK;
-        let pairs = blocks.div_ceil(2);
-        let q4 = format == BlockFormat::Q4_0;
+        let offset = match format {
+            BlockFormat::Q8_0 => 128,
+            BlockFormat::Q4_0 => 8,
+        };
         let mut out = Self {
             rows,
-            pairs,
-            values: vec![0u8; rows * pairs * PAIR],
-            scales: vec![0f32; rows * pairs * 16],
-            starts: vec![0i32; if q4 { rows * pairs * 16 } else { 0 }],
+            cols: k,
+            values: vec![0i8; rows * k],
+            scales: vec![0f32; rows * blocks],
+            starts: vec![0i32; rows * blocks],
         };
-        let parts = RowParts {
-            values: out.values.as_mut_ptr(),
-            scales: out.scales.as_mut_ptr(),
-            starts: out.starts.as_mut_ptr(),
-        };
-        let row = |r: usize| {
-            let parts = &parts;
-            // SAFETY: row r of each buffer is this call's alone; the CPU has AVX-512 VNNI.
-            unsafe {
-                if q4 {
-                    quantize_row::<true>(&x[r * k..(r + 1) * k], r, pairs, parts)
-                } else {
-                    quantize_row::<false>(&x[r * k..(r + 1) * k], r, pairs, parts)
-                }
-            }
+        let row = |((src, values), (scales, starts)): RowParts<'_>| {
+            // SAFETY: the CPU has AVX-512 VNNI (the caller's contract); the slices are one
+            // row's.
+            unsafe { quantize_row(src, values, scales, starts, offset) }
         };
         if rows * k >= 1 << 16 {
-            (0..rows).into_par_iter().for_each(row);
+            x.par_chunks(k)
+                .zip(out.values.par_chunks_mut(k))
+                .zip(
+                    out.scales
+                        .par_chunks_mut(blocks)
+                        .zip(out.starts.par_chunks_mut(blocks)),
+                )
+                .for_each(row);
         } else {
-            (0..rows).for_each(row);
+            x.chunks(k)
+                .zip(out.values.chunks_mut(k))
+                .zip(
+                    out.scales
+                        .chunks_mut(blocks)
+                        .zip(out.starts.chunks_mut(blocks)),
+                )
+                .for_each(row);
         }
         out
     }
-
-    /// The layout built value by value from [`QuantizedRows`], the reference for
-    /// [`new`](Self::new).
-    #[cfg(test)]
-    fn from_quantized(x: &QuantizedRows, format: BlockFormat) -> Self {
-        let blocks = x.cols / BLOCK;
-        let pairs = blocks.div_ceil(2);
-        let mut values = vec![0u8; x.rows * pairs * PAIR];
-        let mut scales = vec![0f32; x.rows * pairs * 16];
-        let q4 = format == BlockFormat::Q4_0;
-        let mut starts = vec![0i32; if q4 { x.rows * pairs * 16 } else { 0 }];
-        for r in 0..x.rows {
-            for p in 0..pairs {
-                let at = r * pairs + p;
-                let dst = &mut values[at * PAIR..(at + 1) * PAIR];
-                let lanes = &mut scales[at * 16..(at + 1) * 16];
-                for half in 0..2 {
-                    let b = 2 * p + half;
-                    let (block, scale) = if b < blocks {
-                        (x.block(r, b), x.scale(r, b))
-                    } else {
-                        (&[0i8; BLOCK][..], 0.0)
-                    };
-                    if q4 {
-                        // 128-bit lanes: block b's values 0..16, b + 1's 0..16, b's 16..32,
-                        // b + 1's 16..32 (the order the nibbles unpack in).
-                        for (part, values) in block.chunks_exact(16).enumerate() {
-                            let lane = 2 * part + half;
-                            for (i, &v) in values.iter().enumerate() {
-                                dst[lane * 16 + i] = v as u8;
-                            }
-                            lanes[lane * 4..lane * 4 + 4].fill(scale);
-                            for (j, four) in values.chunks_exact(4).enumerate() {
-                                let sum: i32 = four.iter().map(|&v| v as i32).sum();
-                                starts[at * 16 + lane * 4 + j] = -8 * sum;
-                            }
-                        }
-                    } else {
-                        for (i, &v) in block.iter().enumerate() {
-                            dst[half * BLOCK + i] = (v as u8) ^ 0x80;
-                        }
-                        lanes[half * 8..half * 8 + 8].fill(scale);
-                    }
-                }
-            }
-        }
-        Self {
-            rows: x.rows,
-            pairs,
-            values,
-            scales,
-            starts,
-        }
-    }
 }
-
-/// The buffers of a [`VnniRows`] being filled, a row per task.
-struct RowParts {
-    values: *mut u8,
-    scales: *mut f32,
-    starts: *mut i32,
-}
-// SAFETY: each task writes only its own row of the three buffers.
-unsafe impl Sync for RowParts {}
 
 /// Block `src` (32 values) quantized to 8 bits as [`QuantizedRows`] does: the scale
 /// `max |v| / 127`, each value times its inverse rounded half away from zero (as
@@ -172,127 +109,82 @@ unsafe fn quantize_block(src: *const f32) -> (__m256i, f32) {
     (_mm256_set_m128i(high, low), d)
 }
 
-/// Row `r` of `x` into its part of `parts`, in the layout of [`VnniRows`].
+/// One row quantized block by block into `values`, `scales` and `starts`.
 ///
 /// # Safety
-/// The CPU has AVX-512F, BW and VNNI; `src` holds whole blocks, `pairs` of them per two;
-/// row `r` of `parts` is the caller's alone and (Q4_0) `parts.starts` has rows.
+/// The CPU has AVX-512F, BW and VNNI; `src` and `values` hold `scales.len()` whole
+/// blocks, `starts` as many entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn quantize_row<const Q4: bool>(src: &[f32], r: usize, pairs: usize, parts: &RowParts) {
-    let blocks = src.len() / BLOCK;
-    for p in 0..pairs {
-        let at = r * pairs + p;
-        let mut halves = [_mm256_setzero_si256(); 2];
-        let mut scales = [0f32; 2];
-        for half in 0..2 {
-            let b = 2 * p + half;
-            if b < blocks {
-                // SAFETY: block b of the row is in bounds.
-                (halves[half], scales[half]) =
-                    unsafe { quantize_block(src.as_ptr().add(b * BLOCK)) };
-            }
-        }
-        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(halves[0]), halves[1]);
-        let (s0, s1) = (_mm512_set1_ps(scales[0]), _mm512_set1_ps(scales[1]));
-        // SAFETY: pair p of row r is inside the buffers (the caller's row).
-        unsafe {
-            if Q4 {
-                // 128-bit lanes: block 2p's values 0..16, 2p + 1's 0..16, 2p's 16..32,
-                // 2p + 1's 16..32 (the order the weights' nibbles unpack in).
-                let values = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
-                _mm512_storeu_si512(parts.values.add(at * PAIR) as *mut _, values);
-                let lanes = _mm512_mask_blend_ps(0xf0f0, s0, s1);
-                _mm512_storeu_ps(parts.scales.add(at * 16), lanes);
-                // −8 × the sum of each lane's four activations.
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), values);
-                let starts = _mm512_sub_epi32(_mm512_setzero_si512(), sums);
-                _mm512_storeu_si512(parts.starts.add(at * 16) as *mut _, starts);
-            } else {
-                let values = _mm512_xor_si512(both, _mm512_set1_epi8(0x80u8 as i8));
-                _mm512_storeu_si512(parts.values.add(at * PAIR) as *mut _, values);
-                let lanes = _mm512_mask_blend_ps(0xff00, s0, s1);
-                _mm512_storeu_ps(parts.scales.add(at * 16), lanes);
-            }
-        }
+unsafe fn quantize_row(
+    src: &[f32],
+    values: &mut [i8],
+    scales: &mut [f32],
+    starts: &mut [i32],
+    offset: i32,
+) {
+    for b in 0..scales.len() {
+        // SAFETY: block b of the row is in bounds.
+        let (q, d) = unsafe { quantize_block(src.as_ptr().add(b * BLOCK)) };
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_si256(values.as_mut_ptr().add(b * BLOCK) as *mut __m256i, q) };
+        let sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), q);
+        let sum = _mm512_reduce_add_epi32(_mm512_castsi256_si512(sum));
+        scales[b] = d;
+        starts[b] = -offset * sum;
     }
 }
 
-/// Output columns `first..first + count` of `x @ w.T` for every activation row.
+/// Output columns `first..first + count` of `x @ w.T` for every activation row; `first` is
+/// a multiple of [`GROUP`].
 ///
 /// # Safety
-/// The CPU has AVX-512F, BW, VL and VNNI; `x` was made for `w`'s format and columns;
-/// `out` points to a `[x.rows, w.rows()]` buffer nobody else writes in these columns.
+/// The CPU has AVX-512F, BW, VL, VNNI and F16C; `x` was made for `w`'s format and
+/// columns; `out` points to a `[x.rows, w.rows()]` buffer nobody else writes in these
+/// columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 pub(crate) unsafe fn columns(
-    w: &QuantMatrix,
+    w: &InterleavedQuantMatrix,
     x: &VnniRows,
     first: usize,
     count: usize,
     out: *mut f32,
 ) {
+    debug_assert_eq!(first % GROUP, 0);
+    let (g0, groups) = (first / GROUP, count.div_ceil(GROUP));
     if x.rows == 1 {
         in_four_streams(
-            first,
-            count,
-            // SAFETY: forwarded; every row named is in bounds.
+            g0,
+            groups,
+            // SAFETY: forwarded; every group named is in bounds.
             |streams| unsafe { tile::<1, 4>(w, x, 0, streams, out) },
             // SAFETY: as above.
-            |c| unsafe { tile::<1, 1>(w, x, 0, [c], out) },
+            |g| unsafe { tile::<1, 1>(w, x, 0, [g], out) },
         );
         return;
     }
-    let end = first + count;
-    let mut c = first;
-    while c < end {
-        let nr = (end - c).min(TILE_COLS);
+    let end = g0 + groups;
+    let mut g = g0;
+    while g < end {
+        let two = g + 1 < end;
         let mut r = 0;
         while r < x.rows {
-            let mr = (x.rows - r).min(TILE_ROWS);
-            // SAFETY: forwarded; rows r..r + mr and columns c..c + nr are in bounds.
+            let mr = (x.rows - r).min(4);
+            // SAFETY: forwarded; rows r..r + mr and the groups named are in bounds.
             unsafe {
-                match nr {
-                    4 => tile_rows::<4>(w, x, r, mr, [c, c + 1, c + 2, c + 3], out),
-                    3 => tile_rows::<3>(w, x, r, mr, [c, c + 1, c + 2], out),
-                    2 => tile_rows::<2>(w, x, r, mr, [c, c + 1], out),
-                    _ => tile_rows::<1>(w, x, r, mr, [c], out),
+                match (mr, two) {
+                    (4, true) => tile::<4, 2>(w, x, r, [g, g + 1], out),
+                    (3, true) => tile::<3, 2>(w, x, r, [g, g + 1], out),
+                    (2, true) => tile::<2, 2>(w, x, r, [g, g + 1], out),
+                    (_, true) => tile::<1, 2>(w, x, r, [g, g + 1], out),
+                    (4, false) => tile::<4, 1>(w, x, r, [g], out),
+                    (3, false) => tile::<3, 1>(w, x, r, [g], out),
+                    (2, false) => tile::<2, 1>(w, x, r, [g], out),
+                    (_, false) => tile::<1, 1>(w, x, r, [g], out),
                 }
             }
             r += mr;
         }
-        c += nr;
-    }
-}
-
-/// Activation rows and weight rows of a prefill's tile.
-const TILE_ROWS: usize = 4;
-const TILE_COLS: usize = 4;
-
-/// [`tile`] for `mr` (1 to [`TILE_ROWS`]) activation rows.
-///
-/// # Safety
-/// As [`tile_of`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-#[inline]
-unsafe fn tile_rows<const NR: usize>(
-    w: &QuantMatrix,
-    x: &VnniRows,
-    row: usize,
-    mr: usize,
-    cols: [usize; NR],
-    out: *mut f32,
-) {
-    // SAFETY: forwarded.
-    unsafe {
-        match mr {
-            8 => tile::<8, NR>(w, x, row, cols, out),
-            7 => tile::<7, NR>(w, x, row, cols, out),
-            6 => tile::<6, NR>(w, x, row, cols, out),
-            5 => tile::<5, NR>(w, x, row, cols, out),
-            4 => tile::<4, NR>(w, x, row, cols, out),
-            3 => tile::<3, NR>(w, x, row, cols, out),
-            2 => tile::<2, NR>(w, x, row, cols, out),
-            _ => tile::<1, NR>(w, x, row, cols, out),
-        }
+        g += if two { 2 } else { 1 };
     }
 }
 
@@ -302,191 +194,131 @@ unsafe fn tile_rows<const NR: usize>(
 /// As [`tile_of`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 #[inline]
-unsafe fn tile<const MR: usize, const NR: usize>(
-    w: &QuantMatrix,
+unsafe fn tile<const MR: usize, const NG: usize>(
+    w: &InterleavedQuantMatrix,
     x: &VnniRows,
     row: usize,
-    cols: [usize; NR],
+    groups: [usize; NG],
     out: *mut f32,
 ) {
     // SAFETY: forwarded.
     unsafe {
         match w.format() {
-            BlockFormat::Q8_0 => tile_of::<MR, NR, false>(w, x, row, cols, out),
-            BlockFormat::Q4_0 => tile_of::<MR, NR, true>(w, x, row, cols, out),
+            BlockFormat::Q8_0 => tile_of::<MR, NG, false>(w, x, row, groups, out),
+            BlockFormat::Q4_0 => tile_of::<MR, NG, true>(w, x, row, groups, out),
         }
     }
 }
 
-/// A pair of weight blocks `2p, 2p + 1` of the row at `row` as 64 bytes in the lane order
-/// of the activations (the second block zero if the row has an odd number and this is the
-/// last pair): Q8_0 as stored (signed), Q4_0 its nibbles (unsigned).
-///
-/// # Safety
-/// The CPU has AVX-512F, BW and VNNI; `row` points to a row of `blocks` whole blocks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn weight_pair<const Q4: bool>(
-    row: *const u8,
-    p: usize,
-    blocks: usize,
-    prefetch: bool,
-) -> __m512i {
-    let size = if Q4 { BLOCK / 2 } else { BLOCK };
-    // SAFETY: block 2p is within the row (the caller's bounds).
-    let at = unsafe { row.add(2 * p * size) };
-    if prefetch {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_PAIRS * 2 * size) as *const i8);
-    }
-    let whole = 2 * p + 1 < blocks;
-    if Q4 {
-        // SAFETY: 32 bytes of the pair, or the 16 of a last single block.
-        let raw = unsafe {
-            if whole {
-                _mm256_loadu_si256(at as *const __m256i)
-            } else {
-                _mm256_maskz_loadu_epi8(0xffff, at as *const i8)
-            }
-        };
-        // Low nibbles of both blocks in the lower 256 bits, high nibbles in the upper.
-        let both = _mm512_broadcast_i64x4(raw);
-        let shifted = _mm512_srlv_epi64(both, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0));
-        _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f))
-    } else {
-        // SAFETY: 64 bytes of the pair, or the 32 of a last single block.
-        unsafe {
-            if whole {
-                _mm512_loadu_si512(at as *const _)
-            } else {
-                _mm512_maskz_loadu_epi8(0xffff_ffff, at as *const i8)
-            }
-        }
-    }
-}
+/// How far ahead (bytes) the decode kernel prefetches a group's values.
+const PREFETCH_BYTES: usize = 2048;
 
-/// Activation rows `row..row + MR` times weight rows `cols`. Each output sums its pairs in
-/// order in 16 lanes and adds the lanes in a fixed order, whatever the tile, so one row at a
-/// time gives the same numbers as many.
+/// Activation rows `row..row + MR` times the 16 weight rows of each of `groups`.
 ///
 /// # Safety
 /// The CPU has AVX-512F, BW, VL, VNNI and F16C; `x` was made for this format; the rows
-/// and columns named are in bounds of `x`, `w` and the `[x.rows, w.rows()]` buffer at
-/// `out`, whose columns `cols` are the caller's.
+/// and groups named are in bounds of `x` and `w`; the `[x.rows, w.rows()]` buffer at `out`
+/// has these groups' columns for the caller alone.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 #[inline]
-unsafe fn tile_of<const MR: usize, const NR: usize, const Q4: bool>(
-    w: &QuantMatrix,
+unsafe fn tile_of<const MR: usize, const NG: usize, const Q4: bool>(
+    w: &InterleavedQuantMatrix,
     x: &VnniRows,
     row: usize,
-    cols: [usize; NR],
+    groups: [usize; NG],
     out: *mut f32,
 ) {
-    let blocks = w.blocks();
-    let row_bytes = blocks * if Q4 { BLOCK / 2 } else { BLOCK };
+    let (blocks, k, n) = (w.blocks(), x.cols, w.rows());
+    let group_block = w.group_block_bytes();
     let data = w.data().as_ptr();
-    let pairs = x.pairs;
-    // SAFETY: row cols[c] starts inside w's values (the caller's bounds).
-    let w_rows: [*const u8; NR] = std::array::from_fn(|c| unsafe { data.add(cols[c] * row_bytes) });
-    let (xv_ptr, xs_ptr, starts) = (x.values.as_ptr(), x.scales.as_ptr(), x.starts.as_ptr());
-    let offset = _mm512_set1_epi8(0x80u8 as i8);
-    // The f16 scales of weight blocks 2p and 2p + 1 widened to the lanes of a pair.
-    let scale_lanes = if Q4 {
-        _mm256_set_epi16(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
-    } else {
-        _mm256_set_epi16(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-    };
-    let scale_bits = w.scale_bytes().as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    for p in 0..pairs {
-        let mut wv = [_mm512_setzero_si512(); NR];
-        let mut ws = [_mm512_setzero_ps(); NR];
-        let mut start = [_mm512_setzero_si512(); NR];
-        for c in 0..NR {
-            // SAFETY: row cols[c] has `blocks` blocks, pair p is among them.
-            unsafe {
-                wv[c] = weight_pair::<Q4>(w_rows[c], p, blocks, MR == 1);
-                let at = scale_bits.add(2 * (cols[c] * blocks + 2 * p));
-                let bits = if 2 * p + 1 < blocks {
-                    at.cast::<u32>().read_unaligned()
-                } else {
-                    // A last single block: its scale and zero.
-                    at.cast::<u16>().read_unaligned() as u32
-                };
-                let both = _mm256_castsi128_si256(_mm_cvtsi32_si128(bits as i32));
-                ws[c] = _mm512_cvtph_ps(_mm256_permutexvar_epi16(scale_lanes, both));
-            }
-            if !Q4 {
-                // −128 × the sum of each lane's four weights.
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, wv[c]);
-                start[c] = _mm512_sub_epi32(_mm512_setzero_si512(), sums);
-            }
-        }
+    let scale_bits = w.scale_bits().as_ptr();
+    let (xq, xs, starts) = (x.values.as_ptr(), x.scales.as_ptr(), x.starts.as_ptr());
+    let low = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); NG]; MR];
+    for b in 0..blocks {
+        // Every access below is in bounds: the groups, rows and block b are (the caller's).
+        let w_at: [*const u8; NG] = std::array::from_fn(|g| {
+            // SAFETY: see above.
+            unsafe { data.add((groups[g] * blocks + b) * group_block) }
+        });
+        let mut dots = [[_mm512_setzero_si512(); NG]; MR];
         for r in 0..MR {
-            let at = (row + r) * pairs + p;
-            // SAFETY: pair p of activation row row + r is in bounds of `x`.
-            let (xv, xs) = unsafe {
-                (
-                    _mm512_loadu_si512(xv_ptr.add(at * PAIR) as *const _),
-                    _mm512_loadu_ps(xs_ptr.add(at * 16)),
+            // SAFETY: see above.
+            let start = _mm512_set1_epi32(unsafe { *starts.add((row + r) * blocks + b) });
+            dots[r] = [start; NG];
+        }
+        // The activations' four bytes at input `i` of the block, broadcast.
+        let xb = |r: usize, i: usize| {
+            // SAFETY: see above; 4 bytes inside the row's block.
+            _mm512_set1_epi32(unsafe {
+                xq.add((row + r) * k + b * BLOCK + i)
+                    .cast::<i32>()
+                    .read_unaligned()
+            })
+        };
+        if Q4 {
+            for j in 0..4 {
+                for g in 0..NG {
+                    // SAFETY: see above; vector j of the group's block.
+                    let v = unsafe { _mm512_loadu_si512(w_at[g].add(64 * j) as *const _) };
+                    if MR == 1 {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            w_at[g].wrapping_add(PREFETCH_BYTES + 64 * j) as *const i8
+                        );
+                    }
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    for r in 0..MR {
+                        dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], lo, xb(r, 4 * j));
+                        dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], hi, xb(r, 16 + 4 * j));
+                    }
+                }
+            }
+        } else {
+            for j in 0..8 {
+                for g in 0..NG {
+                    // SAFETY: see above; vector j of the group's block.
+                    let v = unsafe { _mm512_loadu_si512(w_at[g].add(64 * j) as *const _) };
+                    if MR == 1 {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            w_at[g].wrapping_add(PREFETCH_BYTES + 64 * j) as *const i8
+                        );
+                    }
+                    for r in 0..MR {
+                        dots[r][g] = _mm512_dpbusd_epi32(dots[r][g], v, xb(r, 4 * j));
+                    }
+                }
+            }
+        }
+        for g in 0..NG {
+            // SAFETY: see above; the group's 16 scales of block b.
+            let ws = _mm512_cvtph_ps(unsafe {
+                _mm256_loadu_si256(
+                    scale_bits.add((groups[g] * blocks + b) * GROUP) as *const __m256i
                 )
-            };
-            let row_start = if Q4 {
-                // SAFETY: as above (Q4_0 rows have starts).
-                unsafe { _mm512_loadu_si512(starts.add(at * 16) as *const _) }
-            } else {
-                _mm512_setzero_si512()
-            };
-            for c in 0..NR {
-                let dots = if Q4 {
-                    _mm512_dpbusd_epi32(row_start, wv[c], xv)
-                } else {
-                    _mm512_dpbusd_epi32(start[c], xv, wv[c])
-                };
-                let scale = _mm512_mul_ps(ws[c], xs);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[r][c]);
+            });
+            for r in 0..MR {
+                // SAFETY: see above.
+                let d = _mm512_set1_ps(unsafe { *xs.add((row + r) * blocks + b) });
+                acc[r][g] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(dots[r][g]),
+                    _mm512_mul_ps(ws, d),
+                    acc[r][g],
+                );
             }
         }
     }
-    let n = w.rows();
-    for r in 0..MR {
-        for c in 0..NR {
-            // SAFETY: in bounds of the caller's buffer; the column is the caller's.
-            unsafe { *out.add((row + r) * n + cols[c]) = _mm512_reduce_add_ps(acc[r][c]) };
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_quantize_as_the_reference_does() {
-        if !crate::cpu::Isa::Avx512Vnni.is_supported() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
-            return;
-        }
-        let mut next = crate::testing::uniform(5);
-        for (rows, k) in [(1, 32), (3, 96), (2, 2048), (5, 160)] {
-            let mut x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
-            // Ties, zeros, a zero block and a value at the largest magnitude.
-            x[0] = 0.0;
-            // A block whose scale is 1: exact ties, rounded away from zero.
-            x[5..10].copy_from_slice(&[127.0, 0.5, -2.5, 1.5, -0.5]);
-            if k >= 64 {
-                x[32..64].fill(0.0);
-            }
-            x[k - 1] = 2.5;
-            x[k - 2] = -1.25;
-            for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
-                // SAFETY: checked above that the CPU has AVX-512 VNNI.
-                let ours = unsafe { VnniRows::new(&x, rows, k, format) };
-                let reference = VnniRows::from_quantized(&QuantizedRows::new(&x, rows, k), format);
-                assert_eq!(ours.values, reference.values, "{format} {rows}x{k}");
-                assert_eq!(ours.scales, reference.scales, "{format} {rows}x{k}");
-                assert_eq!(ours.starts, reference.starts, "{format} {rows}x{k}");
-            }
+    for g in 0..NG {
+        let first = groups[g] * GROUP;
+        let mask: __mmask16 = if first + GROUP <= n {
+            !0
+        } else {
+            (1u16 << (n - first)) - 1
+        };
+        for r in 0..MR {
+            // SAFETY: the group's columns of row row + r, masked to the matrix's rows.
+            unsafe { _mm512_mask_storeu_ps(out.add((row + r) * n + first), mask, acc[r][g]) };
         }
     }
 }

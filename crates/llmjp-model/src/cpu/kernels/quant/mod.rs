@@ -15,27 +15,18 @@ use rows::QuantizedRows;
 
 use super::isa::Isa;
 use super::tasks::{in_column_tasks, SendPtr};
-use crate::matrix::QuantMatrix;
+use crate::matrix::{InterleavedQuantMatrix, QuantMatrix};
 
 impl QuantMatrix {
     /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`,
-    /// the activations quantized to 8-bit blocks on the way (see the module docs).
+    /// the activations quantized to 8-bit blocks on the way (see the module docs). The
+    /// 8-bit dot-product instructions (AVX-512 VNNI) run on the repacked
+    /// [`InterleavedQuantMatrix`]; here they run the AVX2 kernel.
     pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
-        let isa = isa.usable();
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx512Vnni {
-            // SAFETY: `usable` returned an ISA with AVX-512 VNNI.
-            let x = unsafe { avx512vnni::VnniRows::new(x, rows, k, self.format()) };
-            return in_column_tasks(rows, n, |first, count, out| {
-                // SAFETY: the task owns output columns first..first + count of the
-                // `[rows, n]` buffer; `usable` returned an ISA with AVX-512 VNNI; `x` was
-                // made for this format.
-                unsafe { avx512vnni::columns(self, &x, first, count, out.0) }
-            });
-        }
         let x = QuantizedRows::new(x, rows, k);
+        let isa = isa.usable();
         in_column_tasks(rows, n, |first, count, out| {
             // SAFETY: the task owns output columns first..first + count of the `[rows, n]`
             // buffer; `isa` is one the CPU has.
@@ -63,6 +54,33 @@ impl QuantMatrix {
             // SAFETY: forwarded.
             _ => unsafe { portable::columns(self, x, first, count, out.0) },
         }
+    }
+}
+
+impl InterleavedQuantMatrix {
+    /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`,
+    /// the activations quantized to 8-bit blocks on the way (see the module docs): with
+    /// AVX-512 VNNI ([`Isa::Avx512Vnni`] and above) on `vpdpbusd`, 16 outputs at a time;
+    /// below it in plain Rust (correct, not fast: repack only for VNNI).
+    pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.rows(), self.cols());
+        assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
+        #[cfg(target_arch = "x86_64")]
+        if isa.usable() >= Isa::Avx512Vnni {
+            // SAFETY: `usable` returned an ISA with AVX-512 VNNI.
+            let x = unsafe { avx512vnni::VnniRows::new(x, rows, k, self.format()) };
+            return in_column_tasks(rows, n, |first, count, out| {
+                // SAFETY: the task owns output columns first..first + count (a multiple of
+                // 16 from a multiple of 16) of the `[rows, n]` buffer; the CPU has AVX-512
+                // VNNI; `x` was made for this format.
+                unsafe { avx512vnni::columns(self, &x, first, count, out.0) }
+            });
+        }
+        let x = QuantizedRows::new(x, rows, k);
+        in_column_tasks(rows, n, |first, count, out| {
+            // SAFETY: the task owns output columns first..first + count of the buffer.
+            unsafe { portable::columns(self, &x, first, count, out.0) }
+        })
     }
 }
 
@@ -107,6 +125,9 @@ mod tests {
             (2, 9, 32),
             (5, 7, 160),
             (3, 5, 224),
+            (6, 48, 64),
+            (9, 17, 32),
+            (1, 1000, 64),
         ];
         for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
             for (rows, n, k) in shapes {
@@ -114,6 +135,18 @@ mod tests {
                 let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
                 let matrix = QuantMatrix::quantize(format, &w, n, k).unwrap();
                 let expected = reference(&matrix, &x, rows);
+                // The repacked matrix gives the portable kernel's numbers bit for bit, one
+                // row at a time as all at once, on every instruction set.
+                let portable = matrix.matmul(Isa::Portable, &x, rows);
+                let interleaved = InterleavedQuantMatrix::new(&matrix);
+                for isa in supported("interleaved quantized matmul") {
+                    let ours = interleaved.matmul(isa, &x, rows);
+                    assert_eq!(ours, portable, "interleaved {format} {isa} {rows}x{n}x{k}");
+                    for r in 0..rows {
+                        let single = interleaved.matmul(isa, &x[r * k..(r + 1) * k], 1);
+                        assert_eq!(single, ours[r * n..(r + 1) * n], "{format} {isa} row {r}");
+                    }
+                }
                 for isa in supported("quantized matmul") {
                     let ours = matrix.matmul(isa, &x, rows);
                     let tolerance = 1e-5 * (k as f32).sqrt();
