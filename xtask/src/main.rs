@@ -37,6 +37,7 @@ const GOLDEN_SCRIPTS: [&str; 4] = [
     "xtask/golden/chat_golden.py",
     "xtask/golden/sampler_golden.py",
     "xtask/golden/model_golden.py",
+    "xtask/golden/kquant_golden.py",
 ];
 
 fn main() -> ExitCode {

@@ -274,8 +274,16 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A `[rows, cols]` bf16 matrix: in place in the mapped file when it stores bf16,
-    /// converted otherwise (a non-float dtype is an error naming the tensor).
+    /// converted otherwise (K-quant super-blocks dequantized; a non-float dtype is an error
+    /// naming the tensor).
     pub fn bf16_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix> {
+        if self.checkpoint.kquant(name).is_some() {
+            // K-quant super-blocks, dequantized (not yet multiplied as they are stored).
+            let values = self
+                .checkpoint
+                .read::<bf16>(name, &[rows, cols], Layout::AsStored)?;
+            return Ok(Bf16Matrix::from_vec(values, rows, cols));
+        }
         let view = self.checkpoint.view(name, &[rows, cols])?;
         Ok(if view.dtype() == Dtype::BF16 {
             Bf16Matrix::mapped(view, rows, cols)
@@ -440,6 +448,11 @@ pub(crate) fn quant_matrix(
         let values = checkpoint.view(name, &shape)?;
         let scales = checkpoint.view(&format!("{name}{SCALE_SUFFIX}"), &[rows, cols / BLOCK])?;
         return QuantMatrix::mapped(format, values, scales, rows, cols);
+    }
+    if checkpoint.kquant(name).is_some() {
+        // K-quant super-blocks: dequantized (exactly), then quantized to `format`.
+        let values = checkpoint.read::<f32>(name, &[rows, cols], Layout::AsStored)?;
+        return QuantMatrix::quantize(format, &values, rows, cols);
     }
     let view = checkpoint.view(name, &[rows, cols])?;
     let read = float_row_reader(&view, name)?;

@@ -151,8 +151,8 @@ fn gguf_writer(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) -> Wri
     add("output_norm.weight", "model.norm.weight", None);
     add("output.weight", "lm_head.weight", None);
     if odd_tensor {
-        // A k-quant (Q4_K, GGML type 12): 144 bytes per 256 values.
-        w.tensor("blk.0.ffn_gate_inp.weight", &[256, 1], 12, &[0; 144]);
+        // A type not read (Q2_K, GGML type 10): 84 bytes per 256 values.
+        w.tensor("blk.0.ffn_gate_inp.weight", &[256, 1], 10, &[0; 84]);
     }
     w
 }
@@ -203,7 +203,7 @@ fn unsupported_types_and_broken_files_are_typed_errors() {
     assert!(matches!(err, WeightsError::InvalidGguf { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("blk.0.ffn_gate_inp.weight") && text.contains("type 12"),
+        text.contains("blk.0.ffn_gate_inp.weight") && text.contains("type 10"),
         "{text}"
     );
     // Truncated anywhere: an error, never a panic.
@@ -262,5 +262,103 @@ fn without_a_tokenizer_folder_the_gguf_s_own_tokenizer_is_written() {
     let err = import(&file, None, &empty, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("--tokenizer"), "{err}");
     assert!(!empty.exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A one-layer Llama 256 wide (2 heads of 128) as GGUF, with the fixture's vocabulary size;
+/// the q, k, gate and down projections as random K-quant super-blocks (`kquant`) or as F32
+/// holding what those blocks dequantize to; the rest F32.
+fn kquant_gguf(kquant: bool) -> Vec<u8> {
+    use llmjp_weights::kquant::{dequantize, KQuant};
+    let (hidden, vocab) = (256usize, 512usize);
+    let mut w = Writer::default();
+    w.meta("general.architecture", 8, &string("llama"));
+    for (key, value) in [
+        ("llama.block_count", 1),
+        ("llama.embedding_length", hidden),
+        ("llama.feed_forward_length", hidden),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.context_length", 64),
+        ("llama.vocab_size", vocab),
+        ("tokenizer.ggml.bos_token_id", 1),
+        ("tokenizer.ggml.eos_token_id", 2),
+    ] {
+        u32_meta(&mut w, key, value);
+    }
+    let mut next = llmjp_testdata::uniform(11);
+    let mut f32s = |n: usize, scale: f32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| (next() * scale).to_le_bytes())
+            .collect()
+    };
+    let (h, v) = (hidden as u64, vocab as u64);
+    w.tensor("token_embd.weight", &[h, v], 0, &f32s(hidden * vocab, 1.0));
+    w.tensor("output.weight", &[h, v], 0, &f32s(hidden * vocab, 0.1));
+    for norm in ["output_norm", "blk.0.attn_norm", "blk.0.ffn_norm"] {
+        w.tensor(&format!("{norm}.weight"), &[h], 0, &f32s(hidden, 1.0));
+    }
+    for (i, part) in [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("blk.0.{part}.weight");
+        let kind = match part {
+            "attn_q" | "ffn_gate" => Some(12),
+            "attn_k" => Some(13),
+            "ffn_down" => Some(14),
+            _ => None,
+        };
+        match kind {
+            Some(kind) => {
+                let blocks = llmjp_testdata::gguf::kquant_blocks(kind, h * h, 20 + i as u64);
+                if kquant {
+                    w.tensor(&name, &[h, h], kind, &blocks);
+                } else {
+                    // The same values as F32.
+                    let format = KQuant::from_ggml_type(kind).unwrap();
+                    let values = dequantize(format, &blocks).unwrap();
+                    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    w.tensor(&name, &[h, h], 0, &bytes);
+                }
+            }
+            None => {
+                w.tensor(&name, &[h, h], 0, &f32s(hidden * hidden, 0.1));
+            }
+        }
+    }
+    w.bytes()
+}
+
+#[test]
+fn k_quant_gguf_runs_with_the_numbers_of_its_dequantized_values() {
+    let fixture = llmjp_testdata::fixture_dir(FIXTURE);
+    let dir = temp("kquant");
+    let mut outputs = Vec::new();
+    for kquant in [true, false] {
+        let file = dir.join(format!("model-{kquant}.gguf"));
+        fs::write(&file, kquant_gguf(kquant)).unwrap();
+        let out = dir.join(format!("imported-{kquant}"));
+        import(&file, Some(&fixture), &out, &mut |_, _| {}).unwrap();
+        let checkpoint = Checkpoint::open(&out).unwrap();
+        let stored = checkpoint.kquant("model.layers.0.mlp.down_proj.weight");
+        assert_eq!(stored.is_some(), kquant);
+        for dtype in [ComputeDtype::BF16, ComputeDtype::F32] {
+            outputs.push((kquant, dtype, logits(&out, dtype.into())));
+        }
+    }
+    for dtype in [ComputeDtype::BF16, ComputeDtype::F32] {
+        let of = |k: bool| &outputs.iter().find(|o| o.0 == k && o.1 == dtype).unwrap().2;
+        assert!(of(true).iter().all(|x| x.is_finite()));
+        assert_eq!(of(true), of(false), "{dtype:?}");
+    }
     fs::remove_dir_all(&dir).unwrap();
 }

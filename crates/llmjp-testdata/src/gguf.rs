@@ -58,3 +58,25 @@ impl Writer {
         out
     }
 }
+
+/// Random K-quant super-blocks of GGML type `kind` (12 Q4_K, 13 Q5_K, 14 Q6_K) for `n`
+/// values (a multiple of 256): random bytes, the f16 scales finite (uniform in ±0.01).
+pub fn kquant_blocks(kind: u32, n: u64, seed: u64) -> Vec<u8> {
+    let (size, scales): (usize, &[usize]) = match kind {
+        12 => (144, &[0, 2]),
+        13 => (176, &[0, 2]),
+        14 => (210, &[208]),
+        _ => panic!("not a K-quant: {kind}"),
+    };
+    let mut next = crate::uniform(seed);
+    let mut out = Vec::new();
+    for _ in 0..n / 256 {
+        let mut block: Vec<u8> = (0..size).map(|_| ((next() + 0.5) * 255.99) as u8).collect();
+        for &at in scales {
+            let d = half::f16::from_f32(next() * 0.01).to_le_bytes();
+            block[at..at + 2].copy_from_slice(&d);
+        }
+        out.extend(block);
+    }
+    out
+}

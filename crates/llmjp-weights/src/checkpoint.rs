@@ -13,6 +13,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
+use crate::kquant::{self, KQuant, SUPER_BLOCK};
 use crate::{read_json, Result, WeightsError};
 
 pub use safetensors::Dtype;
@@ -117,6 +118,9 @@ struct Shard {
     mmap: Arc<MappedFile>,
     data_start: usize,
     metadata: Metadata,
+    /// Tensors stored as K-quant super-blocks (marked in `__metadata__`, see
+    /// [`kquant_key`](crate::writer::kquant_key)).
+    kquants: HashMap<String, KQuant>,
 }
 
 impl Shard {
@@ -127,11 +131,38 @@ impl Shard {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let invalid = |message: String| WeightsError::InvalidSafetensors {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut kquants = HashMap::new();
+        for (key, value) in metadata.metadata().iter().flatten() {
+            let Some(name) = key.strip_prefix("kquant:") else {
+                continue;
+            };
+            let format = KQuant::from_name(value)
+                .ok_or_else(|| invalid(format!("{key}: unknown K-quant format {value:?}")))?;
+            let info = metadata
+                .info(name)
+                .ok_or_else(|| invalid(format!("{key} names no tensor of this file")))?;
+            let bytes = format.block_bytes();
+            match info.shape[..] {
+                [_, row] if info.dtype == Dtype::U8 && row > 0 && row % bytes == 0 => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "{name}: {format} super-blocks stored as {:?} {:?}, expected U8 [rows, n × {bytes}]",
+                        info.dtype, info.shape
+                    )))
+                }
+            }
+            kquants.insert(name.to_string(), format);
+        }
         Ok(Self {
             path: path.to_path_buf(),
             mmap: Arc::new(mmap),
             data_start: 8 + header_len,
             metadata,
+            kquants,
         })
     }
 
@@ -266,6 +297,42 @@ impl Checkpoint {
         self.locations.contains_key(name)
     }
 
+    /// The K-quant format `name` is stored in, if it is stored as super-blocks (its stored
+    /// shape is then `[rows, cols / 256 × block bytes]` of U8; [`read`](Self::read) takes
+    /// and gives the matrix, `[rows, cols]`).
+    pub fn kquant(&self, name: &str) -> Option<KQuant> {
+        let shard = &self.shards[*self.locations.get(name)?];
+        shard.kquants.get(name).copied()
+    }
+
+    /// The super-blocks of K-quant matrix `name`, `[rows, cols]`, in the mapped file: its
+    /// format and the bytes (`U8 [rows, cols / 256 × block bytes]`).
+    pub fn kquant_view(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(KQuant, TensorView)> {
+        let (shard, _) = self.locate(name)?;
+        let format = self
+            .kquant(name)
+            .ok_or_else(|| WeightsError::UnsupportedDtype {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                dtype: Dtype::U8,
+            })?;
+        let stored = [rows, cols / SUPER_BLOCK * format.block_bytes()];
+        if !cols.is_multiple_of(SUPER_BLOCK) {
+            return Err(WeightsError::ShapeMismatch {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: self.meta(name)?.shape,
+            });
+        }
+        Ok((format, self.view(name, &stored)?))
+    }
+
     /// Stored dtype and shape of `name`.
     pub fn meta(&self, name: &str) -> Result<TensorMeta> {
         let (_, info) = self.locate(name)?;
@@ -336,6 +403,16 @@ impl Checkpoint {
         expected: &[usize],
         layout: Layout,
     ) -> Result<Vec<T>> {
+        if let (Some(_), &[rows, cols]) = (self.kquant(name), expected) {
+            let (format, view) = self.kquant_view(name, rows, cols)?;
+            let values = kquant::dequantize(format, view.bytes())?;
+            view.release();
+            let values: Vec<T> = values.into_iter().map(T::from_f32).collect();
+            return Ok(match layout {
+                Layout::Transposed => transpose(&values, rows, cols),
+                Layout::AsStored => values,
+            });
+        }
         let (shard, info) = self.checked(name, expected)?;
         let bytes = shard.bytes(info);
         let values = match info.dtype {

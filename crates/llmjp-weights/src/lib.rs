@@ -56,6 +56,7 @@ mod config;
 mod error;
 pub mod gguf;
 mod hub;
+pub mod kquant;
 pub mod quant;
 pub mod sigbus;
 mod source;

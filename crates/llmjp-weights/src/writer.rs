@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::atomic::{write_new, NewFile};
+use crate::kquant::{KQuant, SUPER_BLOCK};
 use crate::{Dtype, Result, WeightsError};
+
+/// The `__metadata__` key of a safetensors shard that marks tensor `name` as K-quant
+/// super-blocks: `kquant:{name}`, its value the format's name (`q4_k`, `q5_k`, `q6_k`).
+pub fn kquant_key(name: &str) -> String {
+    format!("kquant:{name}")
+}
 
 /// Shards are cut at this size, as the Hub's checkpoints are.
 pub const SHARD_BYTES: usize = 2 << 30;
@@ -20,6 +27,7 @@ struct Pending<'a> {
     dtype: Dtype,
     shape: Vec<usize>,
     data: Cow<'a, [u8]>,
+    kquant: Option<KQuant>,
 }
 
 /// Writes tensors into a folder: `model.safetensors`, or shards of about 2 GiB and
@@ -65,13 +73,45 @@ impl<'a> CheckpointWriter<'a> {
         shape: Vec<usize>,
         data: Cow<'a, [u8]>,
     ) -> Result<()> {
-        self.pending_bytes += data.len();
-        self.pending.push(Pending {
+        self.push(Pending {
             name,
             dtype,
             shape,
             data,
-        });
+            kquant: None,
+        })
+    }
+
+    /// Adds a `[rows, cols]` matrix stored as `format`'s super-blocks (`cols` a multiple of
+    /// 256): `U8 [rows, cols / 256 × block bytes]`, marked in its shard's metadata
+    /// ([`kquant_key`]) so that [`Checkpoint`](crate::Checkpoint) reads it as the matrix.
+    pub fn add_kquant(
+        &mut self,
+        name: String,
+        format: KQuant,
+        rows: usize,
+        cols: usize,
+        data: Cow<'a, [u8]>,
+    ) -> Result<()> {
+        let row_bytes = cols / SUPER_BLOCK * format.block_bytes();
+        if !cols.is_multiple_of(SUPER_BLOCK) || data.len() != rows * row_bytes {
+            return Err(WeightsError::NotWholeBlocks {
+                len: data.len(),
+                block: format.block_bytes(),
+            });
+        }
+        self.push(Pending {
+            name,
+            dtype: Dtype::U8,
+            shape: vec![rows, row_bytes],
+            data,
+            kquant: Some(format),
+        })
+    }
+
+    fn push(&mut self, tensor: Pending<'a>) -> Result<()> {
+        self.pending_bytes += tensor.data.len();
+        self.pending.push(tensor);
         if self.pending_bytes >= SHARD_BYTES {
             self.flush()?;
         }
@@ -127,7 +167,14 @@ impl<'a> CheckpointWriter<'a> {
 /// the JSON header padded with spaces to 8 bytes, the data in the given order.
 fn write_safetensors(out: &mut impl Write, tensors: &[Pending<'_>]) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("format".into(), json!("pt"));
+    for tensor in tensors {
+        if let Some(format) = tensor.kquant {
+            metadata.insert(kquant_key(&tensor.name), json!(format.name()));
+        }
+    }
+    header.insert("__metadata__".into(), serde_json::Value::Object(metadata));
     let mut offset = 0;
     for tensor in tensors {
         let end = offset + tensor.data.len();

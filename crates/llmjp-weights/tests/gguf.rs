@@ -44,7 +44,7 @@ fn sample() -> Vec<u8> {
     w.tensor("output_norm.weight", &[6], 0, &f32s);
     // Two rows of one Q8_0 block each: [in 32, out 2].
     w.tensor("output.weight", &[32, 2], 8, &[3u8; 68]);
-    w.tensor("blk.0.ffn_down.weight", &[256, 1], 12, &[]); // a k-quant: type 12
+    w.tensor("blk.0.ffn_down.weight", &[256, 1], 10, &[]); // a type not read: Q2_K
     w.bytes()
 }
 
@@ -111,8 +111,8 @@ fn reads_every_value_type_and_the_tensor_directory() {
     );
     assert_eq!(head.start % 32, 0);
     let kquant = gguf.tensor("blk.0.ffn_down.weight").unwrap();
-    assert_eq!((kquant.kind, kquant.len), (GgmlType::Other(12), 0));
-    assert_eq!(kquant.kind.to_string(), "GGML type 12");
+    assert_eq!((kquant.kind, kquant.len), (GgmlType::Other(10), 0));
+    assert_eq!(kquant.kind.to_string(), "GGML type 10");
 
     // The same from a file, mapped.
     let path = std::env::temp_dir().join(format!("llmjp-gguf-{}.gguf", std::process::id()));
@@ -826,6 +826,57 @@ mod import {
             }
             other => panic!("{name}: expected an invalid-GGUF error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn k_quant_tensors_import_as_stored_and_read_as_gguf_py_dequantizes() {
+        use llmjp_weights::gguf::llama::hf_row_order;
+        use llmjp_weights::kquant::{dequantize, KQuant};
+        use llmjp_weights::Layout;
+
+        let dir = temp("kquant-import");
+        let file = dir.join("model.gguf");
+        let (bytes, quantized) = super::gguf_support::kquant_model(3);
+        std::fs::write(&file, bytes).unwrap();
+        let out = dir.join("out");
+        import(&file, None, &out, &mut |_, _| {}).unwrap();
+        let checkpoint = Checkpoint::open(&out).unwrap();
+        let names = [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+        ];
+        for (name, tensor) in names.iter().zip(&quantized) {
+            let (kind, gguf_bytes) = (tensor.kind, &tensor.bytes);
+            let format = KQuant::from_ggml_type(kind).unwrap();
+            assert_eq!(checkpoint.kquant(name), Some(format), "{name}");
+            // Stored as the GGUF's super-blocks (q and k rows back in Hugging Face's order).
+            let meta = checkpoint.meta(name).unwrap();
+            assert_eq!(meta.shape, vec![256, format.block_bytes()], "{name}");
+            let rows: Vec<f32> = dequantize(format, gguf_bytes).unwrap();
+            let order: Vec<usize> = if name.contains("mlp") {
+                (0..256).collect()
+            } else {
+                hf_row_order(256, 2)
+            };
+            let expected: Vec<f32> = order
+                .iter()
+                .flat_map(|&r| rows[r * 256..(r + 1) * 256].to_vec())
+                .collect();
+            let read = checkpoint
+                .read::<f32>(name, &[256, 256], Layout::AsStored)
+                .unwrap();
+            assert_eq!(read, expected, "{name}");
+            let transposed = checkpoint
+                .read::<f32>(name, &[256, 256], Layout::Transposed)
+                .unwrap();
+            assert_eq!(transposed[1], expected[256], "{name}");
+        }
+        assert_eq!(
+            checkpoint.kquant("model.layers.0.self_attn.v_proj.weight"),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -182,10 +182,19 @@ fn check_tensors(header: &Gguf, config: &ModelConfig) -> std::result::Result<(),
             GgmlType::BF16,
             GgmlType::Q8_0,
             GgmlType::Q4_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
         ];
         if !supported.contains(&tensor.kind) {
             return Err(format!(
-                "{name}: {} is not supported (F32, F16, BF16, Q8_0 and Q4_0 are)",
+                "{name}: {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are)",
+                tensor.kind
+            ));
+        }
+        if tensor.kind.kquant().is_some() && tensor.shape().len() != 2 {
+            return Err(format!(
+                "{name}: a {} tensor that is not a matrix",
                 tensor.kind
             ));
         }
@@ -268,9 +277,19 @@ fn add(
                 .map_err(|e| e.to_string())?;
             return Ok(1);
         }
+        kind if kind.kquant().is_some() => {
+            let format = kind.kquant().expect("a K-quant");
+            let [rows, cols] = shape[..] else {
+                return Err(format!("a {format} tensor of shape {shape:?} is not a matrix"));
+            };
+            writer
+                .add_kquant(name, format, rows, cols, Cow::Owned(reordered(bytes)))
+                .map_err(|e| e.to_string())?;
+            return Ok(1);
+        }
         other => {
             return Err(format!(
-                "GGML type {other} is not supported (F32, F16, BF16, Q8_0 and Q4_0 are)"
+                "GGML type {other} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are)"
             ))
         }
     };

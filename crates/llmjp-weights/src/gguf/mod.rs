@@ -100,11 +100,28 @@ pub enum GgmlType {
     Q8_0,
     /// Blocks of 32: f32 scale and sum, int8 values.
     Q8_1,
-    /// Any other type (k-quants, i-quants, integers), by its GGML number.
+    /// Super-blocks of 256: 4-bit values, 6-bit scales and minimums per 32.
+    Q4K,
+    /// Super-blocks of 256: 5-bit values, 6-bit scales and minimums per 32.
+    Q5K,
+    /// Super-blocks of 256: 6-bit values, 8-bit scales per 16.
+    Q6K,
+    /// Any other type (other k-quants, i-quants, integers), by its GGML number.
     Other(u32),
 }
 
 impl GgmlType {
+    /// The K-quant format of this type, if it is one.
+    pub fn kquant(self) -> Option<crate::kquant::KQuant> {
+        use crate::kquant::KQuant;
+        match self {
+            Self::Q4K => Some(KQuant::Q4K),
+            Self::Q5K => Some(KQuant::Q5K),
+            Self::Q6K => Some(KQuant::Q6K),
+            _ => None,
+        }
+    }
+
     fn from_id(id: u32) -> Self {
         match id {
             0 => Self::F32,
@@ -115,6 +132,9 @@ impl GgmlType {
             7 => Self::Q5_1,
             8 => Self::Q8_0,
             9 => Self::Q8_1,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
             30 => Self::BF16,
             other => Self::Other(other),
         }
@@ -131,6 +151,9 @@ impl GgmlType {
             Self::Q5_1 => Some((32, 24)),
             Self::Q8_0 => Some((32, 34)),
             Self::Q8_1 => Some((32, 36)),
+            Self::Q4K => Some((256, 144)),
+            Self::Q5K => Some((256, 176)),
+            Self::Q6K => Some((256, 210)),
             Self::Other(_) => None,
         }
     }
@@ -140,6 +163,9 @@ impl fmt::Display for GgmlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Other(id) => write!(f, "GGML type {id}"),
+            Self::Q4K => f.write_str("Q4_K"),
+            Self::Q5K => f.write_str("Q5_K"),
+            Self::Q6K => f.write_str("Q6_K"),
             known => write!(f, "{known:?}"),
         }
     }
