@@ -8,11 +8,11 @@ use super::kernels::attention::PAGE;
 use super::kernels::simd::silu_mul;
 use super::kernels::Isa;
 use super::kv::HostKv;
-use super::weight::{Bf16Weight, InterleavedQuantWeight, QuantWeight};
+use super::weight::{Bf16Weight, InterleavedKQuantWeight, InterleavedQuantWeight, QuantWeight};
 use crate::cache::LayerCache;
 use crate::kv_memory::KvMemory;
 use crate::linear::{Linear, Loader, WeightRole};
-use crate::matrix::InterleavedQuantMatrix;
+use crate::matrix::{InterleavedKQuantMatrix, InterleavedQuantMatrix};
 use crate::ops::{DecoderOps, Heads, LayerSeq, SeqSpan};
 use crate::params::{RmsNorm, Rope};
 use crate::{ComputeDtype, ModelError, Result};
@@ -46,6 +46,27 @@ impl CpuKernels {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+
+    /// A weight the checkpoint stores as K-quant super-blocks, repacked for the 8-bit
+    /// dot-product kernels where the CPU has them (below AVX-512 VNNI the K-quants are
+    /// dequantized to bf16 by the float path instead).
+    fn kquant_weight(
+        &self,
+        loader: &Loader<'_, Cpu>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Linear<Cpu>>> {
+        if self.isa < Isa::Avx512Vnni || loader.checkpoint.kquant(name).is_none() {
+            return Ok(None);
+        }
+        let (format, view) = loader.checkpoint.kquant_view(name, rows, cols)?;
+        let matrix = InterleavedKQuantMatrix::new(format, view.bytes(), rows, cols);
+        view.release();
+        Ok(Some(Linear::new(InterleavedKQuantWeight::new(
+            matrix, self.isa,
+        ))))
+    }
 }
 
 impl DecoderOps<Cpu> for CpuKernels {
@@ -69,6 +90,9 @@ impl DecoderOps<Cpu> for CpuKernels {
         out: usize,
         inputs: usize,
     ) -> Result<Linear<Cpu>> {
+        if let Some(weight) = self.kquant_weight(loader, name, out, inputs)? {
+            return Ok(weight);
+        }
         if let Some(format) = loader.quantization(name, out, inputs)? {
             let matrix = loader.quant_matrix(name, out, inputs, format)?;
             if self.isa >= Isa::Avx512Vnni {
@@ -100,6 +124,9 @@ impl DecoderOps<Cpu> for CpuKernels {
         vocab: usize,
         hidden: usize,
     ) -> Result<Linear<Cpu>> {
+        if let Some(weight) = self.kquant_weight(loader, name, vocab, hidden)? {
+            return Ok(weight);
+        }
         if let Some(format) = loader.quantization(name, vocab, hidden)? {
             let matrix = loader.quant_matrix(name, vocab, hidden, format)?;
             return Ok(Linear::new(QuantWeight::new(matrix, self.isa)));

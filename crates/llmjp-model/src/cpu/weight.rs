@@ -9,11 +9,12 @@ use burn::tensor::Tensor;
 use super::host::{host_tensor, Cpu, HostRows};
 use super::kernels::Isa;
 use crate::linear::Weight;
-use crate::matrix::{Bf16Matrix, InterleavedQuantMatrix, QuantMatrix};
+use crate::matrix::{Bf16Matrix, InterleavedKQuantMatrix, InterleavedQuantMatrix, QuantMatrix};
 use crate::{ComputeDtype, Result};
 
 /// A `[rows, cols]` matrix on the host that the CPU kernels multiply: bf16
-/// ([`Bf16Matrix`]) or block-quantized ([`QuantMatrix`], [`InterleavedQuantMatrix`]).
+/// ([`Bf16Matrix`]) or block-quantized ([`QuantMatrix`], [`InterleavedQuantMatrix`],
+/// [`InterleavedKQuantMatrix`]).
 pub trait HostMatrix: fmt::Debug + Send + Sync {
     /// Rows (output features).
     fn rows(&self) -> usize;
@@ -46,6 +47,7 @@ macro_rules! host_matrix {
 host_matrix!(Bf16Matrix);
 host_matrix!(QuantMatrix);
 host_matrix!(InterleavedQuantMatrix);
+host_matrix!(InterleavedKQuantMatrix);
 
 /// A host matrix multiplied by the CPU kernels of one instruction set on f32 activations.
 #[derive(Debug)]
@@ -72,6 +74,9 @@ pub type QuantWeight = HostWeight<QuantMatrix>;
 
 /// Block-quantized `[out, in]` repacked for the 8-bit dot-product kernels (AVX-512 VNNI).
 pub type InterleavedQuantWeight = HostWeight<InterleavedQuantMatrix>;
+
+/// K-quant `[out, in]` repacked for the 8-bit dot-product kernels (AVX-512 VNNI).
+pub type InterleavedKQuantWeight = HostWeight<InterleavedKQuantMatrix>;
 
 impl<M: HostMatrix> HostWeight<M> {
     /// A weight multiplied by the kernels of `isa`.

@@ -30,6 +30,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod isa;
+mod kquant;
 mod matmul;
 mod quant;
 pub(crate) mod simd;
