@@ -32,7 +32,7 @@ use std::process::{Command, ExitCode};
 
 use shell::run;
 
-const GOLDEN_SCRIPTS: [&str; 4] = [
+const GOLDEN_SCRIPTS: [&str; 5] = [
     "xtask/golden/tokenizer_golden.py",
     "xtask/golden/chat_golden.py",
     "xtask/golden/sampler_golden.py",

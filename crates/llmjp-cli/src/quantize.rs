@@ -1,12 +1,12 @@
-//! `llmjp quantize`: writes a model folder with its linear weights in Q8_0 or Q4_0, which
-//! later loads in place (memory-mapped, no re-quantization).
+//! `llmjp quantize`: writes a model folder with its linear weights in Q8_0 or Q4_0, or in
+//! llama.cpp's K-quant mixes, which later loads in place (memory-mapped, no
+//! re-quantization).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use llmjp::crates::model::quantize::quantize_checkpoint;
-use llmjp::crates::weights::quant::BlockFormat;
+use llmjp::crates::model::quantize::{quantize_checkpoint, QuantizeFormat};
 use llmjp::crates::weights::resolve_model;
 use llmjp::HubOptions;
 
@@ -18,9 +18,11 @@ pub struct Args {
     /// Model folder (bf16, f16 or f32 safetensors), or Hub id org/name[@revision].
     #[arg(long, value_name = "DIR|ORG/NAME")]
     model: String,
-    /// q8_0 (8-bit, within noise of bf16) or q4_0 (4-bit; embeddings and head stay q8_0).
+    /// q8_0 (8-bit, within noise of bf16), q4_0 (4-bit; embeddings and head stay q8_0), or
+    /// llama.cpp's K-quant mixes q4_k_m, q5_k_m, q6_k (head in q6_k; some value and down
+    /// projections in q6_k for the _m mixes).
     #[arg(long, default_value = "q8_0")]
-    format: BlockFormat,
+    format: QuantizeFormat,
     /// The folder to write (created if needed).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,

@@ -12,7 +12,10 @@ use burn::tensor::{Tensor, TensorData};
 use half::bf16;
 use llmjp_model::backend::Cpu;
 use llmjp_model::cpu::Isa;
-use llmjp_model::matrix::{Bf16Matrix, InterleavedQuantMatrix, QuantMatrix};
+use llmjp_model::matrix::{
+    Bf16Matrix, InterleavedKQuantMatrix, InterleavedQuantMatrix, QuantMatrix,
+};
+use llmjp_weights::kquant::KQuant;
 use llmjp_weights::quant::BlockFormat;
 
 /// The fastest of 10 runs of each function after a warm-up, in seconds, the functions
@@ -123,6 +126,82 @@ fn main() {
                     ratio(0),
                     ratio(1),
                     ratio(2),
+                );
+            }
+        }
+    }
+    kquants(&isas, &rows_list);
+}
+
+/// The K-quant kernels (8-bit dot products: AVX-512 VNNI and up) on random super-blocks,
+/// against the Q4_0 kernel in the same run.
+fn kquants(isas: &[Isa], rows_list: &[usize]) {
+    let isas: Vec<Isa> = isas
+        .iter()
+        .copied()
+        .filter(|&i| i >= Isa::Avx512Vnni)
+        .collect();
+    if isas.is_empty() {
+        return;
+    }
+    println!("\nK-quants (Q4_0 in the same run for reference)");
+    println!(
+        "{:>6} {:>6} {:>6} {:>11} | {:>9} | {:>9} {:>8} | {:>9} {:>8} | {:>9} {:>8}",
+        "rows",
+        "out",
+        "in",
+        "isa",
+        "q4_0 ms",
+        "q4_k ms",
+        "GOP/s",
+        "q5_k ms",
+        "GOP/s",
+        "q6_k ms",
+        "GOP/s"
+    );
+    let shapes = [(2048, 2048), (7168, 2048), (2048, 7168)];
+    for &rows in rows_list {
+        for &(n, k) in &shapes {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+                .collect();
+            let values: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-4 - 0.05)
+                .collect();
+            let q4_0 = InterleavedQuantMatrix::new(
+                &QuantMatrix::quantize(BlockFormat::Q4_0, &values, n, k).unwrap(),
+            );
+            let kq = KQuant::ALL.map(|format| {
+                let bytes =
+                    llmjp_testdata::gguf::kquant_blocks(format.ggml_type(), (n * k) as u64, 1);
+                InterleavedKQuantMatrix::new(format, &bytes, n, k)
+            });
+            let mut runs: Vec<Box<dyn FnMut() + '_>> = Vec::new();
+            for &isa in &isas {
+                let (x, q4_0) = (&x, &q4_0);
+                runs.push(Box::new(move || {
+                    std::hint::black_box(q4_0.matmul(isa, x, rows));
+                }));
+                for m in &kq {
+                    runs.push(Box::new(move || {
+                        std::hint::black_box(m.matmul(isa, x, rows));
+                    }));
+                }
+            }
+            let times = time_alternating(&mut runs);
+            let ops = 2.0 * (rows * n * k) as f64;
+            for (i, isa) in isas.iter().enumerate() {
+                let t = &times[4 * i..4 * i + 4];
+                println!(
+                    "{rows:>6} {n:>6} {k:>6} {:>11} | {:>9.3} | {:>9.3} {:>8.1} | {:>9.3} {:>8.1} | {:>9.3} {:>8.1}",
+                    isa.name(),
+                    t[0] * 1e3,
+                    t[1] * 1e3,
+                    ops / t[1] / 1e9,
+                    t[2] * 1e3,
+                    ops / t[2] / 1e9,
+                    t[3] * 1e3,
+                    ops / t[3] / 1e9,
                 );
             }
         }

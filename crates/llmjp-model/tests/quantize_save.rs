@@ -204,3 +204,144 @@ fn quantized_tensors_of_the_wrong_shape_or_dtype_are_typed_errors() {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A random bf16 Llama 256 wide with 4 layers (2 heads of 128, MLP 512, vocabulary 512):
+/// rows that are whole K-quant super-blocks.
+fn wide_llama(dir: &Path) {
+    use llmjp_weights::writer::CheckpointWriter;
+    fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512,
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 128,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "bos_token_id": 1,
+        "eos_token_id": 2, "tie_word_embeddings": false, "torch_dtype": "bfloat16"
+    });
+    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut next = llmjp_testdata::uniform(21);
+    let mut writer = CheckpointWriter::new(dir).unwrap();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32| {
+        let n: usize = shape.iter().product();
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|_| half::bf16::from_f32(next() * scale).to_le_bytes())
+            .collect();
+        writer
+            .add(name, Dtype::BF16, shape, Cow::Owned(bytes))
+            .unwrap();
+    };
+    add("model.embed_tokens.weight".into(), vec![512, 256], 1.0);
+    add("lm_head.weight".into(), vec![512, 256], 0.2);
+    add("model.norm.weight".into(), vec![256], 2.0);
+    for l in 0..4 {
+        let p = format!("model.layers.{l}");
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            add(format!("{p}.{norm}.weight"), vec![256], 2.0);
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            add(format!("{p}.self_attn.{proj}.weight"), vec![256, 256], 0.2);
+        }
+        add(format!("{p}.mlp.gate_proj.weight"), vec![512, 256], 0.2);
+        add(format!("{p}.mlp.up_proj.weight"), vec![512, 256], 0.2);
+        add(format!("{p}.mlp.down_proj.weight"), vec![256, 512], 0.2);
+    }
+    writer.finish().unwrap();
+}
+
+#[test]
+fn k_quant_mixes_follow_llama_cpp_and_reload_in_place() {
+    use llmjp_model::quantize::{kquant_choice, KQuantChoice, QuantizeFormat};
+    use llmjp_weights::kquant::{quantize, KQuant, KQuantMix};
+    use llmjp_weights::{Layout, ModelConfig};
+
+    let src = temp("wide-llama");
+    wide_llama(&src);
+    let config = ModelConfig::from_file(&src.join("config.json")).unwrap();
+    let source = Checkpoint::open(&src).unwrap();
+    let float = logits(&src, ComputeDtype::BF16.into());
+    let scale = float.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // Q4_0 on load, the yardstick: random uniform weights lose ~7 % per matrix in 4 bits.
+    let q4_0 = WeightDtype {
+        compute: ComputeDtype::BF16,
+        quantize: Some(BlockFormat::Q4_0),
+    };
+    let q4_0_err = llmjp_testdata::max_abs_diff(&logits(&src, q4_0), &float);
+    eprintln!("q4_0: max abs logit error {q4_0_err} of {scale}");
+    for mix in KQuantMix::ALL {
+        let out = temp(mix.name());
+        let report =
+            quantize_checkpoint(&src, QuantizeFormat::KMix(mix), &out, &mut |_, _| {}).unwrap();
+        assert_eq!(report.quantized, 2 + 4 * 7, "{mix}");
+        let checkpoint = Checkpoint::open(&out).unwrap();
+        let stored = ModelConfig::from_file(&out.join("config.json")).unwrap();
+        assert_eq!(stored.kquant_mix, Some(mix));
+        // llama.cpp's choices: the head in Q6_K; for the _m mixes, the value and down
+        // projections of layers 2 and 3 of 4 (use_more_bits) in Q6_K; the rest in the base.
+        let base = mix.base();
+        let more = |l: usize| {
+            if mix == KQuantMix::Q6K || l >= 2 {
+                KQuant::Q6K
+            } else {
+                base
+            }
+        };
+        let expected: Vec<(String, KQuant)> = [
+            ("lm_head.weight".to_string(), KQuant::Q6K),
+            ("model.embed_tokens.weight".to_string(), base),
+        ]
+        .into_iter()
+        .chain((0..4).flat_map(|l| {
+            let p = format!("model.layers.{l}");
+            [
+                (format!("{p}.self_attn.q_proj.weight"), base),
+                (format!("{p}.self_attn.v_proj.weight"), more(l)),
+                (format!("{p}.mlp.down_proj.weight"), more(l)),
+                (format!("{p}.mlp.up_proj.weight"), base),
+            ]
+        }))
+        .collect();
+        for (name, format) in &expected {
+            assert_eq!(checkpoint.kquant(name), Some(*format), "{mix} {name}");
+            let cols = source.meta(name).unwrap().shape[1];
+            assert_eq!(
+                kquant_choice(&config, mix, name, cols),
+                KQuantChoice::K(*format)
+            );
+            // GGML's reference quantizer's bytes, row by row.
+            let values = source
+                .read::<f32>(name, &source.meta(name).unwrap().shape, Layout::AsStored)
+                .unwrap();
+            let (_, view) = checkpoint
+                .kquant_view(name, values.len() / cols, cols)
+                .unwrap();
+            assert_eq!(
+                view.bytes(),
+                quantize(*format, &values).unwrap(),
+                "{mix} {name}"
+            );
+        }
+        // It reloads in place and runs closer to the float model than Q4_0 (Q6_K: several
+        // times closer).
+        let ours = logits(&out, ComputeDtype::BF16.into());
+        let err = llmjp_testdata::max_abs_diff(&ours, &float);
+        eprintln!("{mix}: max abs logit error {err} of {scale}");
+        let bound = match mix {
+            KQuantMix::Q4KM => q4_0_err,
+            KQuantMix::Q5KM => 0.7 * q4_0_err,
+            KQuantMix::Q6K => 0.45 * q4_0_err,
+        };
+        assert!(err <= bound, "{mix}: {err} vs Q4_0's {q4_0_err}");
+        // Quantizing it again is refused.
+        let again = quantize_checkpoint(
+            &out,
+            QuantizeFormat::KMix(mix),
+            &temp("again"),
+            &mut |_, _| {},
+        );
+        assert!(
+            matches!(again, Err(ModelError::InvalidQuantized(_))),
+            "{again:?}"
+        );
+        fs::remove_dir_all(&out).unwrap();
+    }
+    fs::remove_dir_all(&src).unwrap();
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::kquant::KQuantMix;
 use crate::quant::BlockFormat;
 use crate::{read_json, Result, WeightsError};
 
@@ -58,6 +59,15 @@ pub struct ModelConfig {
     /// The block format of a quantized checkpoint (`quantization_config` with
     /// `"quant_method": "llmjp"`, as `llmjp quantize` writes it), if it is one.
     pub quantization: Option<BlockFormat>,
+    /// The K-quant mix of a checkpoint `llmjp quantize --format q4_k_m|q5_k_m|q6_k` wrote
+    /// (its matrices' formats are in the shards, see [`Checkpoint::kquant`](crate::Checkpoint::kquant)).
+    pub kquant_mix: Option<KQuantMix>,
+}
+
+/// What a `quantization_config` of our own names.
+enum Quantization {
+    Block(BlockFormat),
+    KMix(KQuantMix),
 }
 
 /// The `quant_method` of the checkpoints `llmjp quantize` writes.
@@ -92,9 +102,10 @@ struct RawConfig {
     quantization_config: Option<Value>,
 }
 
-/// The block format a `quantization_config` names: only our own (`quant_method` "llmjp",
-/// `format` q8_0 or q4_0, `group_size` 32); other methods (gptq, awq, …) are errors.
-fn quantization_format(q: &Value) -> std::result::Result<BlockFormat, String> {
+/// The format a `quantization_config` names: only our own (`quant_method` "llmjp",
+/// `format` q8_0 or q4_0 with `group_size` 32, or a K-quant mix with 256); other methods
+/// (gptq, awq, …) are errors.
+fn quantization_format(q: &Value) -> std::result::Result<Quantization, String> {
     let field = |key: &str| q.get(key).and_then(Value::as_str).unwrap_or("");
     let method = field("quant_method");
     if method != QUANT_METHOD {
@@ -104,11 +115,22 @@ fn quantization_format(q: &Value) -> std::result::Result<BlockFormat, String> {
         ));
     }
     let name = field("format");
+    let group = q.get("group_size").and_then(Value::as_u64);
+    if let Some(mix) = KQuantMix::from_name(name) {
+        return match group {
+            None | Some(256) => Ok(Quantization::KMix(mix)),
+            Some(other) => Err(format!(
+                "quantization_config.group_size {other} is not supported: {mix} has super-blocks of 256"
+            )),
+        };
+    }
     let format = BlockFormat::from_name(name).ok_or_else(|| {
-        format!("quantization_config.format {name:?} is unknown: expected q8_0 or q4_0")
+        format!(
+            "quantization_config.format {name:?} is unknown: expected q8_0, q4_0, q4_k_m, q5_k_m or q6_k"
+        )
     })?;
-    match q.get("group_size").and_then(Value::as_u64) {
-        None | Some(32) => Ok(format),
+    match group {
+        None | Some(32) => Ok(Quantization::Block(format)),
         Some(other) => Err(format!(
             "quantization_config.group_size {other} is not supported: {format} has groups of 32"
         )),
@@ -253,9 +275,12 @@ impl ModelConfig {
                 raw.vocab_size
             )));
         }
-        let quantization = match &raw.quantization_config {
-            None | Some(Value::Null) => None,
-            Some(q) => Some(quantization_format(q).map_err(invalid)?),
+        let (quantization, kquant_mix) = match &raw.quantization_config {
+            None | Some(Value::Null) => (None, None),
+            Some(q) => match quantization_format(q).map_err(invalid)? {
+                Quantization::Block(format) => (Some(format), None),
+                Quantization::KMix(mix) => (None, Some(mix)),
+            },
         };
         Ok(Self {
             architecture,
@@ -276,6 +301,7 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             quantization,
+            kquant_mix,
         })
     }
 }
