@@ -18,6 +18,11 @@ struct Options {
     baseline: Option<String>,
     /// A llama.cpp source tree with `build/bin/llama-bench`: a llama.cpp column.
     llama_cpp: Option<String>,
+    /// An ik_llama.cpp tree with `build/bin/llama-bench`: a column run with `-rtr 1` on
+    /// the GGUF files llama.cpp made.
+    ik_llama_cpp: Option<String>,
+    /// No transformers column (machines without torch).
+    no_transformers: bool,
     /// Another dtype of ours measured in the same rounds (`q8_0` against `bf16`, …).
     compare_dtype: Option<String>,
 }
@@ -30,10 +35,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
         dtype: "bf16".into(),
         baseline: None,
         llama_cpp: None,
+        ik_llama_cpp: None,
+        no_transformers: false,
         compare_dtype: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--no-transformers" {
+            options.no_transformers = true;
+            continue;
+        }
         let value = it
             .next()
             .ok_or_else(|| format!("{flag} needs a value"))?
@@ -45,12 +56,25 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--dtype" => options.dtype = value,
             "--baseline" => options.baseline = Some(value),
             "--llama-cpp" => options.llama_cpp = Some(value),
+            "--ik-llama-cpp" => options.ik_llama_cpp = Some(value),
             "--compare-dtype" => options.compare_dtype = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if options.ik_llama_cpp.is_some() && options.llama_cpp.is_none() {
+        return Err("--ik-llama-cpp runs on the GGUF files --llama-cpp makes: give both".into());
+    }
+    if KMIXES.contains(&options.dtype.as_str()) && options.llama_cpp.is_none() {
+        return Err(format!(
+            "--dtype {}: ours runs the GGUF file llama.cpp's llama-quantize makes: give --llama-cpp",
+            options.dtype
+        ));
+    }
     Ok(options)
 }
+
+/// The K-quant mixes, which ours runs from llama.cpp's GGUF file (the same file).
+const KMIXES: [&str; 3] = ["q4_k_m", "q5_k_m", "q6_k"];
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
@@ -59,12 +83,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
     run_command(Command::new("cargo").args(["build", "--release", "-p", "llmjp-cli"]))?;
     let weights_mb = weights_size_mb(&model)?;
 
+    let llama = match &options.llama_cpp {
+        Some(src) => Some(crate::llama_cpp::LlamaCpp::prepare(src, &options.dtype)?),
+        None => None,
+    };
+    let ik = match (&options.ik_llama_cpp, &llama) {
+        (Some(src), Some(llama)) => Some(llama.with_ik(src)),
+        _ => None,
+    };
+    let gguf = llama.as_ref().map(|l| l.gguf.clone());
     let llmjp_cmd = |binary: std::path::PathBuf, o: &Options, dtype: &str| {
         let mut c = Command::new(binary);
-        c.args([
-            "bench", "--model", MODEL_DIR, "--dtype", dtype, "--device", "cpu", "--format", "json",
-        ])
-        .args([
+        c.arg("bench");
+        match &gguf {
+            // A K-quant mix: llama.cpp's file, imported as stored.
+            Some(file) if KMIXES.contains(&dtype) => {
+                c.arg("--model").arg(file).args(["--tokenizer", MODEL_DIR]);
+            }
+            _ => {
+                c.args(["--model", MODEL_DIR, "--dtype", dtype]);
+            }
+        }
+        c.args(["--device", "cpu", "--format", "json"]).args([
             "--prompt-tokens",
             &o.prompt_tokens,
             "--gen-tokens",
@@ -84,12 +124,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         c
     };
     let ours_binary = root().join("target/release/llmjp");
-    let llama = match &options.llama_cpp {
-        Some(src) => Some(crate::llama_cpp::LlamaCpp::prepare(src, &options.dtype)?),
-        None => None,
-    };
     let (mut ours, mut hf, mut reads, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut llama_runs, mut other) = (Vec::new(), Vec::new());
+    let (mut llama_runs, mut ik_runs, mut other) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=options.rounds {
         reads.push(read_files_once(&model)?);
         eprintln!("round {round}/{}: llmjp", options.rounds);
@@ -118,25 +154,37 @@ pub fn run(args: &[String]) -> Result<(), String> {
             eprintln!("round {round}/{}: llama.cpp", options.rounds);
             llama_runs.push(llama.bench(&options.prompt_tokens, &options.gen_tokens)?);
         }
-        eprintln!("round {round}/{}: transformers", options.rounds);
-        hf.push(last_json(&output(&mut hf_cmd(&options))?)?);
+        if let Some(ik) = &ik {
+            eprintln!("round {round}/{}: ik_llama.cpp", options.rounds);
+            ik_runs.push(ik.bench(&options.prompt_tokens, &options.gen_tokens)?);
+        }
+        if !options.no_transformers {
+            eprintln!("round {round}/{}: transformers", options.rounds);
+            hf.push(last_json(&output(&mut hf_cmd(&options))?)?);
+        }
     }
 
     println!(
         "llm-jp-3.1-1.8b shape, random weights stored bf16 ({weights_mb:.0} MB), {} prompt tokens, {} generated, greedy, median of {} alternating rounds",
         options.prompt_tokens, options.gen_tokens, options.rounds
     );
-    println!(
-        "{:<16} {:>14} {:>22} {:>8}",
-        "metric",
-        format!("llmjp {}", options.dtype),
-        "transformers bf16",
-        "ratio"
-    );
-    for metric in METRICS {
-        let a = median(&ours, metric)?;
-        let b = median(&hf, metric)?;
-        println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+    if !options.no_transformers {
+        println!(
+            "{:<16} {:>14} {:>22} {:>8}",
+            "metric",
+            format!("llmjp {}", options.dtype),
+            "transformers bf16",
+            "ratio"
+        );
+        for metric in METRICS {
+            let a = median(&ours, metric)?;
+            let b = median(&hf, metric)?;
+            println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+        }
+    } else {
+        for metric in METRICS {
+            println!("llmjp {} {metric}: {:.2}", options.dtype, median(&ours, metric)?);
+        }
     }
     if let Some(baseline) = &options.baseline {
         println!(
@@ -182,6 +230,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
             llama.gguf.display(),
             llama.threads
         );
+    }
+    if let Some(ik) = &ik {
+        println!(
+            "{:<16} {:>14} {:>22} {:>8}",
+            "metric",
+            format!("llmjp {}", options.dtype),
+            format!("ik_llama.cpp {} -rtr 1", ik.format),
+            "ratio"
+        );
+        for metric in ["prefill_tok_s", "decode_tok_s"] {
+            let a = median(&ours, metric)?;
+            let b = median(&ik_runs, metric)?;
+            println!("{metric:<16} {a:>14.2} {b:>22.2} {:>7.2}x", a / b);
+        }
     }
     let rss = median(&ours, "peak_rss_mb")?;
     println!("llmjp peak RSS / weights size: {:.2}", rss / weights_mb);

@@ -16,6 +16,9 @@ pub struct LlamaCpp {
     /// llama.cpp's name of the format.
     pub format: &'static str,
     pub threads: usize,
+    /// ik_llama.cpp: weights repacked at load (`-rtr 1`), decode measured with `-gp`
+    /// (its llama-bench has no `-d`).
+    ik: bool,
 }
 
 impl LlamaCpp {
@@ -27,6 +30,9 @@ impl LlamaCpp {
             "bf16" => "BF16",
             "q8_0" => "Q8_0",
             "q4_0" => "Q4_0",
+            "q4_k_m" => "Q4_K_M",
+            "q5_k_m" => "Q5_K_M",
+            "q6_k" => "Q6_K",
             other => return Err(format!("no llama.cpp format for --dtype {other}")),
         };
         let model = root().join(MODEL_DIR);
@@ -49,7 +55,19 @@ impl LlamaCpp {
             gguf,
             format,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ik: false,
         })
+    }
+
+    /// ik_llama.cpp's llama-bench in the tree `src`, on the same GGUF file.
+    pub fn with_ik(&self, src: &str) -> Self {
+        Self {
+            bench: PathBuf::from(src).join("build/bin/llama-bench"),
+            gguf: self.gguf.clone(),
+            format: self.format,
+            threads: self.threads,
+            ik: true,
+        }
     }
 
     /// Prefill of `prompt` tokens, and decode of `gen` tokens after them, in tok/s.
@@ -69,6 +87,11 @@ impl LlamaCpp {
                 .as_f64()
                 .ok_or_else(|| format!("llama-bench printed no avg_ts: {text}"))
         };
+        if self.ik {
+            let prefill = measure(&["-rtr", "1", "-p", prompt, "-n", "0"])?;
+            let decode = measure(&["-rtr", "1", "-p", "0", "-n", "0", "-gp", &format!("{prompt},{gen}")])?;
+            return Ok(json!({"prefill_tok_s": prefill, "decode_tok_s": decode}));
+        }
         let prefill = measure(&["-p", prompt, "-n", "0"])?;
         let decode = measure(&["-p", "0", "-n", gen, "-d", prompt])?;
         Ok(json!({"prefill_tok_s": prefill, "decode_tok_s": decode}))
