@@ -183,7 +183,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     } else {
         for metric in METRICS {
-            println!("llmjp {} {metric}: {:.2}", options.dtype, median(&ours, metric)?);
+            println!(
+                "llmjp {} {metric}: {:.2}",
+                options.dtype,
+                median(&ours, metric)?
+            );
         }
     }
     if let Some(baseline) = &options.baseline {

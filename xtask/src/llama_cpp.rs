@@ -89,7 +89,16 @@ impl LlamaCpp {
         };
         if self.ik {
             let prefill = measure(&["-rtr", "1", "-p", prompt, "-n", "0"])?;
-            let decode = measure(&["-rtr", "1", "-p", "0", "-n", "0", "-gp", &format!("{prompt},{gen}")])?;
+            let decode = measure(&[
+                "-rtr",
+                "1",
+                "-p",
+                "0",
+                "-n",
+                "0",
+                "-gp",
+                &format!("{prompt},{gen}"),
+            ])?;
             return Ok(json!({"prefill_tok_s": prefill, "decode_tok_s": decode}));
         }
         let prefill = measure(&["-p", prompt, "-n", "0"])?;

@@ -243,3 +243,65 @@ unsafe fn tile<const MR: usize, const F: u8>(
         unsafe { _mm512_mask_storeu_ps(out.add((row + r) * n + first), mask, acc[r]) };
     }
 }
+
+/// One row of activations quantized as [`KRows::new`] does it in plain Rust (the same
+/// integers, scales and sums).
+///
+/// # Safety
+/// The CPU has AVX-512F and BW; `src` holds whole super-blocks, the other slices one entry
+/// (values: one byte; pairs: 4; starts: 16) per value or super-block.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row(
+    src: &[f32],
+    values: &mut [i8],
+    scales: &mut [f32],
+    pairs: &mut [i32],
+    starts: &mut [i32],
+) {
+    for (b, block) in src.chunks_exact(SUPER_BLOCK).enumerate() {
+        let p = block.as_ptr();
+        let mut amax = _mm512_setzero_ps();
+        for i in 0..16 {
+            // SAFETY: 16 values of the super-block.
+            amax = _mm512_max_ps(
+                amax,
+                _mm512_abs_ps(unsafe { _mm512_loadu_ps(p.add(16 * i)) }),
+            );
+        }
+        let d = _mm512_reduce_max_ps(amax) / 127.0;
+        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        scales[b] = d;
+        let mut sums = [0i32; 16];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let y = _mm512_mul_ps(unsafe { _mm512_loadu_ps(p.add(16 * i)) }, id);
+            // Rounded half away from zero, as f32::round.
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+            let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+                _mm512_abs_ps(_mm512_sub_ps(y, t)),
+                _mm512_set1_ps(0.5),
+            );
+            let away = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+            let q = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away));
+            *sum = _mm512_reduce_add_epi32(q);
+            let at = b * SUPER_BLOCK + 16 * i;
+            // SAFETY: 16 bytes of the row's values.
+            unsafe {
+                _mm_storeu_si128(
+                    values.as_mut_ptr().add(at) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(q),
+                )
+            };
+        }
+        for (s, &sum) in sums.iter().enumerate() {
+            starts[16 * b + s] = -32 * sum;
+        }
+        for q in 0..4 {
+            let (a, c) = (
+                sums[4 * q] + sums[4 * q + 1],
+                sums[4 * q + 2] + sums[4 * q + 3],
+            );
+            pairs[4 * b + q] = (a as i16 as u16 as u32 | ((c as i16 as u16 as u32) << 16)) as i32;
+        }
+    }
+}

@@ -38,7 +38,7 @@ impl KRows {
     /// `x` (`[rows, k]`, `k` a multiple of 256) quantized row by row (rows in parallel):
     /// the scale `max |v| / 127` of each super-block, each value times its inverse rounded
     /// half away from zero.
-    pub(crate) fn new(x: &[f32], rows: usize, k: usize) -> Self {
+    pub(crate) fn new(isa: Isa, x: &[f32], rows: usize, k: usize) -> Self {
         let blocks = k / SUPER_BLOCK;
         let mut out = Self {
             rows,
@@ -48,7 +48,15 @@ impl KRows {
             sum_pairs: vec![0; rows * blocks * 4],
             starts16: vec![0; rows * blocks * 16],
         };
+        #[cfg(target_arch = "x86_64")]
+        let vector = isa.usable() >= Isa::Avx512Vnni;
         let row = |(((src, values), scales), (pairs, starts)): RowParts<'_>| {
+            #[cfg(target_arch = "x86_64")]
+            if vector {
+                // SAFETY: `usable` returned an ISA with AVX-512; the slices are one row's.
+                unsafe { avx512vnni::quantize_row(src, values, scales, pairs, starts) };
+                return;
+            }
             for (b, src) in src.chunks_exact(SUPER_BLOCK).enumerate() {
                 let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
@@ -112,7 +120,7 @@ impl InterleavedKQuantMatrix {
     pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
-        let x = KRows::new(x, rows, k);
+        let x = KRows::new(isa, x, rows, k);
         #[cfg(target_arch = "x86_64")]
         if isa.usable() >= Isa::Avx512Vnni {
             return in_column_tasks(rows, n, |first, count, out| {
@@ -153,7 +161,16 @@ mod tests {
                 let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
                 // Against f64 over the dequantized weights and the quantized activations.
                 let values = dequantize(format, &bytes).unwrap();
-                let xq = KRows::new(&x, rows, k);
+                let xq = KRows::new(Isa::Portable, &x, rows, k);
+                for isa in supported("K-quant activations") {
+                    let v = KRows::new(isa, &x, rows, k);
+                    assert_eq!((&v.values, &v.scales), (&xq.values, &xq.scales), "{isa}");
+                    assert_eq!(
+                        (&v.sum_pairs, &v.starts16),
+                        (&xq.sum_pairs, &xq.starts16),
+                        "{isa}"
+                    );
+                }
                 let portable = w.matmul(Isa::Portable, &x, rows);
                 for r in 0..rows {
                     for c in 0..n {
