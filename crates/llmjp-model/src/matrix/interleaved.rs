@@ -12,7 +12,7 @@ use super::QuantMatrix;
 pub const GROUP: usize = 16;
 
 /// A block-quantized `[rows, cols]` matrix (Q8_0 or Q4_0) repacked in groups of
-/// [`GROUP`] rows: for each group and block of 32 inputs, 64-byte vectors holding four
+/// 16 rows (`GROUP`): for each group and block of 32 inputs, 64-byte vectors holding four
 /// consecutive inputs of each of the 16 rows (row `c` in bytes `4c..4c + 4`), stored
 /// unsigned:
 ///

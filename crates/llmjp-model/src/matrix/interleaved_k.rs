@@ -11,7 +11,7 @@ use super::interleaved::GROUP;
 /// Steps of four values in a super-block.
 const STEPS: usize = SUPER_BLOCK / 4;
 
-/// A `[rows, cols]` K-quant matrix (`cols` a multiple of 256) in groups of [`GROUP`] rows.
+/// A `[rows, cols]` K-quant matrix (`cols` a multiple of 256) in groups of 16 rows.
 /// For each group and super-block:
 ///
 /// - `values`: 32 vectors of 64 bytes. Vector `u` holds, for row `c` at bytes `4c..4c + 4`,
