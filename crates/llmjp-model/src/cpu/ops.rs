@@ -48,7 +48,7 @@ impl CpuKernels {
     }
 
     /// A weight the checkpoint stores as K-quant super-blocks, repacked for the 8-bit
-    /// dot-product kernels where the CPU has them (below AVX-512 VNNI the K-quants are
+    /// dot-product kernels (AVX-512 VNNI or AVX2; on the portable ISA the K-quants are
     /// dequantized to bf16 by the float path instead).
     fn kquant_weight(
         &self,
@@ -57,7 +57,7 @@ impl CpuKernels {
         rows: usize,
         cols: usize,
     ) -> Result<Option<Linear<Cpu>>> {
-        if self.isa < Isa::Avx512Vnni || loader.checkpoint.kquant(name).is_none() {
+        if self.isa < Isa::Avx2 || loader.checkpoint.kquant(name).is_none() {
             return Ok(None);
         }
         let (format, view) = loader.checkpoint.kquant_view(name, rows, cols)?;
@@ -95,8 +95,9 @@ impl DecoderOps<Cpu> for CpuKernels {
         }
         if let Some(format) = loader.quantization(name, out, inputs)? {
             let matrix = loader.quant_matrix(name, out, inputs, format)?;
-            if self.isa >= Isa::Avx512Vnni {
-                // The 8-bit dot-product kernels read the blocks repacked (the same size).
+            if self.isa >= Isa::Avx2 {
+                // The interleaved kernels (AVX2, AVX-512 VNNI) read the blocks repacked (the
+                // same size).
                 let repacked = InterleavedQuantMatrix::new(&matrix);
                 return Ok(Linear::new(InterleavedQuantWeight::new(repacked, self.isa)));
             }

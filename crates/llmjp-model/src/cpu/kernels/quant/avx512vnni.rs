@@ -14,125 +14,10 @@
 use std::arch::x86_64::*;
 
 use llmjp_weights::quant::{BlockFormat, BLOCK};
-use rayon::prelude::*;
 
+use super::rows::BlockRows;
 use crate::cpu::kernels::tasks::in_four_streams;
 use crate::matrix::interleaved::{InterleavedQuantMatrix, GROUP};
-
-/// Activation rows quantized as [`QuantizedRows`](super::rows::QuantizedRows) does (the
-/// same integers and scales), with each block's starting value for weights of one format.
-pub(crate) struct VnniRows {
-    rows: usize,
-    cols: usize,
-    values: Vec<i8>,
-    scales: Vec<f32>,
-    starts: Vec<i32>,
-}
-
-/// One row's activations and where its values, scales and starts go.
-type RowParts<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [i32]));
-
-impl VnniRows {
-    /// `x` (`[rows, k]` row-major f32, `k` whole blocks) for weights of `format`; rows in
-    /// parallel.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F, BW and VNNI.
-    pub(crate) unsafe fn new(x: &[f32], rows: usize, k: usize, format: BlockFormat) -> Self {
-        let blocks = k / BLOCK;
-        let offset = match format {
-            BlockFormat::Q8_0 => 128,
-            BlockFormat::Q4_0 => 8,
-        };
-        let mut out = Self {
-            rows,
-            cols: k,
-            values: vec![0i8; rows * k],
-            scales: vec![0f32; rows * blocks],
-            starts: vec![0i32; rows * blocks],
-        };
-        let row = |((src, values), (scales, starts)): RowParts<'_>| {
-            // SAFETY: the CPU has AVX-512 VNNI (the caller's contract); the slices are one
-            // row's.
-            unsafe { quantize_row(src, values, scales, starts, offset) }
-        };
-        if rows * k >= 1 << 16 {
-            x.par_chunks(k)
-                .zip(out.values.par_chunks_mut(k))
-                .zip(
-                    out.scales
-                        .par_chunks_mut(blocks)
-                        .zip(out.starts.par_chunks_mut(blocks)),
-                )
-                .for_each(row);
-        } else {
-            x.chunks(k)
-                .zip(out.values.chunks_mut(k))
-                .zip(
-                    out.scales
-                        .chunks_mut(blocks)
-                        .zip(out.starts.chunks_mut(blocks)),
-                )
-                .for_each(row);
-        }
-        out
-    }
-}
-
-/// Block `src` (32 values) quantized to 8 bits as [`QuantizedRows`] does: the scale
-/// `max |v| / 127`, each value times its inverse rounded half away from zero (as
-/// `f32::round`). Returns the values as 32 signed bytes and the scale.
-///
-/// # Safety
-/// The CPU has AVX-512F and BW; `src` points to 32 values.
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn quantize_block(src: *const f32) -> (__m256i, f32) {
-    // SAFETY: 32 values at src.
-    let (a, b) = unsafe { (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))) };
-    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-    let d = amax / 127.0;
-    let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let round = |v: __m512| {
-        let y = _mm512_mul_ps(v, id);
-        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-        let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
-            _mm512_abs_ps(_mm512_sub_ps(y, t)),
-            _mm512_set1_ps(0.5),
-        );
-        let sign = _mm512_and_ps(y, _mm512_set1_ps(-0.0));
-        let away = _mm512_or_ps(_mm512_set1_ps(1.0), sign);
-        _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away))
-    };
-    let low = _mm512_cvtepi32_epi8(round(a));
-    let high = _mm512_cvtepi32_epi8(round(b));
-    (_mm256_set_m128i(high, low), d)
-}
-
-/// One row quantized block by block into `values`, `scales` and `starts`.
-///
-/// # Safety
-/// The CPU has AVX-512F, BW and VNNI; `src` and `values` hold `scales.len()` whole
-/// blocks, `starts` as many entries.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn quantize_row(
-    src: &[f32],
-    values: &mut [i8],
-    scales: &mut [f32],
-    starts: &mut [i32],
-    offset: i32,
-) {
-    for b in 0..scales.len() {
-        // SAFETY: block b of the row is in bounds.
-        let (q, d) = unsafe { quantize_block(src.as_ptr().add(b * BLOCK)) };
-        // SAFETY: as above.
-        unsafe { _mm256_storeu_si256(values.as_mut_ptr().add(b * BLOCK) as *mut __m256i, q) };
-        let sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), q);
-        let sum = _mm512_reduce_add_epi32(_mm512_castsi256_si512(sum));
-        scales[b] = d;
-        starts[b] = -offset * sum;
-    }
-}
 
 /// Output columns `first..first + count` of `x @ w.T` for every activation row; `first` is
 /// a multiple of [`GROUP`].
@@ -144,7 +29,7 @@ unsafe fn quantize_row(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 pub(crate) unsafe fn columns(
     w: &InterleavedQuantMatrix,
-    x: &VnniRows,
+    x: &BlockRows,
     first: usize,
     count: usize,
     out: *mut f32,
@@ -196,7 +81,7 @@ pub(crate) unsafe fn columns(
 #[inline]
 unsafe fn tile<const MR: usize, const NG: usize>(
     w: &InterleavedQuantMatrix,
-    x: &VnniRows,
+    x: &BlockRows,
     row: usize,
     groups: [usize; NG],
     out: *mut f32,
@@ -224,7 +109,7 @@ const PREFETCH_BYTES: usize = 2048;
 #[inline]
 unsafe fn tile_of<const MR: usize, const NG: usize, const Q4: bool>(
     w: &InterleavedQuantMatrix,
-    x: &VnniRows,
+    x: &BlockRows,
     row: usize,
     groups: [usize; NG],
     out: *mut f32,

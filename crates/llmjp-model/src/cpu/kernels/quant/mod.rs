@@ -7,11 +7,13 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx2_interleaved;
+#[cfg(target_arch = "x86_64")]
 mod avx512vnni;
 mod portable;
 mod rows;
 
-use rows::QuantizedRows;
+use rows::{BlockRows, QuantizedRows};
 
 use super::isa::Isa;
 use super::tasks::{in_column_tasks, SendPtr};
@@ -61,19 +63,25 @@ impl InterleavedQuantMatrix {
     /// `x` is `[rows, cols]` row-major f32; returns `x @ self.T`, `[rows, self.rows()]`,
     /// the activations quantized to 8-bit blocks on the way (see the module docs): with
     /// AVX-512 VNNI ([`Isa::Avx512Vnni`] and above) on `vpdpbusd`, 16 outputs at a time;
-    /// below it in plain Rust (correct, not fast: repack only for VNNI).
+    /// with AVX2 on `vpmaddubsw`, 8 at a time; else in plain Rust (correct, not fast).
     pub fn matmul(&self, isa: Isa, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), rows * k, "{rows} rows of {k}");
         #[cfg(target_arch = "x86_64")]
-        if isa.usable() >= Isa::Avx512Vnni {
-            // SAFETY: `usable` returned an ISA with AVX-512 VNNI.
-            let x = unsafe { avx512vnni::VnniRows::new(x, rows, k, self.format()) };
+        if isa.usable() >= Isa::Avx2 {
+            let x = BlockRows::new(isa, x, rows, k, self.format());
+            let vnni = isa.usable() >= Isa::Avx512Vnni;
             return in_column_tasks(rows, n, |first, count, out| {
                 // SAFETY: the task owns output columns first..first + count (a multiple of
-                // 16 from a multiple of 16) of the `[rows, n]` buffer; the CPU has AVX-512
-                // VNNI; `x` was made for this format.
-                unsafe { avx512vnni::columns(self, &x, first, count, out.0) }
+                // 16 from a multiple of 16) of the `[rows, n]` buffer; `usable` returned an
+                // ISA with AVX-512 VNNI (vnni) or AVX2; `x` was made for this format.
+                unsafe {
+                    if vnni {
+                        avx512vnni::columns(self, &x, first, count, out.0)
+                    } else {
+                        avx2_interleaved::columns(self, &x, first, count, out.0)
+                    }
+                }
             });
         }
         let x = QuantizedRows::new(x, rows, k);
