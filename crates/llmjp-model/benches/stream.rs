@@ -1,13 +1,14 @@
 //! Decode GEMVs (one activation row) streaming weights from memory, as a decode step does:
 //! the 1.8b's layer matrices, bf16 against Q8_0 / Q4_0, over more matrices than the last-level
 //! cache holds, so every byte comes from DRAM. Reports GB/s and the time ratio.
-//! `cargo bench -p llmjp-model --bench stream`.
+//! `cargo bench -p llmjp-model --bench stream` (the quantized matrices repacked as the CPU
+//! kernels run them from AVX2 up; `STREAM_UNREPACKED=1` for `QuantMatrix`'s own kernels).
 
 use std::time::Instant;
 
 use half::bf16;
 use llmjp_model::cpu::Isa;
-use llmjp_model::matrix::{Bf16Matrix, QuantMatrix};
+use llmjp_model::matrix::{Bf16Matrix, InterleavedQuantMatrix, QuantMatrix};
 use llmjp_weights::quant::BlockFormat;
 
 /// Layers of matrices streamed per pass (about 0.7 GB in bf16).
@@ -61,6 +62,12 @@ fn main() {
             .collect()
     };
     let (q8, q4) = (quant(BlockFormat::Q8_0), quant(BlockFormat::Q4_0));
+    // What the CPU kernels multiply from AVX2 up: the blocks repacked (the same bytes).
+    let repacked = |ms: &[QuantMatrix]| -> Vec<InterleavedQuantMatrix> {
+        ms.iter().map(InterleavedQuantMatrix::new).collect()
+    };
+    let (i8s, i4s) = (repacked(&q8), repacked(&q4));
+    let old = std::env::var_os("STREAM_UNREPACKED").is_some();
     let x: Vec<f32> = (0..7168)
         .map(|i| ((i * 104729) % 1000) as f32 * 1e-3)
         .collect();
@@ -77,10 +84,16 @@ fn main() {
                 std::hint::black_box(m.matmul(isa, &x[..m.cols()], 1));
             }
         });
-        let t_q = [&q8, &q4].map(|ms| {
+        let t_q = [(&q8, &i8s), (&q4, &i4s)].map(|(ms, is)| {
             median(5, || {
-                for m in ms.iter() {
-                    std::hint::black_box(m.matmul(isa, &x[..m.cols()], 1));
+                if isa < Isa::Avx2 || old {
+                    for m in ms.iter() {
+                        std::hint::black_box(m.matmul(isa, &x[..m.cols()], 1));
+                    }
+                } else {
+                    for m in is.iter() {
+                        std::hint::black_box(m.matmul(isa, &x[..m.cols()], 1));
+                    }
                 }
             })
         });

@@ -33,6 +33,17 @@ pub(super) unsafe fn columns(
     debug_assert_eq!(first % GROUP, 0);
     let n = w.rows();
     for g in first / GROUP..(first + count).div_ceil(GROUP) {
+        if x.rows == 1 {
+            // Decode: both halves in one pass, each vector read whole, in order.
+            // SAFETY: forwarded; row 0 and group g are in bounds.
+            unsafe {
+                match w.format() {
+                    BlockFormat::Q8_0 => tile::<1, 2, false>(w, x, 0, g, 0, out),
+                    BlockFormat::Q4_0 => tile::<1, 2, true>(w, x, 0, g, 0, out),
+                }
+            }
+            continue;
+        }
         for h in 0..2 {
             if g * GROUP + h * HALF >= n {
                 break;
@@ -43,14 +54,14 @@ pub(super) unsafe fn columns(
                 // SAFETY: forwarded; rows r..r + mr and half h of group g are in bounds.
                 unsafe {
                     match (w.format(), mr) {
-                        (BlockFormat::Q8_0, 4) => tile::<4, false>(w, x, r, g, h, out),
-                        (BlockFormat::Q8_0, 3) => tile::<3, false>(w, x, r, g, h, out),
-                        (BlockFormat::Q8_0, 2) => tile::<2, false>(w, x, r, g, h, out),
-                        (BlockFormat::Q8_0, _) => tile::<1, false>(w, x, r, g, h, out),
-                        (BlockFormat::Q4_0, 4) => tile::<4, true>(w, x, r, g, h, out),
-                        (BlockFormat::Q4_0, 3) => tile::<3, true>(w, x, r, g, h, out),
-                        (BlockFormat::Q4_0, 2) => tile::<2, true>(w, x, r, g, h, out),
-                        (BlockFormat::Q4_0, _) => tile::<1, true>(w, x, r, g, h, out),
+                        (BlockFormat::Q8_0, 4) => tile::<4, 1, false>(w, x, r, g, h, out),
+                        (BlockFormat::Q8_0, 3) => tile::<3, 1, false>(w, x, r, g, h, out),
+                        (BlockFormat::Q8_0, 2) => tile::<2, 1, false>(w, x, r, g, h, out),
+                        (BlockFormat::Q8_0, _) => tile::<1, 1, false>(w, x, r, g, h, out),
+                        (BlockFormat::Q4_0, 4) => tile::<4, 1, true>(w, x, r, g, h, out),
+                        (BlockFormat::Q4_0, 3) => tile::<3, 1, true>(w, x, r, g, h, out),
+                        (BlockFormat::Q4_0, 2) => tile::<2, 1, true>(w, x, r, g, h, out),
+                        (BlockFormat::Q4_0, _) => tile::<1, 1, true>(w, x, r, g, h, out),
                     }
                 }
                 r += mr;
@@ -59,7 +70,8 @@ pub(super) unsafe fn columns(
     }
 }
 
-/// Activation rows `row..row + MR` times rows `8h..8h + 8` of group `g`.
+/// Activation rows `row..row + MR` times the rows of `NH` halves of group `g` from half
+/// `h0` (rows `8h..8h + 8` each).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `x` was made for this format; the rows and the group are
@@ -68,12 +80,12 @@ pub(super) unsafe fn columns(
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<const MR: usize, const Q4: bool>(
+unsafe fn tile<const MR: usize, const NH: usize, const Q4: bool>(
     w: &InterleavedQuantMatrix,
     x: &BlockRows,
     row: usize,
     g: usize,
-    h: usize,
+    h0: usize,
     out: *mut f32,
 ) {
     let (blocks, k, n) = (w.blocks(), x.cols, w.rows());
@@ -81,14 +93,14 @@ unsafe fn tile<const MR: usize, const Q4: bool>(
     let ones = _mm256_set1_epi16(1);
     let low4 = _mm256_set1_epi8(0x0f);
     let flip = _mm256_set1_epi8(0x80u8 as i8);
-    let mut acc = [_mm256_setzero_ps(); MR];
+    let mut acc = [[_mm256_setzero_ps(); NH]; MR];
     // Every access below is in bounds: the group, the rows and block b are (the caller's).
     for b in 0..blocks {
         // SAFETY: see above; half h of each 64-byte vector starts 32h bytes in.
         let values = unsafe {
             w.data()
                 .as_ptr()
-                .add((g * blocks + b) * group_block + 32 * h)
+                .add((g * blocks + b) * group_block + 32 * h0)
         };
         let xb = |r: usize, i: usize| {
             // SAFETY: see above; 4 bytes inside the row's block.
@@ -100,60 +112,79 @@ unsafe fn tile<const MR: usize, const Q4: bool>(
                     .read_unaligned()
             })
         };
-        let mut dots = [_mm256_setzero_si256(); MR];
+        let mut dots = [[_mm256_setzero_si256(); NH]; MR];
         if Q4 {
             for r in 0..MR {
                 // SAFETY: see above.
-                dots[r] =
+                let start =
                     _mm256_set1_epi32(unsafe { *x.starts.get_unchecked((row + r) * blocks + b) });
+                dots[r] = [start; NH];
             }
             for j in 0..4 {
-                // SAFETY: see above; vector j of the group's block.
-                let v = unsafe { _mm256_loadu_si256(values.add(64 * j) as *const __m256i) };
-                let lo = _mm256_and_si256(v, low4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-                for r in 0..MR {
-                    let a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb(r, 4 * j)), ones);
-                    let c = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb(r, 16 + 4 * j)), ones);
-                    dots[r] = _mm256_add_epi32(dots[r], _mm256_add_epi32(a, c));
+                for hh in 0..NH {
+                    // SAFETY: see above; this half of vector j of the group's block.
+                    let v = unsafe {
+                        _mm256_loadu_si256(values.add(64 * j + 32 * hh) as *const __m256i)
+                    };
+                    let lo = _mm256_and_si256(v, low4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                    for r in 0..MR {
+                        let a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb(r, 4 * j)), ones);
+                        let c =
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb(r, 16 + 4 * j)), ones);
+                        dots[r][hh] = _mm256_add_epi32(dots[r][hh], _mm256_add_epi32(a, c));
+                    }
                 }
             }
         } else {
             for j in 0..8 {
-                // SAFETY: see above; vector j of the group's block.
-                let v = unsafe { _mm256_loadu_si256(values.add(64 * j) as *const __m256i) };
-                let signed = _mm256_xor_si256(v, flip);
-                let magnitude = _mm256_sign_epi8(signed, signed);
-                for r in 0..MR {
-                    let xs = _mm256_sign_epi8(xb(r, 4 * j), signed);
-                    let a = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, xs), ones);
-                    dots[r] = _mm256_add_epi32(dots[r], a);
+                for hh in 0..NH {
+                    // SAFETY: see above; this half of vector j of the group's block.
+                    let v = unsafe {
+                        _mm256_loadu_si256(values.add(64 * j + 32 * hh) as *const __m256i)
+                    };
+                    let signed = _mm256_xor_si256(v, flip);
+                    let magnitude = _mm256_sign_epi8(signed, signed);
+                    for r in 0..MR {
+                        let xs = _mm256_sign_epi8(xb(r, 4 * j), signed);
+                        let a = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, xs), ones);
+                        dots[r][hh] = _mm256_add_epi32(dots[r][hh], a);
+                    }
                 }
             }
         }
-        // SAFETY: see above; this half's 8 f16 scales of block b.
-        let ws = _mm256_cvtph_ps(unsafe {
-            _mm_loadu_si128(
-                w.scale_bits()
-                    .as_ptr()
-                    .add((g * blocks + b) * GROUP + HALF * h) as *const _,
-            )
-        });
-        for r in 0..MR {
-            // SAFETY: see above.
-            let d = _mm256_set1_ps(unsafe { *x.scales.get_unchecked((row + r) * blocks + b) });
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(ws, d), acc[r]);
+        for hh in 0..NH {
+            // SAFETY: see above; this half's 8 f16 scales of block b.
+            let ws = _mm256_cvtph_ps(unsafe {
+                _mm_loadu_si128(
+                    w.scale_bits()
+                        .as_ptr()
+                        .add((g * blocks + b) * GROUP + HALF * (h0 + hh))
+                        as *const _,
+                )
+            });
+            for r in 0..MR {
+                // SAFETY: see above.
+                let d = _mm256_set1_ps(unsafe { *x.scales.get_unchecked((row + r) * blocks + b) });
+                acc[r][hh] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(dots[r][hh]),
+                    _mm256_mul_ps(ws, d),
+                    acc[r][hh],
+                );
+            }
         }
     }
-    let first = g * GROUP + HALF * h;
-    let valid = (n - first).min(HALF);
-    for r in 0..MR {
-        let mut lanes = [0f32; HALF];
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]) };
-        for (c, &v) in lanes[..valid].iter().enumerate() {
-            // SAFETY: this half's columns of row row + r, within the matrix's rows.
-            unsafe { *out.add((row + r) * n + first + c) = v };
+    for hh in 0..NH {
+        let first = g * GROUP + HALF * (h0 + hh);
+        let valid = n.saturating_sub(first).min(HALF);
+        for r in 0..MR {
+            let mut lanes = [0f32; HALF];
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][hh]) };
+            for (c, &v) in lanes[..valid].iter().enumerate() {
+                // SAFETY: this half's columns of row row + r, within the matrix's rows.
+                unsafe { *out.add((row + r) * n + first + c) = v };
+            }
         }
     }
 }
