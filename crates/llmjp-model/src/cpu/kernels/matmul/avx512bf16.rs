@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use rayon::prelude::*;
+
 use super::super::tasks::in_four_streams;
 use crate::matrix::Bf16Matrix;
 
@@ -15,8 +17,8 @@ const K_STEP: usize = 32;
 /// How far ahead the decode kernel prefetches weights.
 const PREFETCH_BYTES: usize = 1024;
 
-/// Activation rows rounded to bf16 (to nearest, ties to even), each padded with zeros to
-/// whole steps of [`K_STEP`].
+/// Activation rows rounded to bf16 (to nearest, ties to even; `vcvtne2ps2bf16`, which
+/// reads subnormal inputs as zero), each padded with zeros to whole steps of [`K_STEP`].
 pub(crate) struct Bf16Rows {
     /// Values per padded row.
     stride: usize,
@@ -24,16 +26,53 @@ pub(crate) struct Bf16Rows {
 }
 
 impl Bf16Rows {
-    /// `x` is `[rows, k]` row-major f32.
-    pub(crate) fn new(x: &[f32], rows: usize, k: usize) -> Self {
+    /// `x` is `[rows, k]` row-major f32; rows in parallel when there are many values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and BF16.
+    pub(crate) unsafe fn new(x: &[f32], rows: usize, k: usize) -> Self {
         let stride = k.div_ceil(K_STEP) * K_STEP;
         let mut bits = vec![0u16; rows * stride];
-        for (src, dst) in x.chunks_exact(k).zip(bits.chunks_exact_mut(stride)) {
-            for (v, b) in src.iter().zip(dst.iter_mut()) {
-                *b = half::bf16::from_f32(*v).to_bits();
-            }
+        // SAFETY: the CPU has AVX-512 BF16 (the caller's contract).
+        let row = |(src, dst): (&[f32], &mut [u16])| unsafe { round_row(src, dst) };
+        if rows * k >= 1 << 16 {
+            x.par_chunks(k)
+                .zip(bits.par_chunks_mut(stride))
+                .for_each(row);
+        } else {
+            x.chunks(k).zip(bits.chunks_mut(stride)).for_each(row);
         }
         Self { stride, bits }
+    }
+}
+
+/// One row of f32 into bf16 bit patterns, 32 at a time (`dst` at least as long as `src`,
+/// rounded up to 32; the tail of the last step is zero).
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
+    let k = src.len();
+    let mut i = 0;
+    while i < k {
+        let left = k - i;
+        let (lo_mask, hi_mask): (__mmask16, __mmask16) = if left >= 32 {
+            (!0, !0)
+        } else if left > 16 {
+            (!0, (1u16 << (left - 16)) - 1)
+        } else {
+            (((1u32 << left) - 1) as u16, 0)
+        };
+        // SAFETY: the masks keep the loads inside `src`; 32 values of `dst` from i are in
+        // bounds (its length is a multiple of 32 at least `k`).
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lo_mask, src.as_ptr().add(i));
+            let hi = _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().add(i + 16));
+            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut _, packed);
+        }
+        i += K_STEP;
     }
 }
 

@@ -33,7 +33,8 @@ impl Bf16Matrix {
         }
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx512Bf16 {
-            let x = avx512bf16::Bf16Rows::new(x, rows, k);
+            // SAFETY: `usable` returned an ISA with AVX-512 BF16.
+            let x = unsafe { avx512bf16::Bf16Rows::new(x, rows, k) };
             return in_column_tasks(rows, n, |first, count, out| {
                 // SAFETY: the task owns output columns first..first + count of the
                 // `[rows, n]` buffer; `usable` returned an ISA with AVX-512 BF16.
