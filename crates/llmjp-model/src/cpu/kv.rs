@@ -142,48 +142,89 @@ impl HostKv {
     /// cached positions `..start + seq`; returns `[seq, heads * head_dim]`. Query heads are
     /// shared out over the key/value heads in groups (GQA). Softmax in f32, as transformers
     /// computes it. Every query's arithmetic is the same whatever block it is in, so a
-    /// prefill gives exactly the numbers of single steps.
+    /// prefill gives exactly the numbers of single steps. (The kernels attend a whole batch
+    /// at once: [`attend_batch`].)
+    #[cfg(test)]
     pub fn attend(&self, isa: Isa, q: &[f32], heads: usize, start: usize) -> Vec<f32> {
-        let d = self.head_dim;
-        let seq = q.len() / (heads * d);
-        assert!(
-            q.len() == seq * heads * d && heads.is_multiple_of(self.kv_heads),
-            "{heads} query heads over {} key/value heads",
-            self.kv_heads
-        );
-        assert!(start + seq <= self.capacity(), "attention past the cache");
-        let group = heads / self.kv_heads;
-        let pages: Vec<_> = (0..self.kv_heads).map(|h| self.head_pages(h)).collect();
-        let blocks = seq.div_ceil(QUERY_BLOCK);
-        let results: Vec<(usize, usize, Vec<f32>)> = (0..heads * blocks)
-            .into_par_iter()
-            .map(|task| {
-                let (h, block) = (task / blocks, task % blocks);
-                let first = block * QUERY_BLOCK;
-                let count = QUERY_BLOCK.min(seq - first);
-                let queries: Vec<&[f32]> = (first..first + count)
-                    .map(|t| &q[(t * heads + h) * d..][..d])
-                    .collect();
-                let out = attend_block(
-                    isa,
-                    &HeadBlock {
-                        queries: &queries,
-                        pages: &pages[h / group],
-                        head_dim: d,
-                        visible: start + first + 1,
-                    },
-                );
-                (h, first, out)
-            })
-            .collect();
-        let mut out = vec![0f32; seq * heads * d];
-        for (h, first, values) in results {
-            for (i, row) in values.chunks_exact(d).enumerate() {
-                out[((first + i) * heads + h) * d..][..d].copy_from_slice(row);
-            }
-        }
-        out
+        attend_batch(isa, &[(self, q, start)], heads).remove(0)
     }
+}
+
+/// [`HostKv::attend`] for several sequences, each `(cache, q, start)`, with every
+/// sequence's heads and query blocks shared out over the cores at once (one parallel region
+/// for a whole decode batch); the same numbers as one sequence at a time.
+pub fn attend_batch(isa: Isa, items: &[(&HostKv, &[f32], usize)], heads: usize) -> Vec<Vec<f32>> {
+    struct Item<'a> {
+        q: &'a [f32],
+        seq: usize,
+        start: usize,
+        group: usize,
+        d: usize,
+        pages: Vec<Vec<HeadPage<'a>>>,
+        blocks: usize,
+    }
+    let items: Vec<Item<'_>> = items
+        .iter()
+        .map(|&(cache, q, start)| {
+            let d = cache.head_dim;
+            let seq = q.len() / (heads * d);
+            assert!(
+                q.len() == seq * heads * d && heads.is_multiple_of(cache.kv_heads),
+                "{heads} query heads over {} key/value heads",
+                cache.kv_heads
+            );
+            assert!(start + seq <= cache.capacity(), "attention past the cache");
+            Item {
+                q,
+                seq,
+                start,
+                group: heads / cache.kv_heads,
+                d,
+                pages: (0..cache.kv_heads).map(|h| cache.head_pages(h)).collect(),
+                blocks: seq.div_ceil(QUERY_BLOCK),
+            }
+        })
+        .collect();
+    let tasks: Vec<(usize, usize, usize)> = items
+        .iter()
+        .enumerate()
+        .flat_map(|(i, item)| {
+            (0..heads * item.blocks).map(move |t| (i, t / item.blocks, t % item.blocks))
+        })
+        .collect();
+    let results: Vec<(usize, usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(i, h, block)| {
+            let item = &items[i];
+            let d = item.d;
+            let first = block * QUERY_BLOCK;
+            let count = QUERY_BLOCK.min(item.seq - first);
+            let queries: Vec<&[f32]> = (first..first + count)
+                .map(|t| &item.q[(t * heads + h) * d..][..d])
+                .collect();
+            let out = attend_block(
+                isa,
+                &HeadBlock {
+                    queries: &queries,
+                    pages: &item.pages[h / item.group],
+                    head_dim: d,
+                    visible: item.start + first + 1,
+                },
+            );
+            (i, h, first, out)
+        })
+        .collect();
+    let mut outs: Vec<Vec<f32>> = items
+        .iter()
+        .map(|item| vec![0f32; item.seq * heads * item.d])
+        .collect();
+    for (i, h, first, values) in results {
+        let d = items[i].d;
+        for (r, row) in values.chunks_exact(d).enumerate() {
+            outs[i][((first + r) * heads + h) * d..][..d].copy_from_slice(row);
+        }
+    }
+    outs
 }
 
 impl OpsLayerCache for HostKv {
@@ -297,6 +338,33 @@ mod tests {
                         "{isa} d {d} query {i}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_attends_with_the_numbers_of_one_sequence_at_a_time() {
+        let mut next = crate::testing::uniform(4);
+        let (heads, kv_heads, d) = (4, 2, 16);
+        let mut caches = Vec::new();
+        let mut queries = Vec::new();
+        for (len, seq) in [(5, 1), (40, 3), (1, 1), (70, 2)] {
+            let k: Vec<f32> = (0..len * kv_heads * d).map(|_| next()).collect();
+            let v: Vec<f32> = (0..len * kv_heads * d).map(|_| next()).collect();
+            let mut kv = HostKv::new(kv_heads, d, len, &KvMemory::default());
+            kv.write(&k, &v, 0);
+            caches.push((kv, len - seq));
+            queries.push((0..seq * heads * d).map(|_| next()).collect::<Vec<f32>>());
+        }
+        for isa in supported("batched attention") {
+            let items: Vec<(&HostKv, &[f32], usize)> = caches
+                .iter()
+                .zip(&queries)
+                .map(|((kv, start), q)| (kv, q.as_slice(), *start))
+                .collect();
+            let together = attend_batch(isa, &items, heads);
+            for ((kv, start), (q, out)) in caches.iter().zip(queries.iter().zip(&together)) {
+                assert_eq!(&kv.attend(isa, q, heads, *start), out, "{isa}");
             }
         }
     }

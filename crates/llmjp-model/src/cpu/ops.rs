@@ -7,7 +7,7 @@ use super::host::{host_tensor, rows_of, Cpu, HostRows};
 use super::kernels::attention::PAGE;
 use super::kernels::simd::silu_mul;
 use super::kernels::Isa;
-use super::kv::HostKv;
+use super::kv::{attend_batch, HostKv};
 use super::weight::{Bf16Weight, InterleavedKQuantWeight, InterleavedQuantWeight, QuantWeight};
 use crate::cache::LayerCache;
 use crate::kv_memory::KvMemory;
@@ -205,7 +205,8 @@ impl DecoderOps<Cpu> for CpuKernels {
             heads.heads * heads.head_dim,
             heads.kv_heads * heads.head_dim,
         );
-        let mut out = Vec::with_capacity(rows * q_width);
+        // Every sequence's new keys and values first, then the attention of all of them in
+        // one parallel region.
         for seq in batch.iter_mut() {
             let Some(cache) = seq.cache.ops_cache_mut::<HostKv>() else {
                 return Err(ModelError::CacheMismatch(
@@ -218,8 +219,19 @@ impl DecoderOps<Cpu> for CpuKernels {
                 rows_of(v.values(), rows, kv_width),
             );
             cache.write(k, v, seq.span.start);
-            let q = rows_of(q.values(), rows, q_width);
-            out.extend(cache.attend(self.isa, q, heads.heads, seq.span.start));
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        for seq in batch.iter_mut() {
+            let start = seq.span.start;
+            let q = rows_of(q.values(), &seq.span.rows, q_width);
+            let cache = seq.cache.ops_cache_mut::<HostKv>().ok_or_else(|| {
+                ModelError::CacheMismatch("a cache of other ops given to the CPU kernels".into())
+            })?;
+            items.push((&*cache, q, start));
+        }
+        let mut out = Vec::with_capacity(rows * q_width);
+        for values in attend_batch(self.isa, &items, heads.heads) {
+            out.extend(values);
         }
         Ok(host_tensor(out, [rows, q_width]))
     }
