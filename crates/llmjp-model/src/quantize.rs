@@ -232,29 +232,23 @@ pub fn quantize_checkpoint(
             }
             _ => KQuantChoice::Keep,
         };
-        let format = match choice {
-            KQuantChoice::Block(f) => Some(f),
-            _ => None,
-        };
-        if let (KQuantChoice::K(kquant), &[rows, cols]) = (choice, &meta.shape[..]) {
-            let values = checkpoint.read::<f32>(name, &[rows, cols], Layout::AsStored)?;
-            let row_bytes = cols / SUPER_BLOCK * kquant.block_bytes();
-            let mut bytes = vec![0u8; rows * row_bytes];
-            bytes
-                .par_chunks_mut(row_bytes)
-                .zip(values.par_chunks(cols))
-                .try_for_each(|(dst, row)| {
-                    let blocks = llmjp_weights::kquant::quantize(kquant, row)?;
-                    dst.copy_from_slice(&blocks);
-                    Ok::<_, WeightsError>(())
-                })?;
-            writer.add_kquant(name.clone(), kquant, rows, cols, Cow::Owned(bytes))?;
-            quantized += 1;
-            on_progress(done + 1, total);
-            continue;
-        }
-        match (format, &meta.shape[..]) {
-            (Some(format), &[rows, cols]) => {
+        match (choice, &meta.shape[..]) {
+            (KQuantChoice::K(kquant), &[rows, cols]) => {
+                let values = checkpoint.read::<f32>(name, &[rows, cols], Layout::AsStored)?;
+                let row_bytes = cols / SUPER_BLOCK * kquant.block_bytes();
+                let mut bytes = vec![0u8; rows * row_bytes];
+                bytes
+                    .par_chunks_mut(row_bytes)
+                    .zip(values.par_chunks(cols))
+                    .try_for_each(|(dst, row)| {
+                        let blocks = llmjp_weights::kquant::quantize(kquant, row)?;
+                        dst.copy_from_slice(&blocks);
+                        Ok::<_, WeightsError>(())
+                    })?;
+                writer.add_kquant(name.clone(), kquant, rows, cols, Cow::Owned(bytes))?;
+                quantized += 1;
+            }
+            (KQuantChoice::Block(format), &[rows, cols]) => {
                 let (values, scales) =
                     quant_matrix(&checkpoint, name, rows, cols, format)?.into_parts();
                 let blocks = cols / BLOCK;

@@ -158,7 +158,11 @@ fn gguf_writer(format: BlockFormat, outer: BlockFormat, odd_tensor: bool) -> Wri
 }
 
 fn logits(dir: &Path, dtype: WeightDtype) -> Vec<f32> {
-    let model = CausalLm::<Cpu>::from_dir(dir, dtype, &Default::default()).unwrap();
+    forward(&CausalLm::<Cpu>::from_dir(dir, dtype, &Default::default()).unwrap())
+}
+
+/// The logits of a fixed prompt.
+fn forward(model: &CausalLm<Cpu>) -> Vec<f32> {
     let mut cache = model.new_cache(16);
     read_f32(
         model
@@ -352,13 +356,7 @@ fn cpu_logits(dir: &Path, isa: llmjp_model::cpu::Isa) -> Vec<f32> {
         &mut |_, _| {},
     )
     .unwrap();
-    let mut cache = model.new_cache(16);
-    read_f32(
-        model
-            .forward(&[1, 17, 42, 99, 5, 300, 7], &mut cache)
-            .unwrap(),
-    )
-    .unwrap()
+    forward(&model)
 }
 
 #[test]

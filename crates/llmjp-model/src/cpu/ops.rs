@@ -205,29 +205,22 @@ impl DecoderOps<Cpu> for CpuKernels {
             heads.heads * heads.head_dim,
             heads.kv_heads * heads.head_dim,
         );
-        // Every sequence's new keys and values first, then the attention of all of them in
-        // one parallel region.
+        // Every sequence's new keys and values, then the attention of all of them in one
+        // parallel region.
+        let mut items = Vec::with_capacity(batch.len());
         for seq in batch.iter_mut() {
             let Some(cache) = seq.cache.ops_cache_mut::<HostKv>() else {
                 return Err(ModelError::CacheMismatch(
                     "a cache of other ops given to the CPU kernels".into(),
                 ));
             };
-            let rows = &seq.span.rows;
+            let (rows, start) = (&seq.span.rows, seq.span.start);
             let (k, v) = (
                 rows_of(k.values(), rows, kv_width),
                 rows_of(v.values(), rows, kv_width),
             );
-            cache.write(k, v, seq.span.start);
-        }
-        let mut items = Vec::with_capacity(batch.len());
-        for seq in batch.iter_mut() {
-            let start = seq.span.start;
-            let q = rows_of(q.values(), &seq.span.rows, q_width);
-            let cache = seq.cache.ops_cache_mut::<HostKv>().ok_or_else(|| {
-                ModelError::CacheMismatch("a cache of other ops given to the CPU kernels".into())
-            })?;
-            items.push((&*cache, q, start));
+            cache.write(k, v, start);
+            items.push((&*cache, rows_of(q.values(), rows, q_width), start));
         }
         let mut out = Vec::with_capacity(rows * q_width);
         for values in attend_batch(self.isa, &items, heads.heads) {

@@ -165,11 +165,7 @@ unsafe fn tile<const MR: usize, const F: u8>(
                     )
                 };
                 for r in 0..MR {
-                    let both = _mm256_add_epi32(
-                        _mm256_mullo_epi32(lo[r], s_lo),
-                        _mm256_mullo_epi32(hi[r], s_hi),
-                    );
-                    isum[r] = _mm256_add_epi32(isum[r], both);
+                    isum[r] = weigh(isum[r], lo[r], hi[r], s_lo, s_hi);
                 }
             }
             let mut msum = [_mm256_setzero_si256(); MR];
@@ -254,11 +250,7 @@ unsafe fn tile<const MR: usize, const F: u8>(
                     )
                 };
                 for r in 0..MR {
-                    let both = _mm256_add_epi32(
-                        _mm256_mullo_epi32(lo[r], s_lo),
-                        _mm256_mullo_epi32(hi[r], s_hi),
-                    );
-                    isum[r] = _mm256_add_epi32(isum[r], both);
+                    isum[r] = weigh(isum[r], lo[r], hi[r], s_lo, s_hi);
                 }
             }
             // SAFETY: see above.
@@ -282,4 +274,13 @@ unsafe fn tile<const MR: usize, const F: u8>(
             unsafe { *out.add((row + r) * n + first + c) = v };
         }
     }
+}
+
+/// `isum + lo × s_lo + hi × s_hi` in i32 lanes: two sub-blocks' dots weighted by their
+/// scales.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn weigh(isum: __m256i, lo: __m256i, hi: __m256i, s_lo: __m256i, s_hi: __m256i) -> __m256i {
+    let both = _mm256_add_epi32(_mm256_mullo_epi32(lo, s_lo), _mm256_mullo_epi32(hi, s_hi));
+    _mm256_add_epi32(isum, both)
 }

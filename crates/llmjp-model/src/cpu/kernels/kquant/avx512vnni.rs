@@ -132,11 +132,7 @@ unsafe fn tile<const MR: usize, const F: u8>(
                     )
                 };
                 for r in 0..MR {
-                    let both = _mm512_add_epi32(
-                        _mm512_mullo_epi32(lo[r], s_lo),
-                        _mm512_mullo_epi32(hi[r], s_hi),
-                    );
-                    isum[r] = _mm512_add_epi32(isum[r], both);
+                    isum[r] = weigh(isum[r], lo[r], hi[r], s_lo, s_hi);
                 }
             }
             let mut msum = [_mm512_setzero_si512(); MR];
@@ -215,11 +211,7 @@ unsafe fn tile<const MR: usize, const F: u8>(
                     )
                 };
                 for r in 0..MR {
-                    let both = _mm512_add_epi32(
-                        _mm512_mullo_epi32(lo[r], s_lo),
-                        _mm512_mullo_epi32(hi[r], s_hi),
-                    );
-                    isum[r] = _mm512_add_epi32(isum[r], both);
+                    isum[r] = weigh(isum[r], lo[r], hi[r], s_lo, s_hi);
                 }
             }
             // SAFETY: see above.
@@ -242,4 +234,13 @@ unsafe fn tile<const MR: usize, const F: u8>(
         // SAFETY: the group's columns of row row + r, masked to the matrix's rows.
         unsafe { _mm512_mask_storeu_ps(out.add((row + r) * n + first), mask, acc[r]) };
     }
+}
+
+/// `isum + lo × s_lo + hi × s_hi` in i32 lanes: two sub-blocks' dots weighted by their
+/// scales.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn weigh(isum: __m512i, lo: __m512i, hi: __m512i, s_lo: __m512i, s_hi: __m512i) -> __m512i {
+    let both = _mm512_add_epi32(_mm512_mullo_epi32(lo, s_lo), _mm512_mullo_epi32(hi, s_hi));
+    _mm512_add_epi32(isum, both)
 }

@@ -8,6 +8,9 @@ use llmjp_weights::kquant::SUPER_BLOCK;
 use rayon::prelude::*;
 
 use crate::cpu::kernels::isa::Isa;
+use crate::cpu::kernels::quant::quantize_i8;
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::kernels::simd::avx512::round_half_away;
 
 /// Activation rows quantized to 8 bits per super-block of 256, with what the kernels need
 /// of them: each super-block's scale, its 32-value sums in pairs of i16 (for the
@@ -48,14 +51,8 @@ impl KRows {
                 return;
             }
             for (b, src) in src.chunks_exact(SUPER_BLOCK).enumerate() {
-                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                scales[b] = d;
                 let q = &mut values[b * SUPER_BLOCK..(b + 1) * SUPER_BLOCK];
-                for (q, &v) in q.iter_mut().zip(src) {
-                    *q = (v * id).round() as i8;
-                }
+                scales[b] = quantize_i8(src, q);
                 let sum =
                     |range: std::ops::Range<usize>| q[range].iter().map(|&v| v as i32).sum::<i32>();
                 for p in 0..4 {
@@ -134,14 +131,7 @@ unsafe fn quantize_row_avx512(
         for (i, sum) in sums.iter_mut().enumerate() {
             // SAFETY: as above.
             let y = _mm512_mul_ps(unsafe { _mm512_loadu_ps(p.add(16 * i)) }, id);
-            // Rounded half away from zero, as f32::round.
-            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-            let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
-                _mm512_abs_ps(_mm512_sub_ps(y, t)),
-                _mm512_set1_ps(0.5),
-            );
-            let away = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
-            let q = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away));
+            let q = round_half_away(y);
             *sum = _mm512_reduce_add_epi32(q);
             let at = b * SUPER_BLOCK + 16 * i;
             // SAFETY: 16 bytes of the row's values.

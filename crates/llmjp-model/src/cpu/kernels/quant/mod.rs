@@ -13,6 +13,7 @@ mod avx512vnni;
 mod portable;
 mod rows;
 
+pub(crate) use rows::quantize_i8;
 use rows::{BlockRows, QuantizedRows};
 
 use super::isa::Isa;

@@ -7,6 +7,8 @@ use llmjp_weights::quant::{BlockFormat, BLOCK};
 use rayon::prelude::*;
 
 use crate::cpu::kernels::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::kernels::simd::avx512::round_half_away;
 
 /// Activation rows quantized to 8-bit blocks of 32, each with an f32 scale (GGML's Q8_0
 /// rounding, the scale kept in f32).
@@ -22,17 +24,27 @@ pub(crate) struct QuantizedRows {
     pub scales: Vec<f32>,
 }
 
+/// `src` quantized to 8 bits with one scale, GGML's Q8_0 rounding: the scale
+/// `max |v| / 127`, each value times its inverse rounded half away from zero into `out`.
+/// Returns the scale. (The AVX-512 quantizers give the same integers and scales.)
+pub(crate) fn quantize_i8(src: &[f32], out: &mut [i8]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in out.iter_mut().zip(src) {
+        *q = (v * id).round() as i8;
+    }
+    d
+}
+
 impl QuantizedRows {
     pub(crate) fn new(x: &[f32], rows: usize, cols: usize) -> Self {
-        let mut values = Vec::with_capacity(x.len());
-        let mut scales = Vec::with_capacity(x.len() / BLOCK);
-        for block in x.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            scales.push(d);
-            values.extend(block.iter().map(|&v| (v * id).round() as i8));
-        }
+        let mut values = vec![0i8; x.len()];
+        let scales = x
+            .chunks_exact(BLOCK)
+            .zip(values.chunks_exact_mut(BLOCK))
+            .map(|(block, out)| quantize_i8(block, out))
+            .collect();
         Self {
             rows,
             cols,
@@ -95,11 +107,11 @@ impl BlockRows {
                 unsafe { quantize_row_avx512(src, values, scales, starts, offset) };
                 return;
             }
-            let q = QuantizedRows::new(src, 1, src.len());
-            values.copy_from_slice(&q.values);
-            scales.copy_from_slice(&q.scales);
-            for (start, block) in starts.iter_mut().zip(q.values.chunks_exact(BLOCK)) {
-                *start = -offset * block.iter().map(|&v| v as i32).sum::<i32>();
+            let blocks = src.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK));
+            for ((block, q), (scale, start)) in blocks.zip(scales.iter_mut().zip(starts.iter_mut()))
+            {
+                *scale = quantize_i8(block, q);
+                *start = -offset * q.iter().map(|&v| v as i32).sum::<i32>();
             }
         };
         let parts = x.par_chunks(k).zip(out.values.par_chunks_mut(k)).zip(
@@ -131,17 +143,7 @@ unsafe fn quantize_block(src: *const f32) -> (__m256i, f32) {
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
     let d = amax / 127.0;
     let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let round = |v: __m512| {
-        let y = _mm512_mul_ps(v, id);
-        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-        let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
-            _mm512_abs_ps(_mm512_sub_ps(y, t)),
-            _mm512_set1_ps(0.5),
-        );
-        let sign = _mm512_and_ps(y, _mm512_set1_ps(-0.0));
-        let away = _mm512_or_ps(_mm512_set1_ps(1.0), sign);
-        _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away))
-    };
+    let round = |v: __m512| round_half_away(_mm512_mul_ps(v, id));
     let low = _mm512_cvtepi32_epi8(round(a));
     let high = _mm512_cvtepi32_epi8(round(b));
     (_mm256_set_m128i(high, low), d)

@@ -1,6 +1,21 @@
-//! Vector helpers with AVX-512F (x86-64): `exp`, lane masks, and SwiGLU's activation.
+//! Vector helpers with AVX-512F (x86-64): `exp`, rounding, lane masks, and SwiGLU's
+//! activation.
 
 use std::arch::x86_64::*;
+
+/// `y` rounded half away from zero, as `f32::round`, in 16 i32 lanes (`y` within i32).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn round_half_away(y: __m512) -> __m512i {
+    let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+    let half =
+        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(y, t)), _mm512_set1_ps(0.5));
+    // ±1 with the sign of y (integer ops: the float and/or need AVX-512DQ).
+    let sign = _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32(i32::MIN));
+    let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
+    let away = _mm512_castsi512_ps(_mm512_or_si512(one, sign));
+    _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, away))
+}
 
 /// `e^x` in 16 lanes, within 2 ulp of the correctly rounded value (range reduction by
 /// ln 2, Cephes' degree-6 polynomial, `scalef` for the power of two).
